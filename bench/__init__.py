@@ -1,0 +1,1 @@
+"""Side-by-side benchmarks: each measures pairflow's way and the baseline in the same run."""

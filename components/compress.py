@@ -1,0 +1,26 @@
+"""Step 6: ONNX export, int8 quantization and distillation, each variant measured."""
+
+from kfp.dsl import Artifact, Dataset, Input, Markdown, Model, Output
+
+from pairflow.components.base import component
+
+
+@component
+def compress(
+    config: Input[Artifact],
+    manifest: Input[Dataset],
+    model: Input[Model],
+    kfp_run_id: str,
+    compressed: Output[Model],
+    kept: Output[Dataset],
+    rejected: Output[Dataset],
+    report: Output[Artifact],
+    summary: Output[Markdown],
+) -> None:
+    """Build the compressed variants and pick the one that ships."""
+    from pairflow.report import StageOutputs
+    from pairflow.steps import compress_step, write_step_summary
+
+    out = StageOutputs(kept=kept.path, rejected=rejected.path, report=report.path)
+    compress_step(config.path, manifest.path, model.path, compressed.path, out, kfp_run_id)
+    compressed.metadata.update(write_step_summary(out, summary.path))

@@ -1,0 +1,161 @@
+"""The ``retrain`` DAG: ingest → validate → dedupe → clip-filter → train → evaluate →
+[gate] → compress → register → deploy, with an ExitHandler that records the final status.
+
+The pipeline's parameters are generated from the config model (fields marked ``ui``), so the
+Kubeflow UI shows exactly what the config accepts, with titles and descriptions. Values not
+exposed in the UI come from the config compiled into the pipeline (``defaults_json``).
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from kfp import dsl
+
+from pairflow.components.clip_filter import clip_filter, gather_filtered
+from pairflow.components.compress import compress
+from pairflow.components.dedupe import dedupe
+from pairflow.components.deploy import deploy
+from pairflow.components.evaluate import evaluate
+from pairflow.components.finalize import finalize
+from pairflow.components.ingest import ingest
+from pairflow.components.register import register
+from pairflow.components.resolve_config import resolve_config
+from pairflow.components.train import train
+from pairflow.components.validate import validate
+from pairflow.config import PairflowConfig, PipelineParam, pipeline_params
+
+PIPELINE_NAME = "retrain"
+DESCRIPTION = (
+    "pairflow retrain: curate image-caption pairs, retrain, evaluate against the champion, "
+    "compress, register in MLflow and canary-deploy."
+)
+IO_RETRIES = 3
+
+
+def _io_bound(task: dsl.PipelineTask) -> dsl.PipelineTask:
+    """Retry steps that talk to S3/MLflow/Kubernetes, with backoff."""
+    return task.set_retry(num_retries=IO_RETRIES, backoff_duration="15s", backoff_factor=2.0)
+
+
+def _no_cache(task: dsl.PipelineTask) -> dsl.PipelineTask:
+    """Steps whose result depends on state outside their inputs must never be cached."""
+    return task.set_caching_options(enable_caching=False)
+
+
+def _dag(defaults_json: str, p: dict[str, Any]) -> None:
+    run_id, run_name = dsl.PIPELINE_JOB_ID_PLACEHOLDER, dsl.PIPELINE_JOB_NAME_PLACEHOLDER
+    done = finalize(
+        tracking_uri=p["mlflow_tracking_uri"],
+        experiment=p["mlflow_experiment"],
+        workdir=p["run_workdir"],
+        kfp_run_id=run_id,
+    ).set_display_name("record final status")
+    _no_cache(_io_bound(done))
+    with dsl.ExitHandler(done, name="retrain"):
+        conf = resolve_config(
+            defaults_json=defaults_json, params=p, kfp_run_id=run_id, kfp_run_name=run_name
+        ).set_display_name("resolve config")
+        _no_cache(_io_bound(conf))
+        cfg = conf.outputs["config"]
+
+        # A source may change under the same URI: ingest always re-reads it.
+        ing = ingest(config=cfg, kfp_run_id=run_id).set_display_name("ingest")
+        _no_cache(_io_bound(ing))
+
+        with dsl.ParallelFor(ing.outputs["Output"], name="validate-shards") as shard:
+            val = validate(config=cfg, manifest=ing.outputs["kept"], shard=shard)
+            val.set_display_name("validate shard")
+        ded = dedupe(
+            config=cfg,
+            shards=dsl.Collected(val.outputs["kept"]),
+            shard_reports=dsl.Collected(val.outputs["report"]),
+            upstream_report=ing.outputs["report"],
+            kfp_run_id=run_id,
+        ).set_display_name("dedupe")
+
+        with dsl.ParallelFor(ing.outputs["Output"], name="filter-shards") as fshard:
+            flt = clip_filter(config=cfg, manifest=ded.outputs["kept"], shard=fshard)
+            flt.set_display_name("clip-filter shard")
+        curated = gather_filtered(
+            config=cfg,
+            shards=dsl.Collected(flt.outputs["kept"]),
+            shard_reports=dsl.Collected(flt.outputs["report"]),
+            upstream_report=ded.outputs["report"],
+            kfp_run_id=run_id,
+        ).set_display_name("gather filtered shards")
+
+        trn = train(config=cfg, manifest=curated.outputs["kept"], kfp_run_id=run_id)
+        trn.set_display_name("train")
+        ev = evaluate(
+            config=cfg,
+            manifest=curated.outputs["kept"],
+            model=trn.outputs["model"],
+            kfp_run_id=run_id,
+        ).set_display_name("evaluate")
+
+        with dsl.If(ev.outputs["Output"] == True, name="gate-passed"):  # noqa: E712
+            cmp = compress(
+                config=cfg,
+                manifest=curated.outputs["kept"],
+                model=trn.outputs["model"],
+                kfp_run_id=run_id,
+            )
+            cmp.set_display_name("compress")
+            reg = register(
+                config=cfg,
+                manifest=curated.outputs["kept"],
+                model=cmp.outputs["compressed"],
+                kfp_run_id=run_id,
+            )
+            _no_cache(_io_bound(reg.set_display_name("register")))
+            dep = deploy(
+                config=cfg,
+                manifest=curated.outputs["kept"],
+                model_uri=reg.outputs["Output"],
+                kfp_run_id=run_id,
+            )
+            _no_cache(_io_bound(dep.set_display_name("deploy")))
+
+
+def _docstring(params: list[PipelineParam]) -> str:
+    lines = [DESCRIPTION, "", "Args:"]
+    for prm in params:
+        text = f"{prm.title}. {prm.description} (config: {prm.dotted})".replace("\n", " ")
+        lines.append(f"    {prm.name}: {text}")
+    return "\n".join(lines)
+
+
+def build_pipeline(base: PairflowConfig | None = None) -> Any:
+    """The ``retrain`` pipeline with UI parameters defaulting to ``base`` (default config)."""
+    cfg = base or PairflowConfig()
+    params = pipeline_params()
+    data = cfg.to_dict()
+    names = [prm.name for prm in params]
+
+    def retrain(*args: Any) -> None:
+        _dag(cfg.to_json(), dict(zip(names, args, strict=True)))
+
+    defaults = {}
+    for prm in params:
+        node: Any = data
+        for part in prm.path:
+            node = node[part]
+        defaults[prm.name] = "" if node is None else node
+    retrain.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [
+            inspect.Parameter(
+                prm.name,
+                inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                default=defaults[prm.name],
+                annotation=prm.type,
+            )
+            for prm in params
+        ]
+    )
+    retrain.__doc__ = _docstring(params)
+    retrain.__name__ = retrain.__qualname__ = PIPELINE_NAME
+    return dsl.pipeline(
+        name=PIPELINE_NAME, description=DESCRIPTION, display_name="pairflow retrain"
+    )(retrain)

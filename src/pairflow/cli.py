@@ -1,0 +1,285 @@
+"""The ``pairflow`` command line: thin over the library modules."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from pairflow.config import PairflowConfig, load_config, pipeline_params
+from pairflow.errors import PairflowError
+
+app = typer.Typer(
+    help="pairflow: continuous retraining of image-text models on Kubeflow.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+data_app = typer.Typer(help="Datasets: synthetic demo data.", no_args_is_help=True)
+config_app = typer.Typer(help="Inspect the pipeline config.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(config_app, name="config")
+
+# Wide enough for the run summary when output is not a terminal (make demo, CI logs).
+console = Console(width=None if sys.stdout.isatty() else 140)
+err_console = Console(stderr=True)
+DEFAULT_COMPILED = Path("pipelines/compiled/retrain.yaml")
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file.")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override: key.path=value.")]
+
+
+class _State:
+    debug = False
+
+
+@app.callback()
+def _main(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False) -> None:
+    _State.debug = debug
+
+
+def ensure_writable_dir(path: Path, what: str = "output dir") -> Path:
+    """Create ``path`` if needed; a one-line error when it cannot be written."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise PairflowError(f"{path}: cannot create {what} ({exc.strerror})") from exc
+    if not path.is_dir() or not os.access(path, os.W_OK):
+        raise PairflowError(f"{path}: {what} is not writable")
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+
+
+@data_app.command("generate")
+def data_generate(
+    out: Annotated[Path, typer.Option("--out", help="Directory to write the dataset to.")],
+    n: Annotated[int, typer.Option("--n", min=1, help="Number of rows.")] = 600,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
+    defects: Annotated[
+        bool, typer.Option("--defects/--no-defects", help="Inject known defects.")
+    ] = True,
+) -> None:
+    """Write a synthetic image-caption dataset: manifest.parquet, images/, ground_truth.parquet."""
+    from pairflow.data.synthetic import generate_dataset
+
+    ensure_writable_dir(out)
+    with _progress() as progress:
+        task = progress.add_task("generating", total=n)
+        summary = generate_dataset(
+            out,
+            n,
+            seed,
+            defects=defects,
+            progress=lambda done, total: progress.update(task, completed=done),
+        )
+    injected = ", ".join(f"{k}={v}" for k, v in summary.defects.items() if v) or "none"
+    console.print(f"wrote {summary.rows} rows to {summary.manifest}; defects: {injected}")
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# config
+
+
+@config_app.command("show")
+def config_show(config: ConfigOpt = None, set_: SetOpt = None) -> None:
+    """Print the resolved config as YAML."""
+    console.print(load_config(config, set_ or []).to_yaml(), end="", markup=False)
+
+
+@config_app.command("params")
+def config_params() -> None:
+    """List the pipeline parameters shown in the Kubeflow UI."""
+    from rich.table import Table
+
+    table = Table(title="retrain pipeline parameters")
+    for col in ("parameter", "config key", "type", "default", "title"):
+        table.add_column(col)
+    for prm in pipeline_params():
+        table.add_row(prm.name, prm.dotted, prm.type.__name__, repr(prm.default), prm.title)
+    console.print(table)
+
+
+# ---------------------------------------------------------------------------------------------
+# pipeline
+
+
+@app.command("compile")
+def compile_(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the IR YAML.")] = (
+        DEFAULT_COMPILED
+    ),
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Compile the retrain pipeline to KFP IR YAML."""
+    from pairflow.compile import compile_pipeline
+
+    cfg = load_config(config, set_ or [])
+    ensure_writable_dir(output.parent)
+    compile_pipeline(cfg, output)
+    console.print(f"wrote {output}")
+
+
+@app.command("run")
+def run(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    cache: Annotated[
+        bool, typer.Option("--cache/--no-cache", help="Reuse cached step outputs.")
+    ] = False,
+) -> None:
+    """Run the retrain pipeline locally through kfp.local."""
+    cfg = load_config(config, set_ or [])
+    ok = _run_and_report(cfg, cache=cache)
+    raise typer.Exit(0 if ok else 1)
+
+
+def _run_and_report(cfg: PairflowConfig, *, cache: bool, extra: list[str] | None = None) -> bool:
+    from pairflow.local_run import run_pipeline_locally
+    from pairflow.summary import stage_table
+
+    ensure_writable_dir(Path(cfg.run.workdir), "work dir")
+    with console.status("running the retrain pipeline through kfp.local …"):
+        result = run_pipeline_locally(cfg, enable_caching=cache)
+    console.print(stage_table(result.reports, title="retrain — rows per stage"))
+    for line in extra or []:
+        console.print(line)
+    console.print(f"run outputs and reports: {result.run_dir}")
+    console.print(f"MLflow: {result.tracking_uri} (experiment {result.experiment!r})")
+    console.print(
+        f"open the MLflow UI: pairflow ui --workdir {cfg.run.workdir}   "
+        f"(or: mlflow ui --backend-store-uri {result.tracking_uri})"
+    )
+    status = "[green]succeeded[/]" if result.succeeded else f"[red]FAILED[/]: {result.error}"
+    console.print(f"pipeline {status} in {result.seconds:.1f} s")
+    return result.succeeded
+
+
+@app.command("demo")
+def demo(
+    workdir: Annotated[Path, typer.Option("--workdir", help="Where everything goes.")] = Path(
+        ".pairflow/demo"
+    ),
+    n: Annotated[int, typer.Option("--n", min=20, help="Demo dataset rows.")] = 600,
+    seed: Annotated[int, typer.Option("--seed", help="Demo dataset seed.")] = 7,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Generate demo data and run the whole pipeline locally."""
+    from pairflow.data.synthetic import generate_dataset
+
+    start = time.perf_counter()
+    ensure_writable_dir(workdir, "work dir")
+    data_dir = workdir / "data"
+    with _progress() as progress:
+        task = progress.add_task("generating demo data", total=n)
+        gen = generate_dataset(
+            data_dir, n, seed, progress=lambda done, total: progress.update(task, completed=done)
+        )
+    overrides = [f"run.workdir={workdir}", f"data.source={gen.manifest}", *(set_ or [])]
+    cfg = load_config(config, overrides)
+    injected = sum(gen.defects.values())
+    ok = _run_and_report(
+        cfg,
+        cache=False,
+        extra=[
+            f"demo data: {gen.rows} rows, {injected} injected defects ({gen.ground_truth})",
+        ],
+    )
+    console.print(f"demo wall time: {time.perf_counter() - start:.1f} s")
+    raise typer.Exit(0 if ok else 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# standalone stages
+
+
+@app.command("ingest")
+def ingest_cmd(
+    input_: Annotated[str, typer.Option("--input", help="Source: folder, manifest, tars, s3://.")],
+    out: Annotated[Path, typer.Option("--out", help="Output directory.")],
+    fmt: Annotated[str, typer.Option("--format", help="auto|folder|parquet|jsonl|webdataset")] = (
+        "auto"
+    ),
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Ingest one source into kept.parquet / rejected.parquet / report.json."""
+    from pairflow.data.ingest import run_ingest
+    from pairflow.report import StageOutputs
+
+    cfg = load_config(config, [*(set_ or []), f"data.format={fmt}"])
+    ensure_writable_dir(out)
+    report = run_ingest(input_, StageOutputs.in_dir(out), cfg.data)
+    console.print(
+        f"ingest: {report.rows_in} in, {report.rows_out} kept, "
+        f"{report.rows_rejected} rejected {report.rejected or ''} → {out}"
+    )
+
+
+@app.command("ui")
+def ui(
+    workdir: Annotated[Path, typer.Option("--workdir", help="Work dir of the runs.")] = Path(
+        ".pairflow/demo"
+    ),
+    port: Annotated[int, typer.Option("--port")] = 5000,
+) -> None:
+    """Open the MLflow UI on the local sqlite store (127.0.0.1)."""
+    from pairflow.tracking import resolve_tracking_uri
+
+    uri = resolve_tracking_uri("", workdir)
+    mlflow_bin = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
+    console.print(f"MLflow UI on http://127.0.0.1:{port} for {uri}")
+    subprocess.run(
+        [mlflow_bin, "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)],
+        check=False,
+    )
+
+
+def main() -> None:
+    """Console entry point: user errors are one line and exit code 2."""
+    try:
+        app(standalone_mode=False)
+    except PairflowError as exc:
+        if _State.debug:
+            raise
+        err_console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
+        err_console.print("aborted")
+        sys.exit(130)
+    except Exception as exc:  # click usage errors carry their own exit code
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Manifests, readers for every supported source, and the synthetic demo dataset."""

@@ -1,0 +1,90 @@
+"""The ingest stage: read any source, resolve image URIs, reject rows that cannot be pairs.
+
+Reasons (one per rejected row, checked in this order):
+
+- ``missing_id``: id null or blank;
+- ``missing_image_ref``: image null or blank (e.g. a caption file with no image next to it);
+- ``unreadable_sidecar``: a ``.txt``/``.cls`` sidecar that could not be read or decoded;
+- ``duplicate_id``: an id already kept earlier in source order (the first valid one is kept).
+
+Image files are not opened here; validate checks that they exist and decode.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import pandas as pd
+
+from pairflow.config import DataConfig
+from pairflow.data.schema import empty_rejected, rejected_frame, write_manifest
+from pairflow.data.sources import PROBLEM_COLUMN, load_source
+from pairflow.report import StageOutputs, StageReport, Stopwatch
+
+STAGE = "ingest"
+
+
+def _blank(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and value != value) or not str(value).strip()
+
+
+def split_rejects(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, int]]:
+    """Split source rows into (kept, rejected with reason/detail/stage, reason counts)."""
+    problems = df[PROBLEM_COLUMN] if PROBLEM_COLUMN in df.columns else pd.Series([None] * len(df))
+    first_seen: dict[str, int] = {}
+    keep: list[bool] = []
+    reasons: list[str] = []
+    details: list[str] = []
+    for pos, (row_id, image, problem) in enumerate(
+        zip(df["id"].tolist(), df["image"].tolist(), problems.tolist(), strict=True)
+    ):
+        reason = detail = None
+        if _blank(row_id):
+            reason, detail = "missing_id", f"row {pos}: id is empty (image={image!r})"
+        elif _blank(image):
+            reason, detail = "missing_image_ref", f"id {row_id!r}: no image file or reference"
+        elif not _blank(problem):
+            reason, detail = "unreadable_sidecar", f"id {row_id!r}: {problem}"
+        elif row_id in first_seen:
+            reason = "duplicate_id"
+            detail = f"id {row_id!r} repeats row {first_seen[row_id]} (first kept)"
+        else:
+            first_seen[row_id] = pos
+        keep.append(reason is None)
+        if reason is not None and detail is not None:
+            reasons.append(reason)
+            details.append(detail)
+    mask = pd.Series(keep, index=df.index, dtype=bool)
+    body = df.drop(columns=[PROBLEM_COLUMN], errors="ignore")
+    kept = body[mask].reset_index(drop=True)
+    if reasons:
+        rejected = rejected_frame(body[~mask], reasons, details, stage=STAGE)
+    else:
+        rejected = empty_rejected(list(body.columns))
+    return kept, rejected, dict(Counter(reasons))
+
+
+def run_ingest(source: str, outputs: StageOutputs, data: DataConfig) -> StageReport:
+    """Read ``source`` (or ``data.source`` when empty) and write kept/rejected/report.
+
+    ``data.format`` picks the reader and ``data.s3`` the S3 endpoint. The report's metrics hold
+    ``source``, the ``format`` actually used, and ``sources``: input rows per ``source`` value.
+    """
+    clock = Stopwatch()
+    src = source or data.source
+    df, fmt = load_source(src, data.format, data.s3)
+    kept, rejected, counts = split_rejects(df)
+    write_manifest(kept, outputs.kept)
+    write_manifest(rejected, outputs.rejected)
+    per_source = Counter(str(v) for v in df["source"].tolist())
+    report = StageReport(
+        stage=STAGE,
+        rows_in=len(df),
+        rows_out=len(kept),
+        rejected=counts,
+        seconds=clock.seconds,
+        metrics={"source": src, "format": fmt, "sources": dict(sorted(per_source.items()))},
+    )
+    report.write(outputs.report)
+    return report.check()

@@ -1,0 +1,365 @@
+"""Plain-Python bodies of the pipeline steps; ``pairflow.components`` wraps them for KFP.
+
+Every function takes file paths and plain values, so it runs the same in a KFP container, in
+``kfp.local`` and in a test. Steps whose issue has not landed pass rows through unchanged and
+say ``implemented: false`` in their report and log: they never fake results.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from pairflow import tracking
+from pairflow.config import (
+    PairflowConfig,
+    apply_pipeline_params,
+    config_from_dict,
+    config_from_json,
+)
+from pairflow.data.schema import empty_rejected, read_manifest, write_manifest
+from pairflow.errors import ConservationError
+from pairflow.report import StageOutputs, StageReport, Stopwatch, merge_reports
+from pairflow.sharding import select_shard
+
+log = logging.getLogger("pairflow.steps")
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+
+def load_step_config(path: str | Path) -> PairflowConfig:
+    return config_from_json(Path(path).read_text())
+
+
+def _finish(
+    report: StageReport,
+    outputs: StageOutputs,
+    cfg: PairflowConfig | None = None,
+    kfp_run_id: str = "",
+) -> StageReport:
+    report.write(outputs.report)
+    if not report.implemented:
+        log.warning("stage %s is NOT IMPLEMENTED yet: rows passed through unchanged", report.stage)
+    log.info(
+        "stage=%s rows_in=%d rows_out=%d rejected=%s seconds=%.2f implemented=%s",
+        report.stage,
+        report.rows_in,
+        report.rows_out,
+        report.rejected,
+        report.seconds,
+        report.implemented,
+    )
+    if cfg is not None and kfp_run_id:
+        tracking.log_stage_report(cfg, kfp_run_id, report)
+    return report
+
+
+def _passthrough(
+    stage: str,
+    df: pd.DataFrame,
+    outputs: StageOutputs,
+    watch: Stopwatch,
+    *,
+    shard: int | None = None,
+    **metrics: Any,
+) -> StageReport:
+    write_manifest(df, outputs.kept)
+    write_manifest(empty_rejected(list(df.columns)), outputs.rejected)
+    return StageReport(
+        stage=stage,
+        rows_in=len(df),
+        rows_out=len(df),
+        seconds=watch.seconds,
+        implemented=False,
+        shard=shard,
+        metrics=metrics,
+        notes=[f"{stage} is not implemented yet: rows passed through unchanged"],
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# config and ingest
+
+
+def resolve_config_step(
+    defaults_json: str,
+    params: dict[str, Any],
+    kfp_run_id: str,
+    kfp_run_name: str,
+    config_out: str | Path,
+) -> str:
+    """Apply UI parameters to the compiled-in defaults, validate, write config.json.
+
+    Also opens the MLflow run that records this pipeline run. Returns the config hash.
+    """
+    _setup_logging()
+    base = config_from_dict(json.loads(defaults_json), "compiled config")
+    cfg = apply_pipeline_params(base, params)
+    cfg.mlflow.tracking_uri = tracking.resolve_tracking_uri(
+        cfg.mlflow.tracking_uri, cfg.run.workdir
+    )
+    Path(config_out).parent.mkdir(parents=True, exist_ok=True)
+    Path(config_out).write_text(json.dumps(cfg.to_dict(), indent=2, sort_keys=True))
+    run_id = tracking.start_pipeline_run(cfg, kfp_run_id, kfp_run_name)
+    log.info(
+        "config %s resolved; MLflow run %s at %s",
+        cfg.digest()[:12],
+        run_id,
+        _redact(cfg.mlflow.tracking_uri),
+    )
+    return cfg.digest()
+
+
+def _redact(uri: str) -> str:
+    """Drop credentials from a URI before it reaches a log."""
+    if "@" in uri and "://" in uri:
+        scheme, rest = uri.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return uri
+
+
+def ingest_step(config_path: str, outputs: StageOutputs, kfp_run_id: str = "") -> list[int]:
+    """Read the configured source into a manifest; return the shard ids to fan out over."""
+    _setup_logging()
+    from pairflow.data.ingest import run_ingest
+
+    cfg = load_step_config(config_path)
+    report = run_ingest(cfg.data.source, outputs, cfg.data)
+    _finish(report, outputs, cfg, kfp_run_id)
+    return list(range(cfg.data.shards))
+
+
+# ---------------------------------------------------------------------------------------------
+# sharded data stages and their merges
+
+
+def validate_shard_step(
+    config_path: str, manifest: str, shard: int, outputs: StageOutputs
+) -> StageReport:
+    """Validate one shard of the ingested manifest (pass-through until issue 'curate')."""
+    _setup_logging()
+    watch = Stopwatch()
+    cfg = load_step_config(config_path)
+    df = select_shard(read_manifest(manifest), shard, cfg.data.shards)
+    return _finish(_passthrough("validate", df, outputs, watch, shard=shard), outputs)
+
+
+def dedupe_step(
+    config_path: str,
+    shard_manifests: list[str],
+    shard_reports: list[str],
+    upstream_report: str,
+    outputs: StageOutputs,
+    validate_report: str,
+    kfp_run_id: str = "",
+) -> StageReport:
+    """Merge validated shards and dedupe across them (pass-through until issue 'curate').
+
+    Also writes the validate stage's merged report (shards summed) to ``validate_report``.
+    """
+    _setup_logging()
+    watch = Stopwatch()
+    cfg = load_step_config(config_path)
+    validated = merge_shards("validate", shard_manifests, shard_reports, upstream_report)
+    validated.report.write(validate_report)
+    if kfp_run_id:
+        tracking.log_stage_report(cfg, kfp_run_id, validated.report)
+    rep = _passthrough("dedupe", validated.frame, outputs, watch)
+    return _finish(rep, outputs, cfg, kfp_run_id)
+
+
+def filter_shard_step(
+    config_path: str, manifest: str, shard: int, outputs: StageOutputs
+) -> StageReport:
+    """CLIP-score one shard and keep agreeing pairs (pass-through until issue 'clip-filter')."""
+    _setup_logging()
+    watch = Stopwatch()
+    cfg = load_step_config(config_path)
+    df = select_shard(read_manifest(manifest), shard, cfg.data.shards)
+    return _finish(_passthrough("clip_filter", df, outputs, watch, shard=shard), outputs)
+
+
+def gather_filtered_step(
+    config_path: str,
+    shard_manifests: list[str],
+    shard_reports: list[str],
+    upstream_report: str,
+    outputs: StageOutputs,
+    kfp_run_id: str = "",
+) -> StageReport:
+    """Concatenate the filtered shards into one manifest; its report sums the shard reports."""
+    _setup_logging()
+    cfg = load_step_config(config_path)
+    merged = merge_shards("clip_filter", shard_manifests, shard_reports, upstream_report)
+    write_manifest(merged.frame, outputs.kept)
+    rejected = [pd.read_parquet(p) for p in _siblings(shard_manifests, "rejected")]
+    frames = [r for r in rejected if len(r)]
+    write_manifest(pd.concat(frames) if frames else empty_rejected(), outputs.rejected)
+    return _finish(merged.report, outputs, cfg, kfp_run_id)
+
+
+def _siblings(paths: list[str], name: str) -> list[str]:
+    return [str(Path(p).with_name(name)) for p in paths]
+
+
+class MergedShards:
+    """Shard manifests of one stage concatenated, and their reports summed."""
+
+    def __init__(self, frame: pd.DataFrame, report: StageReport) -> None:
+        self.frame = frame
+        self.report = report
+
+
+def merge_shards(
+    stage: str, manifests: list[str], reports: list[str], upstream_report: str
+) -> MergedShards:
+    """Concatenate shard outputs; fail unless the shards together saw every upstream row."""
+    shard_reports = [StageReport.read(p) for p in reports]
+    report = merge_reports(stage, shard_reports)
+    upstream = StageReport.read(upstream_report)
+    if report.rows_in != upstream.rows_out:
+        raise ConservationError(
+            f"stage {stage!r}: shards saw {report.rows_in} rows but upstream stage "
+            f"{upstream.stage!r} produced {upstream.rows_out}"
+        )
+    frames = [read_manifest(p) for p in manifests]
+    frame = pd.concat(frames, ignore_index=True)
+    frame = frame.sort_values("id", kind="stable").reset_index(drop=True)
+    if len(frame) != report.rows_out:
+        raise ConservationError(
+            f"stage {stage!r}: shard manifests hold {len(frame)} rows, reports say "
+            f"{report.rows_out}"
+        )
+    return MergedShards(frame, report)
+
+
+# ---------------------------------------------------------------------------------------------
+# model stages (pass-through until their issues land)
+
+
+def _model_passthrough(
+    stage: str,
+    config_path: str,
+    manifest: str,
+    outputs: StageOutputs,
+    kfp_run_id: str,
+    **metrics: Any,
+) -> StageReport:
+    _setup_logging()
+    watch = Stopwatch()
+    cfg = load_step_config(config_path)
+    df = read_manifest(manifest)
+    return _finish(_passthrough(stage, df, outputs, watch, **metrics), outputs, cfg, kfp_run_id)
+
+
+def _not_implemented_marker(path: str | Path, stage: str) -> None:
+    p = Path(path)
+    p.mkdir(parents=True, exist_ok=True)
+    (p / "NOT_IMPLEMENTED.json").write_text(
+        json.dumps({"stage": stage, "implemented": False, "model": None}) + "\n"
+    )
+
+
+def train_step(
+    config_path: str, manifest: str, model_dir: str, outputs: StageOutputs, kfp_run_id: str = ""
+) -> StageReport:
+    """Train the model (pass-through until issue 'train': no model is produced)."""
+    _not_implemented_marker(model_dir, "train")
+    return _model_passthrough("train", config_path, manifest, outputs, kfp_run_id)
+
+
+def evaluate_step(
+    config_path: str, manifest: str, model_dir: str, outputs: StageOutputs, kfp_run_id: str = ""
+) -> bool:
+    """Evaluate against the champion and decide the gate.
+
+    Until issue 'evaluate' lands nothing is measured: the gate is not enforced (it opens),
+    and the report says so in ``gate.reasons`` and ``implemented: false``.
+    """
+    gate = {
+        "passed": True,
+        "enforced": False,
+        "reasons": ["evaluate is not implemented: gate not enforced"],
+    }
+    _model_passthrough("evaluate", config_path, manifest, outputs, kfp_run_id, gate=gate)
+    return bool(gate["passed"])
+
+
+def compress_step(
+    config_path: str,
+    manifest: str,
+    model_dir: str,
+    compressed_dir: str,
+    outputs: StageOutputs,
+    kfp_run_id: str = "",
+) -> StageReport:
+    """Build int8/distilled variants (pass-through until issue 'compress')."""
+    _not_implemented_marker(compressed_dir, "compress")
+    return _model_passthrough("compress", config_path, manifest, outputs, kfp_run_id)
+
+
+def register_step(
+    config_path: str, manifest: str, model_dir: str, outputs: StageOutputs, kfp_run_id: str = ""
+) -> str:
+    """Register the model version in MLflow (pass-through until issue 'register').
+
+    Returns the registered model URI, empty while nothing is registered.
+    """
+    _model_passthrough(
+        "register", config_path, manifest, outputs, kfp_run_id, registered_version=None
+    )
+    return ""
+
+
+def deploy_step(
+    config_path: str, manifest: str, model_uri: str, outputs: StageOutputs, kfp_run_id: str = ""
+) -> StageReport:
+    """Canary-deploy the registered version (pass-through until issue 'serve-canary')."""
+    return _model_passthrough(
+        "deploy",
+        config_path,
+        manifest,
+        outputs,
+        kfp_run_id,
+        decision="not_deployed",
+        model_uri=model_uri or None,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# exit handler
+
+
+def finalize_step(
+    tracking_uri: str, experiment: str, workdir: str, kfp_run_id: str, status: dict[str, Any]
+) -> str:
+    """Record the pipeline's final state (the ExitHandler step) in the log and MLflow."""
+    _setup_logging()
+    state = str(status.get("state", "UNKNOWN"))
+    error = status.get("error") or {}
+    message = str(error.get("message", "")) if isinstance(error, dict) else str(error)
+    uri = tracking.resolve_tracking_uri(tracking_uri, workdir)
+    run_id = tracking.record_final_status(uri, experiment, kfp_run_id, state, message)
+    log.info("pipeline run %s finished: %s %s (MLflow run %s)", kfp_run_id, state, message, run_id)
+    return state
+
+
+def write_step_summary(outputs: StageOutputs, summary_path: str | Path) -> dict[str, Any]:
+    """Write the stage's Markdown summary; return artifact metadata for the KFP UI."""
+    from pairflow.summary import report_markdown
+
+    rep = StageReport.read(outputs.report)
+    Path(summary_path).parent.mkdir(parents=True, exist_ok=True)
+    Path(summary_path).write_text(report_markdown(rep))
+    return {
+        "rows_in": rep.rows_in,
+        "rows_out": rep.rows_out,
+        "rows_rejected": rep.rows_rejected,
+        "implemented": rep.implemented,
+    }
