@@ -16,6 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from pairflow.config import PairflowConfig, load_config, pipeline_params
 from pairflow.errors import PairflowError
+from pairflow.report import StageReport
 
 app = typer.Typer(
     help="pairflow: continuous retraining of image-text models on Kubeflow.",
@@ -164,6 +165,7 @@ def _run_and_report(cfg: PairflowConfig, *, cache: bool, extra: list[str] | None
     with console.status("running the retrain pipeline through kfp.local …"):
         result = run_pipeline_locally(cfg, enable_caching=cache)
     console.print(stage_table(result.reports, title="retrain — rows per stage"))
+    console.print(_outcome_line(result.reports))
     for line in extra or []:
         console.print(line)
     console.print(f"run outputs and reports: {result.run_dir}")
@@ -175,6 +177,22 @@ def _run_and_report(cfg: PairflowConfig, *, cache: bool, extra: list[str] | None
     status = "[green]succeeded[/]" if result.succeeded else f"[red]FAILED[/]: {result.error}"
     console.print(f"pipeline {status} in {result.seconds:.1f} s")
     return result.succeeded
+
+
+def _outcome_line(reports: dict[str, StageReport]) -> str:
+    """What was registered and deployed, in words (nothing is claimed that did not happen)."""
+    register, deploy = reports.get("register"), reports.get("deploy")
+    if register is None:
+        return "registered: nothing (gate blocked or the run stopped before register)"
+    version = register.metrics.get("registered_version")
+    registered = f"registered: {version}" if version else "registered: nothing"
+    if not register.implemented:
+        registered += " (register step not implemented yet)"
+    decision = deploy.metrics.get("decision", "unknown") if deploy else "not run"
+    deployed = f"deployed: {decision}"
+    if deploy is not None and not deploy.implemented:
+        deployed += " (deploy step not implemented yet)"
+    return f"{registered}; {deployed}"
 
 
 @app.command("demo")
