@@ -27,6 +27,7 @@ def clip_filter(
 def gather_filtered(
     config: Input[Artifact],
     shards: Input[list[Dataset]],
+    shard_rejected: Input[list[Dataset]],
     shard_reports: Input[list[Artifact]],
     upstream_report: Input[Artifact],
     kfp_run_id: str,
@@ -43,6 +44,7 @@ def gather_filtered(
     gather_filtered_step(
         config.path,
         [s.path for s in shards],
+        [r.path for r in shard_rejected],
         [r.path for r in shard_reports],
         upstream_report.path,
         out,

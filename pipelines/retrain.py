@@ -23,7 +23,7 @@ from pairflow.components.ingest import ingest
 from pairflow.components.register import register
 from pairflow.components.resolve_config import resolve_config
 from pairflow.components.train import train
-from pairflow.components.validate import validate
+from pairflow.components.validate import data_contract, validate
 from pairflow.config import PairflowConfig, PipelineParam, pipeline_params
 
 PIPELINE_NAME = "retrain"
@@ -31,12 +31,22 @@ DESCRIPTION = (
     "pairflow retrain: curate image-caption pairs, retrain, evaluate against the champion, "
     "compress, register in MLflow and canary-deploy."
 )
-IO_RETRIES = 3
+
+
+class _Retry:
+    """Retry policy of I/O-bound steps, set per build from ``kubeflow.io_retries``."""
+
+    retries = 3
+    backoff_s = 15
 
 
 def _io_bound(task: dsl.PipelineTask) -> dsl.PipelineTask:
-    """Retry steps that talk to S3/MLflow/Kubernetes, with backoff."""
-    return task.set_retry(num_retries=IO_RETRIES, backoff_duration="15s", backoff_factor=2.0)
+    """Retry steps that talk to S3/MLflow/Kubernetes, with exponential backoff."""
+    if _Retry.retries == 0:
+        return task
+    return task.set_retry(
+        num_retries=_Retry.retries, backoff_duration=f"{_Retry.backoff_s}s", backoff_factor=2.0
+    )
 
 
 def _no_cache(task: dsl.PipelineTask) -> dsl.PipelineTask:
@@ -67,13 +77,16 @@ def _dag(defaults_json: str, p: dict[str, Any]) -> None:
         with dsl.ParallelFor(ing.outputs["Output"], name="validate-shards") as shard:
             val = validate(config=cfg, manifest=ing.outputs["kept"], shard=shard)
             val.set_display_name("validate shard")
-        ded = dedupe(
+        con = data_contract(
             config=cfg,
             shards=dsl.Collected(val.outputs["kept"]),
+            shard_rejected=dsl.Collected(val.outputs["rejected"]),
             shard_reports=dsl.Collected(val.outputs["report"]),
             upstream_report=ing.outputs["report"],
             kfp_run_id=run_id,
-        ).set_display_name("dedupe")
+        ).set_display_name("data contract")
+        ded = dedupe(config=cfg, manifest=con.outputs["kept"], kfp_run_id=run_id)
+        ded.set_display_name("dedupe")
 
         with dsl.ParallelFor(ing.outputs["Output"], name="filter-shards") as fshard:
             flt = clip_filter(config=cfg, manifest=ded.outputs["kept"], shard=fshard)
@@ -81,6 +94,7 @@ def _dag(defaults_json: str, p: dict[str, Any]) -> None:
         curated = gather_filtered(
             config=cfg,
             shards=dsl.Collected(flt.outputs["kept"]),
+            shard_rejected=dsl.Collected(flt.outputs["rejected"]),
             shard_reports=dsl.Collected(flt.outputs["report"]),
             upstream_report=ded.outputs["report"],
             kfp_run_id=run_id,
@@ -130,6 +144,7 @@ def _docstring(params: list[PipelineParam]) -> str:
 def build_pipeline(base: PairflowConfig | None = None) -> Any:
     """The ``retrain`` pipeline with UI parameters defaulting to ``base`` (default config)."""
     cfg = base or PairflowConfig()
+    _Retry.retries, _Retry.backoff_s = cfg.kubeflow.io_retries, cfg.kubeflow.io_retry_backoff_s
     params = pipeline_params()
     data = cfg.to_dict()
     names = [prm.name for prm in params]

@@ -276,10 +276,28 @@ def ui(
     )
 
 
+@app.command("bench")
+def bench(
+    stages: Annotated[list[str] | None, typer.Argument(help="Stage(s) or benchmark name(s).")] = (
+        None
+    ),
+) -> None:
+    """Run side-by-side benchmarks (from a source checkout); JSON goes to bench/results/."""
+    root = next(
+        (d for d in (Path.cwd(), *Path.cwd().parents) if (d / "bench" / "__main__.py").is_file()),
+        None,
+    )
+    if root is None:
+        raise PairflowError(f"{Path.cwd()}: not inside a pairflow checkout (no bench/ found)")
+    proc = subprocess.run([sys.executable, "-m", "bench", *(stages or [])], cwd=root, check=False)
+    raise typer.Exit(proc.returncode)
+
+
 def main() -> None:
     """Console entry point: user errors are one line and exit code 2."""
     try:
-        app(standalone_mode=False)
+        # Without standalone mode click returns typer.Exit's code instead of exiting.
+        code = app(standalone_mode=False)
     except PairflowError as exc:
         if _State.debug:
             raise
@@ -297,6 +315,7 @@ def main() -> None:
             exc.show()
             sys.exit(exc.exit_code)
         raise
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -63,20 +63,93 @@ class DataConfig(_Section):
     s3: S3Config = Field(default_factory=S3Config)
 
 
-class ValidateConfig(_Section):
-    allowed_formats: list[Literal["JPEG", "PNG", "WEBP"]] = ["JPEG", "PNG", "WEBP"]
-    min_width: int = ui(16, "Min image width", "Images narrower than this are rejected.", ge=1)
-    min_height: int = ui(16, "Min image height", "Images shorter than this are rejected.", ge=1)
-    min_caption_chars: int = ui(3, "Min caption length", "Shorter captions are rejected.", ge=0)
+class ContractConfig(_Section):
+    """Dataset-level Great Expectations contract, checked on all validated rows together."""
 
-
-class DedupeConfig(_Section):
-    phash_max_distance: int = ui(
-        6, "Near-duplicate distance", "Max Hamming distance of 64-bit perceptual hashes.", ge=0
+    min_rows: int = ui(10, "Min rows", "Fewer kept rows than this fails the step.", ge=1)
+    max_reject_share: float = ui(
+        0.5, "Max reject share", "A larger share of rejected rows fails the step.", ge=0, le=1
+    )
+    max_null_share: dict[str, float] = Field(
+        default_factory=lambda: {"id": 0.0, "image": 0.0, "caption": 0.0},
+        description="Per column: the largest share of nulls tolerated among kept rows.",
+    )
+    allowed_sources: list[str] | None = Field(
+        None, description="Value set for the 'source' column; None skips the expectation."
+    )
+    caption_chars_mean: tuple[float, float] = Field(
+        (5.0, 300.0), description="Bounds on the mean caption length (characters)."
+    )
+    caption_chars_p95_max: float = Field(
+        500.0, description="Upper bound on the 95th percentile of caption length."
     )
 
 
+class ValidateConfig(_Section):
+    """Per-row checks; every failure is a rejected row with a reason code and a detail."""
+
+    allowed_formats: list[Literal["JPEG", "PNG", "WEBP"]] = ["JPEG", "PNG", "WEBP"]
+    min_width: int = ui(16, "Min image width", "Images narrower than this are rejected.", ge=1)
+    min_height: int = ui(16, "Min image height", "Images shorter than this are rejected.", ge=1)
+    max_width: int = Field(8192, ge=1)
+    max_height: int = Field(8192, ge=1)
+    max_aspect_ratio: float = Field(4.0, ge=1.0, description="max(w/h, h/w) allowed.")
+    max_pixels: int = Field(
+        40_000_000, ge=1, description="Declared w*h above this is rejected before decoding."
+    )
+    max_file_bytes: int = Field(20_000_000, ge=1)
+    min_caption_chars: int = ui(3, "Min caption length", "Shorter captions are rejected.", ge=0)
+    max_caption_chars: int = Field(1000, ge=1)
+    min_caption_tokens: int = Field(1, ge=0)
+    max_caption_tokens: int = Field(77, ge=1, description="CLIP's context length by default.")
+    min_printable_ratio: float = Field(0.95, ge=0, le=1)
+    min_letter_ratio: float = Field(
+        0.5, ge=0, le=1, description="Share of letters and spaces among caption characters."
+    )
+    blocked_words: list[str] = Field(default_factory=list)
+    allowed_labels: list[str] | None = Field(
+        None, description="When set, rows whose label is not in the set are rejected."
+    )
+    workers: int = Field(0, ge=0, description="Decode processes per shard; 0 = CPU count.")
+    contract: ContractConfig = Field(default_factory=ContractConfig)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> ValidateConfig:
+        if self.min_width > self.max_width or self.min_height > self.max_height:
+            raise ValueError("validate: min width/height must not exceed max")
+        if self.min_caption_chars > self.max_caption_chars:
+            raise ValueError("validate: min_caption_chars must not exceed max_caption_chars")
+        return self
+
+
+class DedupeConfig(_Section):
+    """Exact, perceptual and caption duplicates; which copy survives is deterministic."""
+
+    exact: bool = ui(True, "Exact duplicates", "Drop byte-identical images.")
+    near: bool = ui(True, "Near duplicates", "Drop perceptual-hash near duplicates.")
+    phash_max_distance: int = ui(
+        6,
+        "Near-duplicate distance",
+        "Max Hamming distance of 64-bit perceptual hashes.",
+        ge=0,
+        le=16,
+    )
+    captions: bool = ui(
+        True, "Duplicate captions", "Drop rows whose normalised caption repeats another's."
+    )
+    near_captions: bool = Field(False, description="Also MinHash-LSH near-duplicate captions.")
+    minhash_threshold: float = Field(0.9, gt=0, le=1, description="Jaccard threshold.")
+    minhash_num_perm: int = Field(64, ge=16, le=512)
+    embeddings: bool = Field(
+        False, description="SemDeDup on CLIP embeddings (needs clip-filter embeddings)."
+    )
+    embedding_epsilon: float = Field(0.05, gt=0, lt=1, description="Drop cosine > 1 - eps.")
+    embedding_clusters: int = Field(16, ge=1)
+
+
 class ClipFilterConfig(_Section):
+    """Score pairs by CLIP image-text cosine; keep by threshold or top fraction."""
+
     model: str = ui(
         "",
         "CLIP model reference",
@@ -92,6 +165,15 @@ class ClipFilterConfig(_Section):
         ge=0.0,
         le=1.0,
     )
+    source_thresholds: dict[str, float] = Field(
+        default_factory=dict, description="Per-'source' thresholds overriding `threshold`."
+    )
+    batch_size: int = ui(64, "CLIP batch size", "Pairs per forward pass.", ge=1)
+    num_workers: int = Field(2, ge=0, description="DataLoader workers decoding images.")
+    torch_threads: int = Field(
+        0, ge=0, description="Intra-op threads; 0 = CPUs not used by workers."
+    )
+    read_retries: int = Field(3, ge=0, description="Retries for transient image read errors.")
 
 
 class TrainConfig(_Section):
@@ -139,18 +221,25 @@ class KubeflowConfig(_Section):
         "python:3.11-slim",
         description="Image the components run in on a cluster (the runtime image, by digest).",
     )
+    io_retries: int = Field(3, ge=0, description="Retries of I/O-bound steps (S3, MLflow, k8s).")
+    io_retry_backoff_s: int = Field(15, ge=1, description="First retry delay; doubles each time.")
     pipeline_name: str = "retrain"
     experiment: str = "pairflow"
     host: str = ""
 
 
 class RunConfig(_Section):
+    """Local runs (kfp.local): work dir, seed, and how hard to retry failing steps."""
+
     workdir: str = ui(
         ".pairflow",
         "Work directory",
         "Local runs: where outputs and the default sqlite MLflow store live.",
     )
     seed: int = ui(0, "Seed", "Global random seed.")
+    local_io_retries: int = Field(
+        1, ge=0, description="kubeflow.io_retries for local runs: fail fast while iterating."
+    )
 
 
 class PairflowConfig(_Section):

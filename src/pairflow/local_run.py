@@ -39,6 +39,8 @@ def prepare_local_config(cfg: PairflowConfig) -> PairflowConfig:
     if out.data.source and "://" not in out.data.source:
         out.data.source = str(Path(out.data.source).expanduser().resolve())
     out.mlflow.tracking_uri = tracking.resolve_tracking_uri(out.mlflow.tracking_uri, workdir)
+    out.kubeflow.io_retries = out.run.local_io_retries
+    out.kubeflow.io_retry_backoff_s = 2
     return out
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -142,36 +144,104 @@ def ingest_step(config_path: str, outputs: StageOutputs, kfp_run_id: str = "") -
 def validate_shard_step(
     config_path: str, manifest: str, shard: int, outputs: StageOutputs
 ) -> StageReport:
-    """Validate one shard of the ingested manifest (pass-through until issue 'curate')."""
+    """Validate one shard of the ingested manifest: per-row checks, images decoded once."""
     _setup_logging()
+    from pairflow.validate.rows import validate_frame
+
     watch = Stopwatch()
     cfg = load_step_config(config_path)
     df = select_shard(read_manifest(manifest), shard, cfg.data.shards)
-    return _finish(_passthrough("validate", df, outputs, watch, shard=shard), outputs)
+    log.info("validate shard %d/%d: %d rows", shard, cfg.data.shards, len(df))
+    result = validate_frame(df, cfg.validate_, cfg.data.s3, progress=_log_progress("validate"))
+    write_manifest(result.kept, outputs.kept)
+    write_manifest(result.rejected, outputs.rejected)
+    report = StageReport(
+        stage="validate",
+        rows_in=len(df),
+        rows_out=len(result.kept),
+        rejected=result.counts,
+        seconds=watch.seconds,
+        shard=shard,
+        metrics=result.metrics,
+    )
+    return _finish(report, outputs)
 
 
-def dedupe_step(
+def _log_progress(stage: str, every: int = 10_000) -> Callable[[int, int], None]:
+    state = {"next": every}
+
+    def report(done: int, total: int) -> None:
+        if done >= state["next"] or done == total:
+            log.info("%s: %d/%d rows", stage, done, total)
+            state["next"] = done + every
+
+    return report
+
+
+def contract_step(
     config_path: str,
     shard_manifests: list[str],
+    shard_rejected: list[str],
     shard_reports: list[str],
     upstream_report: str,
     outputs: StageOutputs,
-    validate_report: str,
+    docs_html: str,
+    docs_site: str,
     kfp_run_id: str = "",
 ) -> StageReport:
-    """Merge validated shards and dedupe across them (pass-through until issue 'curate').
+    """Merge the validated shards and check the dataset-level data contract (GX).
 
-    Also writes the validate stage's merged report (shards summed) to ``validate_report``.
+    Writes the merged validate report (the contract's outcomes in its metrics), a one-file
+    HTML page of the outcomes (``docs_html``) and GX's Data Docs site (``docs_site``, a
+    directory); a failed critical expectation fails the step.
     """
     _setup_logging()
+    from pairflow.validate.contract import ContractError, run_contract
+
+    cfg = load_step_config(config_path)
+    merged = merge_shards(
+        "validate", shard_manifests, shard_reports, upstream_report, rejected=shard_rejected
+    )
+    write_manifest(merged.frame, outputs.kept)
+    write_manifest(merged.rejected, outputs.rejected)
+    docs_dir = Path(docs_site)
+    result = run_contract(
+        merged.frame, merged.rejected, cfg.validate_, docs_dir, raise_on_failure=False
+    )
+    log.info("%s (%d expectations; docs in %s)", result.message(), len(result.outcomes), docs_dir)
+    Path(docs_html).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(result.html, docs_html)
+    report = merged.report.model_copy(
+        update={"metrics": {**merged.report.metrics, "contract": result.to_json_dict()}}
+    )
+    _finish(report, outputs, cfg, kfp_run_id)
+    if not result.passed:
+        raise ContractError(result.message(), result)
+    return report
+
+
+def dedupe_step(
+    config_path: str, manifest: str, outputs: StageOutputs, kfp_run_id: str = ""
+) -> StageReport:
+    """Drop exact, near and caption duplicates across all validated rows."""
+    _setup_logging()
+    from pairflow.dedupe.merge import dedupe_frame
+
     watch = Stopwatch()
     cfg = load_step_config(config_path)
-    validated = merge_shards("validate", shard_manifests, shard_reports, upstream_report)
-    validated.report.write(validate_report)
-    if kfp_run_id:
-        tracking.log_stage_report(cfg, kfp_run_id, validated.report)
-    rep = _passthrough("dedupe", validated.frame, outputs, watch)
-    return _finish(rep, outputs, cfg, kfp_run_id)
+    df = read_manifest(manifest)
+    result = dedupe_frame(df, cfg.dedupe)
+    write_manifest(result.kept, outputs.kept)
+    write_manifest(result.rejected, outputs.rejected)
+    report = StageReport(
+        stage="dedupe",
+        rows_in=len(df),
+        rows_out=len(result.kept),
+        rejected=result.counts,
+        seconds=watch.seconds,
+        metrics=result.metrics,
+    )
+    return _finish(report, outputs, cfg, kfp_run_id)
 
 
 def filter_shard_step(
@@ -188,6 +258,7 @@ def filter_shard_step(
 def gather_filtered_step(
     config_path: str,
     shard_manifests: list[str],
+    shard_rejected: list[str],
     shard_reports: list[str],
     upstream_report: str,
     outputs: StageOutputs,
@@ -196,28 +267,30 @@ def gather_filtered_step(
     """Concatenate the filtered shards into one manifest; its report sums the shard reports."""
     _setup_logging()
     cfg = load_step_config(config_path)
-    merged = merge_shards("clip_filter", shard_manifests, shard_reports, upstream_report)
+    merged = merge_shards(
+        "clip_filter", shard_manifests, shard_reports, upstream_report, rejected=shard_rejected
+    )
     write_manifest(merged.frame, outputs.kept)
-    rejected = [pd.read_parquet(p) for p in _siblings(shard_manifests, "rejected")]
-    frames = [r for r in rejected if len(r)]
-    write_manifest(pd.concat(frames) if frames else empty_rejected(), outputs.rejected)
+    write_manifest(merged.rejected, outputs.rejected)
     return _finish(merged.report, outputs, cfg, kfp_run_id)
 
 
-def _siblings(paths: list[str], name: str) -> list[str]:
-    return [str(Path(p).with_name(name)) for p in paths]
-
-
 class MergedShards:
-    """Shard manifests of one stage concatenated, and their reports summed."""
+    """Shard outputs of one stage concatenated (sorted by id), and their reports summed."""
 
-    def __init__(self, frame: pd.DataFrame, report: StageReport) -> None:
+    def __init__(self, frame: pd.DataFrame, rejected: pd.DataFrame, report: StageReport) -> None:
         self.frame = frame
+        self.rejected = rejected
         self.report = report
 
 
 def merge_shards(
-    stage: str, manifests: list[str], reports: list[str], upstream_report: str
+    stage: str,
+    manifests: list[str],
+    reports: list[str],
+    upstream_report: str,
+    *,
+    rejected: list[str] | None = None,
 ) -> MergedShards:
     """Concatenate shard outputs; fail unless the shards together saw every upstream row."""
     shard_reports = [StageReport.read(p) for p in reports]
@@ -228,15 +301,27 @@ def merge_shards(
             f"stage {stage!r}: shards saw {report.rows_in} rows but upstream stage "
             f"{upstream.stage!r} produced {upstream.rows_out}"
         )
-    frames = [read_manifest(p) for p in manifests]
-    frame = pd.concat(frames, ignore_index=True)
-    frame = frame.sort_values("id", kind="stable").reset_index(drop=True)
+    frame = _concat_sorted([read_manifest(p) for p in manifests])
     if len(frame) != report.rows_out:
         raise ConservationError(
             f"stage {stage!r}: shard manifests hold {len(frame)} rows, reports say "
             f"{report.rows_out}"
         )
-    return MergedShards(frame, report)
+    rejects = _concat_sorted([pd.read_parquet(p) for p in rejected or []])
+    if rejected is not None and len(rejects) != report.rows_rejected:
+        raise ConservationError(
+            f"stage {stage!r}: shard rejects hold {len(rejects)} rows, reports say "
+            f"{report.rows_rejected}"
+        )
+    return MergedShards(frame, rejects, report)
+
+
+def _concat_sorted(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    nonempty = [f for f in frames if len(f)]
+    if not nonempty:
+        return frames[0] if frames else empty_rejected()
+    out = pd.concat(nonempty, ignore_index=True)
+    return out.sort_values("id", kind="stable").reset_index(drop=True)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -58,7 +58,15 @@ def test_dag_shape(ir: dict[str, Any]) -> None:
     loops = {n: t for n, t in body.items() if "parameterIterator" in t}
     conditions = {n: t for n, t in body.items() if t.get("triggerPolicy", {}).get("condition")}
     steps = set(body) - set(loops) - set(conditions)
-    assert steps == {"resolve-config", "ingest", "dedupe", "gather-filtered", "train", "evaluate"}
+    assert steps == {
+        "resolve-config",
+        "ingest",
+        "data-contract",
+        "dedupe",
+        "gather-filtered",
+        "train",
+        "evaluate",
+    }
     # two fan-outs over the shard ids that ingest returns
     assert sorted(sorted(_sub(ir, t)) for t in loops.values()) == [["clip-filter"], ["validate"]]
     for loop in loops.values():
@@ -73,6 +81,7 @@ def test_dag_shape(ir: dict[str, Any]) -> None:
     assert "gather-filtered" in body["train"]["dependentTasks"]
     assert "train" in body["evaluate"]["dependentTasks"]
     assert "dedupe" in body["gather-filtered"]["dependentTasks"]
+    assert "data-contract" in body["dedupe"]["dependentTasks"]
 
 
 def _gated(ir: dict[str, Any]) -> dict[str, Any]:

@@ -46,6 +46,13 @@ def test_pipeline_runs_end_to_end(
     assert result.reports["ingest"].rows_in == small_dataset.rows
     assert result.reports["ingest"].implemented is True
     assert result.reports["validate"].metrics["shards"] == 3
+    # curate is real: the generator's broken files and duplicates are gone, with reasons
+    assert result.reports["validate"].implemented and result.reports["dedupe"].implemented
+    assert result.reports["validate"].rejected.get("missing_file", 0) >= 1
+    assert result.reports["dedupe"].rejected.get("exact_duplicate", 0) >= 1
+    assert result.reports["validate"].metrics["contract"]["passed"] is True
+    docs = next(result.run_dir.glob("data-contract*/data_docs"))
+    assert "data contract" in docs.read_text().lower()
     # steps that are not built yet say so, and never claim a model
     assert result.reports["train"].implemented is False
     assert result.reports["evaluate"].metrics["gate"]["enforced"] is False

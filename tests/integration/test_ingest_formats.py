@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import re
 import shutil
 import socket
@@ -212,7 +213,7 @@ def test_aws_endpoint_url_env_is_honoured(
     assert s3io.list_keys(s3io.s3_uri(s3_bucket, "x"), S3Config()) == ["x/a.txt"]
 
 
-def test_unreadable_sidecar_is_rejected_with_reason(tmp_path: Path) -> None:
+def test_non_utf8_caption_is_rejected_with_reason(tmp_path: Path) -> None:
     src = tmp_path / "src"
     src.mkdir()
     (src / "good.png").write_bytes(b"png")
@@ -220,8 +221,30 @@ def test_unreadable_sidecar_is_rejected_with_reason(tmp_path: Path) -> None:
     (src / "bad.png").write_bytes(b"png")
     (src / "bad.txt").write_bytes(b"\xff\xfe\x00")
     report = run_ingest(str(src), StageOutputs.in_dir(tmp_path / "out"), DataConfig())
-    assert report.rejected == {"unreadable_sidecar": 1}
+    assert report.rejected == {"caption_not_utf8": 1}
     rejected = pd.read_parquet(tmp_path / "out" / "rejected.parquet")
     assert rejected["id"].tolist() == ["bad"]
     assert "bad.txt: not UTF-8" in rejected["detail"].iloc[0]
     assert "read_problem" not in pd.read_parquet(tmp_path / "out" / "kept.parquet").columns
+
+
+def test_path_traversal_in_relative_image_uri_is_rejected(tmp_path: Path) -> None:
+    """``../../etc/passwd`` in a manifest is refused at ingest, never resolved and read."""
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "ok.png").write_bytes(b"png")
+    manifest = root / "manifest.jsonl"
+    rows = [
+        {"id": "ok", "image": "ok.png", "caption": "fine"},
+        {"id": "evil", "image": "../../etc/passwd", "caption": "nope"},
+        {"id": "evil-tar", "image": "../x.tar#a.jpg", "caption": "nope"},
+        {"id": "inside", "image": "sub/../ok.png", "caption": "fine"},
+    ]
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    report = run_ingest(str(manifest), StageOutputs.in_dir(tmp_path / "out"), DataConfig())
+    assert report.rejected == {"unsafe_image_path": 2}
+    rejected = pd.read_parquet(tmp_path / "out" / "rejected.parquet")
+    assert sorted(rejected["id"]) == ["evil", "evil-tar"]
+    assert "escapes the manifest directory" in rejected["detail"].iloc[0]
+    kept = pd.read_parquet(tmp_path / "out" / "kept.parquet")
+    assert sorted(kept["id"]) == ["inside", "ok"]

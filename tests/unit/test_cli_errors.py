@@ -94,3 +94,12 @@ def test_data_generate_without_defects(tmp_path: Path, flag: str) -> None:
     proc = _run("data", "generate", "--out", str(tmp_path), "--n", "30", flag)
     assert proc.returncode == 0, proc.stderr
     assert pd.read_parquet(tmp_path / "ground_truth.parquet").empty
+
+
+@pytest.mark.slow
+def test_failed_pipeline_run_exits_non_zero(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.parquet"
+    pd.DataFrame({"id": ["a"], "caption": ["a red circle"]}).to_parquet(broken)
+    proc = _run("run", "--set", f"data.source={broken}", "--set", f"run.workdir={tmp_path / 'w'}")
+    assert proc.returncode == 1, proc.stdout[-2000:]
+    assert "FAILED" in proc.stdout

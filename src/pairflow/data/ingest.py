@@ -4,7 +4,10 @@ Reasons (one per rejected row, checked in this order):
 
 - ``missing_id``: id null or blank;
 - ``missing_image_ref``: image null or blank (e.g. a caption file with no image next to it);
-- ``unreadable_sidecar``: a ``.txt``/``.cls`` sidecar that could not be read or decoded;
+- ``unsafe_image_path``: a relative image reference that climbs out of the manifest's directory
+  (``../../etc/passwd``);
+- ``caption_not_utf8`` / ``label_not_utf8``: a ``.txt``/``.cls`` sidecar that is not UTF-8;
+- ``unreadable_sidecar``: a sidecar that could not be read;
 - ``duplicate_id``: an id already kept earlier in source order (the first valid one is kept).
 
 Image files are not opened here; validate checks that they exist and decode.
@@ -23,6 +26,10 @@ from pairflow.data.sources import PROBLEM_COLUMN, load_source
 from pairflow.report import StageOutputs, StageReport, Stopwatch
 
 STAGE = "ingest"
+# Problems the readers report as "<code>: <detail>"; the first code names the reject reason.
+PROBLEM_CODES = frozenset(
+    {"unsafe_image_path", "caption_not_utf8", "label_not_utf8", "unreadable_sidecar"}
+)
 
 
 def _blank(value: Any) -> bool:
@@ -45,7 +52,11 @@ def split_rejects(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, dict[st
         elif _blank(image):
             reason, detail = "missing_image_ref", f"id {row_id!r}: no image file or reference"
         elif not _blank(problem):
-            reason, detail = "unreadable_sidecar", f"id {row_id!r}: {problem}"
+            code, sep, text = str(problem).partition(": ")
+            if sep and code in PROBLEM_CODES:
+                reason, detail = code, f"id {row_id!r}: {text}"
+            else:
+                reason, detail = "unreadable_sidecar", f"id {row_id!r}: {problem}"
         elif row_id in first_seen:
             reason = "duplicate_id"
             detail = f"id {row_id!r} repeats row {first_seen[row_id]} (first kept)"

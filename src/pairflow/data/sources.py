@@ -199,9 +199,24 @@ def _read_manifest(uri: str, kind: str, s3: S3Config | None) -> pd.DataFrame:
         df = _read_manifest_file(path, kind, uri)
     if df.empty:
         raise InputDataError(f"{uri}: manifest has no rows")
+    df[PROBLEM_COLUMN] = [_escape_problem(v, base) for v in df["image"]]
     df["image"] = [resolve_image_uri(v, base) for v in df["image"]]
-    df[PROBLEM_COLUMN] = None
     return df
+
+
+def _escape_problem(image: object, base: str) -> str | None:
+    """A problem when a relative image reference climbs out of the manifest's directory."""
+    if not isinstance(image, str) or not image.strip():
+        return None
+    ref = image.strip()
+    tar = split_tar_member(ref)
+    ref = tar[0] if tar is not None else ref
+    if "://" in ref or os.path.isabs(ref):
+        return None
+    joined = posixpath.normpath(posixpath.join("/root", ref.replace(os.sep, "/")))
+    if joined == "/root" or joined.startswith("/root/"):
+        return None
+    return f"unsafe_image_path: {ref!r} escapes the manifest directory {base}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -214,12 +229,13 @@ def _decode_sidecar(
     if content is None:
         return None
     if isinstance(content, InputDataError):
-        problems.append(str(content))
+        problems.append(f"unreadable_sidecar: {content}")
         return None
     try:
         return content.decode("utf-8").strip()
     except UnicodeDecodeError as exc:
-        problems.append(f"{uri}: not UTF-8 text ({exc.reason} at byte {exc.start})")
+        code = "label_not_utf8" if uri.lower().endswith(".cls") else "caption_not_utf8"
+        problems.append(f"{code}: {uri}: not UTF-8 text ({exc.reason} at byte {exc.start})")
         return None
 
 

@@ -1,0 +1,1 @@
+"""Dedupe: exact, perceptual and caption duplicates, merged across shards."""

@@ -1,0 +1,194 @@
+"""Per-image dedupe signatures, computed by the validate step from the decoded image.
+
+Two signatures per image:
+
+- ``img_sha256``: sha256 of the file bytes (exact duplicates), from :func:`content_hash`.
+- ``img_layout00`` .. ``img_layout23``: a *colour-layout* descriptor, from
+  :func:`image_signature`. For the full frame and for a centre crop (3/64 of each side
+  removed) it holds the mean luma (Y) of an 8x8 grid and the mean chroma (Cb, Cr) of a
+  4x4 grid: 2 x 96 bytes, packed little-endian into 24 signed int64 columns.
+
+Why not a plain grey-level pHash/dHash: on small, flat images (the synthetic demo's shapes
+on a grey background) grey pHash/dHash bits are dominated by noise -- a red shape can have
+the same luma as its background -- and re-renders of the same scene share their pHash.
+Measured on the generator (3 seeds x 2000 rows) grey pHash finds 66% of near duplicates at
+Hamming <= 6 while ~2300 unrelated pairs per seed also fall within that radius. The layout
+descriptor keeps colour and absolute level, its cells line up with JPEG's 8x8 luma / 16x16
+chroma blocks (so heavy re-encoding barely moves them), and the crop copy aligns small crops.
+
+The 64-bit perceptual hash used by the Hamming index is derived from the full-frame layout
+(:func:`layout_phash`, vectorised, in the merge step), so signatures stay cheap to compute.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import struct
+import unicodedata
+
+import numpy as np
+import numpy.typing as npt
+from PIL import Image
+
+__all__ = [
+    "CROP_FRACTION",
+    "IMAGE_HASH_COLUMNS",
+    "IMAGE_SIGNATURE_COLUMNS",
+    "LAYOUT_BYTES",
+    "caption_key",
+    "content_hash",
+    "image_signature",
+    "layout_array",
+    "layout_phash",
+]
+
+LUMA_GRID = 8
+CHROMA_GRID = 4
+LAYOUT_BYTES = LUMA_GRID * LUMA_GRID + 2 * CHROMA_GRID * CHROMA_GRID  # 96 per view
+CROP_FRACTION = 3 / 64  # the centre-crop view removes this share of each side
+_VIEWS = 2  # full frame, centre crop
+_WORDS = _VIEWS * LAYOUT_BYTES // 8  # 24 int64 words
+_SOURCE = 16  # images are box-averaged to 16x16 RGB before the (linear) descriptor map
+
+IMAGE_HASH_COLUMNS: tuple[str, ...] = tuple(f"img_layout{k:02d}" for k in range(_WORDS))
+IMAGE_SIGNATURE_COLUMNS: tuple[str, ...] = ("img_sha256", *IMAGE_HASH_COLUMNS)
+
+# JFIF RGB -> YCbCr (the transform JPEG uses), rows Y, Cb, Cr.
+_YCC = np.array(
+    [[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]],
+    dtype=np.float64,
+)
+
+# Index hash: random projections of the 4x4 luma + 2x2 chroma pooled layout with random
+# offsets, quantised with period 2 * _PHASH_STEP (a 64-bit locality-sensitive code: bits
+# flip rarely for small layout changes, like coin flips for unrelated images).
+_PHASH_SEED = 20240611
+_PHASH_STEP = 80.0
+PHASH_CHROMA_WEIGHT = 3.0
+
+
+def _area_weights(n_in: int, n_out: int, crop: float) -> npt.NDArray[np.float64]:
+    """Box-filter weights (n_out x n_in) of ``n_out`` cells over the crop of ``n_in`` pixels."""
+    edges = np.linspace(crop * n_in, n_in - crop * n_in, n_out + 1)
+    px = np.arange(n_in, dtype=np.float64)
+    lo = np.maximum(edges[:-1, None], px[None, :])
+    hi = np.minimum(edges[1:, None], px[None, :] + 1.0)
+    w = np.clip(hi - lo, 0.0, None)
+    out: npt.NDArray[np.float64] = w / w.sum(axis=1, keepdims=True)
+    return out
+
+
+def _descriptor_map() -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    """One linear map (and offset) from 16x16x3 RGB bytes to both 96-byte layouts.
+
+    Output order per view: 8x8 luma, 4x4 Cb, 4x4 Cr (row-major). Box weights and the
+    RGB -> YCbCr transform are folded together, so a signature is one matrix product.
+    """
+    blocks: list[npt.NDArray[np.float64]] = []
+    offsets: list[npt.NDArray[np.float64]] = []
+    for crop in (0.0, CROP_FRACTION):
+        for channel, grid, offset in (
+            (0, LUMA_GRID, 0.5),
+            (1, CHROMA_GRID, 128.0),
+            (2, CHROMA_GRID, 128.0),
+        ):
+            a = _area_weights(_SOURCE, grid, crop)
+            spatial = np.einsum("ai,bj->abij", a, a).reshape(grid * grid, _SOURCE * _SOURCE)
+            blocks.append(np.kron(spatial, _YCC[channel][None, :]))
+            offsets.append(np.full(grid * grid, offset))
+    # luma rounds (+0.5, then truncation); chroma truncates so [0.5, 255.5] stays in uint8
+    return np.concatenate(blocks).astype(np.float32), np.concatenate(offsets).astype(np.float32)
+
+
+_MAP, _MAP_OFFSET = _descriptor_map()
+_UNPACK = struct.Struct(f"<{_WORDS}q").unpack
+
+
+def content_hash(data: bytes) -> str:
+    """sha256 hex digest of the raw file bytes."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def _thumbnail(img: Image.Image) -> Image.Image:
+    w, h = img.size
+    if w % _SOURCE == 0 and h % _SOURCE == 0:
+        return img.reduce((w // _SOURCE, h // _SOURCE))  # exact box mean, and ~3x faster
+    # large images: integer pre-reduction first (~2x faster, near-identical box means)
+    return img.resize((_SOURCE, _SOURCE), Image.Resampling.BOX, reducing_gap=2.0)
+
+
+def image_signature(img: Image.Image) -> dict[str, int]:
+    """Colour-layout signature of a decoded RGB image: ``IMAGE_HASH_COLUMNS`` -> int64.
+
+    ``img`` must already be EXIF-transposed and converted to RGB. One PIL box reduction to
+    16x16 and one 192x768 matrix product: ~25 us for a 64x64 image (decode: ~110 us).
+    """
+    if img.mode != "RGB":
+        raise ValueError(f"image_signature needs an RGB image, got mode {img.mode!r}")
+    rgb = np.frombuffer(_thumbnail(img).tobytes(), dtype=np.uint8).astype(np.float32)
+    values = (_MAP @ rgb + _MAP_OFFSET).astype(np.uint8)
+    return dict(zip(IMAGE_HASH_COLUMNS, _UNPACK(values.tobytes()), strict=True))
+
+
+def layout_array(words: npt.NDArray[np.int64]) -> npt.NDArray[np.uint8]:
+    """Unpack ``(n, 24)`` int64 signature words into ``(n, 2, 96)`` uint8 layouts."""
+    w = np.ascontiguousarray(words, dtype="<i8")
+    return w.view(np.uint8).reshape(len(w), _VIEWS, LAYOUT_BYTES)
+
+
+def _phash_projection() -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    rng = np.random.default_rng(_PHASH_SEED)
+    proj = rng.standard_normal((24, 64))
+    proj /= np.linalg.norm(proj, axis=0, keepdims=True)
+    phase = rng.random(64) * 2.0
+    return proj.astype(np.float32), phase.astype(np.float32)
+
+
+_PROJ, _PHASE = _phash_projection()
+
+
+def _pooled(layout: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
+    """Full-frame layout -> 16 luma (4x4) + 8 chroma (2x2, weighted) features."""
+    x = layout.astype(np.float32)
+    n = len(x)
+    y = x[:, :64].reshape(n, 4, 2, 4, 2).mean(axis=(2, 4)).reshape(n, 16)
+    c = x[:, 64:].reshape(n, 2, 2, 2, 2, 2).mean(axis=(3, 5)).reshape(n, 8)
+    out: npt.NDArray[np.float32] = np.concatenate([y, c * PHASH_CHROMA_WEIGHT], axis=1)
+    return out
+
+
+def layout_phash(layout: npt.NDArray[np.uint8], chunk: int = 16384) -> npt.NDArray[np.int64]:
+    """64-bit perceptual hashes (as int64) of full-frame layouts ``(n, 96)`` uint8."""
+    out = np.empty(len(layout), dtype=np.int64)
+    for start in range(0, len(layout), chunk):
+        proj = _pooled(layout[start : start + chunk]) @ _PROJ
+        bits = (np.floor(proj / _PHASH_STEP + _PHASE).astype(np.int32) & 1).astype(np.uint8)
+        packed = np.packbits(bits, axis=1)  # (k, 8), most significant bit first
+        out[start : start + chunk] = packed.view(">u8").ravel().astype(np.uint64).view(np.int64)
+    return out
+
+
+_SPACE = re.compile(r"\s+")
+
+
+def _edge_char(ch: str) -> bool:
+    cat = unicodedata.category(ch)
+    return cat[0] in "PSZC"
+
+
+def caption_key(caption: str) -> str:
+    """Normalised caption for duplicate detection.
+
+    NFKC, casefold, control characters dropped, whitespace runs collapsed to one space,
+    punctuation/symbols stripped at both ends ("A red  circle." == "a red circle").
+    """
+    text = unicodedata.normalize("NFKC", caption).casefold()
+    text = "".join(" " if unicodedata.category(ch)[0] == "C" else ch for ch in text)
+    text = _SPACE.sub(" ", text)
+    start, end = 0, len(text)
+    while start < end and _edge_char(text[start]):
+        start += 1
+    while end > start and _edge_char(text[end - 1]):
+        end -= 1
+    return text[start:end]

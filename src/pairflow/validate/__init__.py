@@ -1,0 +1,1 @@
+"""Validate: per-row checks (images decoded once) and the dataset-level data contract."""
