@@ -12,7 +12,7 @@ import logging
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pandas as pd
 
@@ -60,6 +60,36 @@ def _finish(
     if cfg is not None and kfp_run_id:
         tracking.log_stage_report(cfg, kfp_run_id, report)
     return report
+
+
+class _StageResult(Protocol):
+    kept: pd.DataFrame
+    rejected: pd.DataFrame
+    counts: dict[str, int]
+    metrics: dict[str, Any]
+
+
+def _write_outputs(
+    stage: str,
+    rows_in: int,
+    result: _StageResult,
+    outputs: StageOutputs,
+    watch: Stopwatch,
+    *,
+    shard: int | None = None,
+) -> StageReport:
+    """Write a stage's kept/rejected manifests; its report (not yet written or checked)."""
+    write_manifest(result.kept, outputs.kept)
+    write_manifest(result.rejected, outputs.rejected)
+    return StageReport(
+        stage=stage,
+        rows_in=rows_in,
+        rows_out=len(result.kept),
+        rejected=result.counts,
+        seconds=watch.seconds,
+        shard=shard,
+        metrics=result.metrics,
+    )
 
 
 def _passthrough(
@@ -153,17 +183,7 @@ def validate_shard_step(
     df = select_shard(read_manifest(manifest), shard, cfg.data.shards)
     log.info("validate shard %d/%d: %d rows", shard, cfg.data.shards, len(df))
     result = validate_frame(df, cfg.validate_, cfg.data.s3, progress=_log_progress("validate"))
-    write_manifest(result.kept, outputs.kept)
-    write_manifest(result.rejected, outputs.rejected)
-    report = StageReport(
-        stage="validate",
-        rows_in=len(df),
-        rows_out=len(result.kept),
-        rejected=result.counts,
-        seconds=watch.seconds,
-        shard=shard,
-        metrics=result.metrics,
-    )
+    report = _write_outputs("validate", len(df), result, outputs, watch, shard=shard)
     return _finish(report, outputs)
 
 
@@ -231,16 +251,7 @@ def dedupe_step(
     cfg = load_step_config(config_path)
     df = read_manifest(manifest)
     result = dedupe_frame(df, cfg.dedupe)
-    write_manifest(result.kept, outputs.kept)
-    write_manifest(result.rejected, outputs.rejected)
-    report = StageReport(
-        stage="dedupe",
-        rows_in=len(df),
-        rows_out=len(result.kept),
-        rejected=result.counts,
-        seconds=watch.seconds,
-        metrics=result.metrics,
-    )
+    report = _write_outputs("dedupe", len(df), result, outputs, watch)
     return _finish(report, outputs, cfg, kfp_run_id)
 
 
