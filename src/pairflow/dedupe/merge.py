@@ -24,7 +24,7 @@ from pairflow.dedupe.semantic import semantic_duplicates
 from pairflow.dedupe.signatures import IMAGE_HASH_COLUMNS, LAYOUT_BYTES, layout_phash
 from pairflow.errors import InputDataError
 
-__all__ = ["LAYOUT_MAX_RMS", "REASONS", "STAGE", "DedupeResult", "dedupe_frame"]
+__all__ = ["REASONS", "STAGE", "DedupeResult", "dedupe_frame"]
 
 STAGE = "dedupe"
 REASONS: tuple[str, ...] = (
@@ -34,9 +34,8 @@ REASONS: tuple[str, ...] = (
     "near_duplicate_caption",
     "semantic_duplicate",
 )
-# Near-duplicate verification: max RMS difference of the colour layouts (0..255 levels,
-# chroma weighted 3x). Tuned on the synthetic generator's ground truth (see tests).
-LAYOUT_MAX_RMS = 2.9
+# Near-duplicate verification compares colour layouts (RMS over 0..255 levels, chroma
+# weighted 3x) against DedupeConfig.near_layout_max_rms.
 _VERIFY_CHUNK = 1 << 17
 _FULL_WORDS = LAYOUT_BYTES // 8  # int64 words of the full-frame view
 
@@ -240,7 +239,7 @@ def _identical_layouts(
     return shared[member], shared[groups.survivor[member]]
 
 
-def _near(state: _State, radius: int) -> dict[str, Any]:
+def _near(state: _State, radius: int, max_rms: float) -> dict[str, Any]:
     t0 = time.perf_counter()
     layouts = _Layouts(state)
     rows = np.flatnonzero(state.alive & layouts.present).astype(np.int64)
@@ -253,7 +252,7 @@ def _near(state: _State, radius: int) -> dict[str, Any]:
     t2 = time.perf_counter()
     a, b = rows[pairs.left], rows[pairs.right]
     rms = layouts.distance(a, b)
-    ok = rms <= LAYOUT_MAX_RMS
+    ok = rms <= max_rms
     a, b, ham, rms = a[ok], b[ok], pairs.distance[ok], rms[ok]
     t3 = time.perf_counter()
     left, right = np.concatenate([a, same]), np.concatenate([b, same_rep])
@@ -269,7 +268,7 @@ def _near(state: _State, radius: int) -> dict[str, Any]:
     )
     return {
         "radius": radius,
-        "layout_max_rms": LAYOUT_MAX_RMS,
+        "layout_max_rms": max_rms,
         "hashed": len(rows) + len(same),
         "identical_layouts": len(same),
         "bands": pairs.bands,
@@ -387,7 +386,7 @@ def dedupe_frame(
         if name == "exact":
             stage = _exact(state)
         elif name == "near":
-            stage = _near(state, cfg.phash_max_distance)
+            stage = _near(state, cfg.phash_max_distance, cfg.near_layout_max_rms)
         elif name in ("captions", "near_captions"):
             stage = _captions(state, name == "near_captions", cfg)
         else:
