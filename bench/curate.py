@@ -27,6 +27,8 @@ from pairflow.data.synthetic import generate_dataset
 from pairflow.dedupe.merge import dedupe_frame
 from pairflow.validate.rows import CHUNK_ROWS, validate_frame, worker_count
 
+STAGE = "curate"
+
 
 def _naive(df: pd.DataFrame) -> int:
     hashes: list[str | None] = []

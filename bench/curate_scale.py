@@ -21,6 +21,8 @@ from bench.common import write_result
 from pairflow.data.sources import read_source
 from pairflow.data.synthetic import generate_dataset
 
+STAGE = "curate"
+
 SIZES = (10_000, 100_000, 1_000_000)
 POOL = 2_000
 

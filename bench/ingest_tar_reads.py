@@ -19,6 +19,8 @@ from pairflow.data.imageio import clear_caches, read_image_bytes, split_tar_memb
 from pairflow.data.sources import read_source
 from pairflow.data.synthetic import generate_dataset
 
+STAGE = "ingest"
+
 
 def _naive_read(uri: str) -> bytes:
     parts = split_tar_member(uri)

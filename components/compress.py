@@ -18,8 +18,9 @@ def compress(
     summary: Output[Markdown],
 ) -> None:
     """Build the compressed variants and pick the one that ships."""
+    from pairflow.compress.step import compress_step
     from pairflow.report import StageOutputs
-    from pairflow.steps import compress_step, write_step_summary
+    from pairflow.steps import write_step_summary
 
     out = StageOutputs(kept=kept.path, rejected=rejected.path, report=report.path)
     compress_step(config.path, manifest.path, model.path, compressed.path, out, kfp_run_id)

@@ -17,8 +17,9 @@ def deploy(
     summary: Output[Markdown],
 ) -> None:
     """Roll the registered version out behind a canary."""
+    from pairflow.deploy.step import deploy_step
     from pairflow.report import StageOutputs
-    from pairflow.steps import deploy_step, write_step_summary
+    from pairflow.steps import write_step_summary
 
     out = StageOutputs(kept=kept.path, rejected=rejected.path, report=report.path)
     deploy_step(config.path, manifest.path, model_uri, out, kfp_run_id)

@@ -17,8 +17,9 @@ def evaluate(
     summary: Output[Markdown],
 ) -> bool:
     """Measure the candidate and return whether the gate passed."""
+    from pairflow.evaluate.step import evaluate_step
     from pairflow.report import StageOutputs
-    from pairflow.steps import evaluate_step, write_step_summary
+    from pairflow.steps import write_step_summary
 
     out = StageOutputs(kept=kept.path, rejected=rejected.path, report=report.path)
     passed = evaluate_step(config.path, manifest.path, model.path, out, kfp_run_id)

@@ -17,8 +17,9 @@ def register(
     summary: Output[Markdown],
 ) -> str:
     """Register the chosen variant; return its ``models:/`` URI (empty if none)."""
+    from pairflow.registry.step import register_step
     from pairflow.report import StageOutputs
-    from pairflow.steps import register_step, write_step_summary
+    from pairflow.steps import write_step_summary
 
     out = StageOutputs(kept=kept.path, rejected=rejected.path, report=report.path)
     uri = register_step(config.path, manifest.path, model.path, out, kfp_run_id)

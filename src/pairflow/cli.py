@@ -293,6 +293,20 @@ def bench(
     raise typer.Exit(proc.returncode)
 
 
+# Stage packages add their own commands (train, evaluate, serve, registry, submit, ...).
+STAGE_CLIS = ("train", "evaluate", "compress", "registry", "serve", "deploy", "kubeflow")
+
+
+def _register_stage_clis() -> None:
+    import importlib
+
+    for pkg in STAGE_CLIS:
+        importlib.import_module(f"pairflow.{pkg}.cli").register(app)
+
+
+_register_stage_clis()
+
+
 def main() -> None:
     """Console entry point: user errors are one line and exit code 2."""
     try:

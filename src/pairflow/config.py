@@ -12,28 +12,25 @@ import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from pairflow.compress.settings import CompressConfig
+from pairflow.config_fields import UI_FLAG, Section, ui
+from pairflow.deploy.settings import DeployConfig
 from pairflow.errors import ConfigError
+from pairflow.evaluate.settings import EvaluateConfig
+from pairflow.kubeflow.settings import KubeflowConfig
+from pairflow.registry.settings import RegisterConfig
+from pairflow.serve.settings import ServeConfig
+from pairflow.train.settings import TrainConfig
 
-UI_FLAG = "kfp_parameter"
-
-
-def ui(default: Any, title: str, description: str, **kwargs: Any) -> Any:
-    """A config field that is also a pipeline parameter in the Kubeflow UI."""
-    return Field(
-        default, title=title, description=description, json_schema_extra={UI_FLAG: True}, **kwargs
-    )
+ImageFormat = Literal["JPEG", "PNG", "WEBP"]
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class S3Config(_Section):
+class S3Config(Section):
     endpoint_url: str | None = ui(
         None,
         "S3 endpoint URL",
@@ -43,7 +40,7 @@ class S3Config(_Section):
     region: str = "us-east-1"
 
 
-class DataConfig(_Section):
+class DataConfig(Section):
     source: str = ui(
         "",
         "Data source",
@@ -63,7 +60,7 @@ class DataConfig(_Section):
     s3: S3Config = Field(default_factory=S3Config)
 
 
-class ContractConfig(_Section):
+class ContractConfig(Section):
     """Dataset-level Great Expectations contract, checked on all validated rows together."""
 
     min_rows: int = ui(10, "Min rows", "Fewer kept rows than this fails the step.", ge=1)
@@ -85,10 +82,10 @@ class ContractConfig(_Section):
     )
 
 
-class ValidateConfig(_Section):
+class ValidateConfig(Section):
     """Per-row checks; every failure is a rejected row with a reason code and a detail."""
 
-    allowed_formats: list[Literal["JPEG", "PNG", "WEBP"]] = ["JPEG", "PNG", "WEBP"]
+    allowed_formats: list[ImageFormat] = Field(default_factory=lambda: list(get_args(ImageFormat)))
     min_width: int = ui(16, "Min image width", "Images narrower than this are rejected.", ge=1)
     min_height: int = ui(16, "Min image height", "Images shorter than this are rejected.", ge=1)
     max_width: int = Field(8192, ge=1)
@@ -122,7 +119,7 @@ class ValidateConfig(_Section):
         return self
 
 
-class DedupeConfig(_Section):
+class DedupeConfig(Section):
     """Exact, perceptual and caption duplicates; which copy survives is deterministic."""
 
     exact: bool = ui(True, "Exact duplicates", "Drop byte-identical images.")
@@ -153,7 +150,7 @@ class DedupeConfig(_Section):
     embedding_clusters: int = Field(16, ge=1)
 
 
-class ClipFilterConfig(_Section):
+class ClipFilterConfig(Section):
     """Score pairs by CLIP image-text cosine; keep by threshold or top fraction."""
 
     model: str = ui(
@@ -182,38 +179,7 @@ class ClipFilterConfig(_Section):
     read_retries: int = Field(3, ge=0, description="Retries for transient image read errors.")
 
 
-class TrainConfig(_Section):
-    model: Literal["clip", "classifier"] = ui("clip", "Model", "What to train.")
-    epochs: int = ui(2, "Epochs", "Training epochs.", ge=1)
-    batch_size: int = ui(32, "Batch size", "Per-rank batch size.", ge=1)
-    learning_rate: float = ui(5e-4, "Learning rate", "Peak AdamW learning rate.", gt=0)
-    world_size: int = ui(
-        1, "Workers", "Training processes (torchrun nproc / TrainJob nodes).", ge=1
-    )
-
-
-class EvaluateConfig(_Section):
-    min_recall_at_1: float = ui(
-        0.0, "Min recall@1", "Absolute floor on held-out image-to-text recall@1.", ge=0, le=1
-    )
-    holdout_fraction: float = 0.2
-
-
-class CompressConfig(_Section):
-    int8: bool = ui(True, "int8 quantization", "Build int8 ONNX Runtime variants.")
-    distill: bool = ui(False, "Distillation", "Train a smaller student model.")
-
-
-class RegisterConfig(_Section):
-    model_name: str = ui("pairflow-clip", "Registered model", "MLflow registered model name.")
-
-
-class DeployConfig(_Section):
-    backend: Literal["local", "kserve"] = ui("local", "Deploy backend", "local or kserve.")
-    enabled: bool = ui(True, "Deploy", "Run the canary deploy after registration.")
-
-
-class MlflowConfig(_Section):
+class MlflowConfig(Section):
     tracking_uri: str = ui(
         "",
         "MLflow tracking URI",
@@ -222,19 +188,7 @@ class MlflowConfig(_Section):
     experiment: str = ui("pairflow-retrain", "MLflow experiment", "Experiment for run records.")
 
 
-class KubeflowConfig(_Section):
-    base_image: str = Field(
-        "python:3.11-slim",
-        description="Image the components run in on a cluster (the runtime image, by digest).",
-    )
-    io_retries: int = Field(3, ge=0, description="Retries of I/O-bound steps (S3, MLflow, k8s).")
-    io_retry_backoff_s: int = Field(15, ge=1, description="First retry delay; doubles each time.")
-    pipeline_name: str = "retrain"
-    experiment: str = "pairflow"
-    host: str = ""
-
-
-class RunConfig(_Section):
+class RunConfig(Section):
     """Local runs (kfp.local): work dir, seed, and how hard to retry failing steps."""
 
     workdir: str = ui(
@@ -248,7 +202,7 @@ class RunConfig(_Section):
     )
 
 
-class PairflowConfig(_Section):
+class PairflowConfig(Section):
     """The whole pipeline's configuration."""
 
     run: RunConfig = Field(default_factory=RunConfig)
@@ -260,6 +214,7 @@ class PairflowConfig(_Section):
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     compress: CompressConfig = Field(default_factory=CompressConfig)
     register_: RegisterConfig = Field(default_factory=RegisterConfig, alias="register")
+    serve: ServeConfig = Field(default_factory=ServeConfig)
     deploy: DeployConfig = Field(default_factory=DeployConfig)
     mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
     kubeflow: KubeflowConfig = Field(default_factory=KubeflowConfig)

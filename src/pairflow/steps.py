@@ -339,7 +339,7 @@ def _concat_sorted(frames: list[pd.DataFrame]) -> pd.DataFrame:
 # model stages (pass-through until their issues land)
 
 
-def _model_passthrough(
+def model_passthrough(
     stage: str,
     config_path: str,
     manifest: str,
@@ -354,77 +354,11 @@ def _model_passthrough(
     return _finish(_passthrough(stage, df, outputs, watch, **metrics), outputs, cfg, kfp_run_id)
 
 
-def _not_implemented_marker(path: str | Path, stage: str) -> None:
+def not_implemented_marker(path: str | Path, stage: str) -> None:
     p = Path(path)
     p.mkdir(parents=True, exist_ok=True)
     (p / "NOT_IMPLEMENTED.json").write_text(
         json.dumps({"stage": stage, "implemented": False, "model": None}) + "\n"
-    )
-
-
-def train_step(
-    config_path: str, manifest: str, model_dir: str, outputs: StageOutputs, kfp_run_id: str = ""
-) -> StageReport:
-    """Train the model (pass-through until issue 'train': no model is produced)."""
-    _not_implemented_marker(model_dir, "train")
-    return _model_passthrough("train", config_path, manifest, outputs, kfp_run_id)
-
-
-def evaluate_step(
-    config_path: str, manifest: str, model_dir: str, outputs: StageOutputs, kfp_run_id: str = ""
-) -> bool:
-    """Evaluate against the champion and decide the gate.
-
-    Until issue 'evaluate' lands nothing is measured: the gate is not enforced (it opens),
-    and the report says so in ``gate.reasons`` and ``implemented: false``.
-    """
-    gate = {
-        "passed": True,
-        "enforced": False,
-        "reasons": ["evaluate is not implemented: gate not enforced"],
-    }
-    _model_passthrough("evaluate", config_path, manifest, outputs, kfp_run_id, gate=gate)
-    return bool(gate["passed"])
-
-
-def compress_step(
-    config_path: str,
-    manifest: str,
-    model_dir: str,
-    compressed_dir: str,
-    outputs: StageOutputs,
-    kfp_run_id: str = "",
-) -> StageReport:
-    """Build int8/distilled variants (pass-through until issue 'compress')."""
-    _not_implemented_marker(compressed_dir, "compress")
-    return _model_passthrough("compress", config_path, manifest, outputs, kfp_run_id)
-
-
-def register_step(
-    config_path: str, manifest: str, model_dir: str, outputs: StageOutputs, kfp_run_id: str = ""
-) -> str:
-    """Register the model version in MLflow (pass-through until issue 'register').
-
-    Returns the registered model URI, empty while nothing is registered.
-    """
-    _model_passthrough(
-        "register", config_path, manifest, outputs, kfp_run_id, registered_version=None
-    )
-    return ""
-
-
-def deploy_step(
-    config_path: str, manifest: str, model_uri: str, outputs: StageOutputs, kfp_run_id: str = ""
-) -> StageReport:
-    """Canary-deploy the registered version (pass-through until issue 'serve-canary')."""
-    return _model_passthrough(
-        "deploy",
-        config_path,
-        manifest,
-        outputs,
-        kfp_run_id,
-        decision="not_deployed",
-        model_uri=model_uri or None,
     )
 
 
