@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from pairflow.config_fields import Section
@@ -17,3 +19,28 @@ class KubeflowConfig(Section):
     pipeline_name: str = "retrain"
     experiment: str = "pairflow"
     host: str = ""
+    namespace: str = Field(
+        "",
+        description="KFP user namespace (multi-user Kubeflow profile); empty for single-user.",
+    )
+    service_account: str = Field(
+        "pairflow-pipeline",
+        description="ServiceAccount pipeline pods run as (manifests/base/rbac.yaml).",
+    )
+    auth: Literal["auto", "token", "serviceaccount", "none"] = Field(
+        "auto",
+        description="KFP auth: 'token' reads $<token_env>; 'serviceaccount' the projected "
+        "in-cluster token; 'auto' the first available of the two; 'none' for a port-forward.",
+    )
+    token_env: str = Field("KFP_TOKEN", description="Environment variable holding a KFP token.")
+    schedule_name: str = Field(
+        "pairflow-retrain", description="Display name of the recurring run `schedule` manages."
+    )
+    cron: str = Field(
+        "0 0 3 * * *",
+        description="Recurring run schedule: KFP cron with seconds (6 fields); 5 fields accepted.",
+    )
+    training_runtime: str = Field(
+        "pairflow-torch",
+        description="ClusterTrainingRuntime the train step's TrainJob references (manifests).",
+    )

@@ -1,0 +1,140 @@
+"""What gets uploaded: the compiled package, its parameters, digest and version name."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pairflow.kubeflow.errors import KubeflowError, PackageError
+
+_SHA = re.compile(r"^[0-9a-f]{7,40}$")
+# KFP IR parameter types → the Python type a runtime_config value must have.
+_PARAM_TYPES: dict[str, type] = {
+    "STRING": str,
+    "NUMBER_INTEGER": int,
+    "NUMBER_DOUBLE": float,
+    "BOOLEAN": bool,
+}
+
+
+@dataclass(frozen=True)
+class CompiledPackage:
+    """A compiled KFP IR YAML: its path, pipeline name, parameter types and digest."""
+
+    path: Path
+    spec: dict[str, Any]
+    name: str
+    param_types: dict[str, str]
+    digest: str
+
+    @classmethod
+    def load(cls, path: Path) -> CompiledPackage:
+        try:
+            docs = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+        except FileNotFoundError as exc:
+            raise PackageError(f"{path}: compiled pipeline not found (run `make compile`)") from exc
+        except (OSError, yaml.YAMLError) as exc:
+            raise PackageError(f"{path}: not a readable pipeline YAML ({exc})") from exc
+        if len(docs) != 1 or not isinstance(docs[0], dict) or "root" not in docs[0]:
+            raise PackageError(f"{path}: expected one KFP IR document with a 'root' DAG")
+        spec = docs[0]
+        name = str(spec.get("pipelineInfo", {}).get("name", ""))
+        if not name:
+            raise PackageError(f"{path}: pipelineInfo.name is missing")
+        params = spec["root"].get("inputDefinitions", {}).get("parameters", {})
+        types = {k: str(v.get("parameterType", "STRING")) for k, v in params.items()}
+        return cls(path, spec, name, types, spec_digest(spec))
+
+    def coerce(self, values: dict[str, Any]) -> dict[str, Any]:
+        """``values`` restricted to this package's parameters, cast to their declared types."""
+        out: dict[str, Any] = {}
+        for key, value in values.items():
+            kind = self.param_types.get(key)
+            if kind is None:
+                continue
+            want = _PARAM_TYPES.get(kind)
+            if want is float and isinstance(value, int | float) and not isinstance(value, bool):
+                value = float(value)
+            elif want is not None and not isinstance(value, want):
+                raise PackageError(
+                    f"{self.path}: parameter {key} is {kind}, got {value!r} "
+                    f"({type(value).__name__})"
+                )
+            out[key] = value
+        return out
+
+
+def _normalise(obj: Any) -> Any:
+    """Integral floats become ints: a KFP server stores specs as protobuf Structs (doubles)."""
+    if isinstance(obj, dict):
+        return {k: _normalise(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_normalise(v) for v in obj]
+    if isinstance(obj, float) and obj.is_integer():
+        return int(obj)
+    return obj
+
+
+def spec_digest(spec: dict[str, Any]) -> str:
+    """sha256 of a pipeline spec's canonical JSON (stable across a server round trip)."""
+    text = json.dumps(_normalise(spec), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def git_sha(repo: Path | None = None) -> str:
+    """The commit being released: ``$GITHUB_SHA`` in Actions, else ``git rev-parse HEAD``."""
+    env = os.environ.get("GITHUB_SHA", "").strip().lower()
+    if env:
+        if not _SHA.match(env):
+            raise KubeflowError(f"GITHUB_SHA={env!r}: not a git commit sha")
+        return env
+    try:
+        proc = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.CalledProcessError) as exc:
+        raise KubeflowError(
+            "cannot name the pipeline version: not in a git checkout and GITHUB_SHA unset "
+            "(pass --version NAME)"
+        ) from exc
+    return proc.stdout.strip()
+
+
+def package_is_dirty(path: Path) -> bool:
+    """True when ``path`` differs from HEAD (uncommitted or untracked)."""
+    try:
+        proc = subprocess.run(
+            ["git", "status", "--porcelain", "--", path.name],
+            cwd=path.parent,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return False
+    return bool(proc.stdout.strip())
+
+
+def version_name(package: CompiledPackage, explicit: str | None = None) -> str:
+    """Pipeline version name: ``explicit``, else the short git sha (``-dirty-<digest>`` if the
+    package has uncommitted changes, so it never takes the name of the committed one)."""
+    if explicit:
+        return explicit
+    name = git_sha(package.path.parent)[:12]
+    if not os.environ.get("GITHUB_SHA") and package_is_dirty(package.path):
+        name += f"-dirty-{package.digest[:8]}"
+    return name

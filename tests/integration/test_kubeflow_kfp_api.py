@@ -1,0 +1,565 @@
+"""``pairflow submit|schedule|promote-pipeline`` against a fake KFP REST API.
+
+No KFP API server can run here, so :class:`FakeKfp` is an HTTP server on 127.0.0.1 that
+implements the v2beta1 endpoints ``kfp.Client`` 2.17 calls (healthz, pipelines,
+pipelines/upload, pipelines/upload_version, pipeline versions, experiments, runs,
+recurringruns) with in-memory state, and checks every request: the bearer token, that
+referenced pipelines/versions/experiments exist, that run parameters are parameters of the
+uploaded spec with the declared types, and that recurring runs carry a 6-field cron. Anything
+it rejects is recorded in ``violations``. The real ``kfp.Client`` and the real CLI run unchanged.
+"""
+
+from __future__ import annotations
+
+import copy
+import email.parser
+import email.policy
+import json
+import os
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+import pytest
+import yaml
+
+from pairflow.config import load_config
+from pairflow.kubeflow import client as kfp_ops
+from pairflow.kubeflow.auth import connect
+from pairflow.kubeflow.errors import KfpAuthError, KubeflowError, PackageError
+from pairflow.kubeflow.publish import Endpoint, promote, run_parameters, schedule, submit
+from pairflow.kubeflow.version import CompiledPackage, spec_digest
+
+REPO = Path(__file__).resolve().parents[2]
+SHA = "0123456789abcdef0123456789abcdef01234567"
+_IR_TYPES = {int: "NUMBER_INTEGER", float: "NUMBER_DOUBLE", bool: "BOOLEAN", str: "STRING"}
+_PY_TYPES: dict[str, tuple[type, ...]] = {
+    "NUMBER_INTEGER": (int,),
+    "NUMBER_DOUBLE": (int, float),
+    "BOOLEAN": (bool,),
+    "STRING": (str,),
+}
+
+
+class _Reject(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class FakeKfp:
+    """In-memory KFP v2beta1 API; ``final_state`` is what every run ends in."""
+
+    token: str
+    final_state: str = "SUCCEEDED"
+    pipelines: dict[str, dict[str, Any]] = field(default_factory=dict)
+    versions: dict[str, dict[str, Any]] = field(default_factory=dict)
+    experiments: dict[str, dict[str, Any]] = field(default_factory=dict)
+    runs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    recurring: dict[str, dict[str, Any]] = field(default_factory=dict)
+    requests: list[tuple[str, str]] = field(default_factory=list)
+    violations: list[str] = field(default_factory=list)
+    url: str = ""
+
+    # -- helpers ------------------------------------------------------------------------------
+    @staticmethod
+    def _new_id() -> str:
+        return str(uuid.uuid4())
+
+    @staticmethod
+    def _filtered(items: list[dict[str, Any]], query: dict[str, list[str]]) -> list[dict[str, Any]]:
+        raw = query.get("filter", [""])[0]
+        if not raw:
+            return items
+        for pred in json.loads(raw)["predicates"]:
+            if pred["operation"] not in ("EQUALS", 1) or pred["key"] != "display_name":
+                raise _Reject(400, f"unsupported filter {pred}")
+            items = [i for i in items if i["display_name"] == pred["stringValue"]]
+        return items
+
+    def _version_ref(self, body: dict[str, Any]) -> dict[str, Any]:
+        ref = body.get("pipeline_version_reference") or {}
+        version = self.versions.get(ref.get("pipeline_version_id", ""))
+        if version is None or version["pipeline_id"] != ref.get("pipeline_id"):
+            raise _Reject(404, f"pipeline version reference {ref} not found")
+        if body.get("pipeline_spec"):
+            raise _Reject(400, "expected a pinned version, not an inline pipeline_spec")
+        return version
+
+    def _check_params(self, version: dict[str, Any], body: dict[str, Any]) -> None:
+        declared = version["pipeline_spec"]["root"]["inputDefinitions"]["parameters"]
+        params = (body.get("runtime_config") or {}).get("parameters") or {}
+        for key, value in params.items():
+            if key not in declared:
+                raise _Reject(400, f"parameter {key} is not declared by the pipeline")
+            kind = declared[key]["parameterType"]
+            ok = isinstance(value, _PY_TYPES[kind])
+            if not ok or (kind != "BOOLEAN" and isinstance(value, bool)):
+                raise _Reject(400, f"parameter {key}={value!r} is not {kind}")
+
+    def _experiment(self, body: dict[str, Any]) -> None:
+        if body.get("experiment_id") not in self.experiments:
+            raise _Reject(404, f"experiment {body.get('experiment_id')} not found")
+
+    def _upload(self, handler: BaseHTTPRequestHandler, body: bytes) -> dict[str, Any]:
+        ctype = handler.headers.get("Content-Type", "")
+        if not ctype.startswith("multipart/form-data"):
+            raise _Reject(400, "upload must be multipart/form-data")
+        msg = email.parser.BytesParser(policy=email.policy.default).parsebytes(
+            f"Content-Type: {ctype}\r\n\r\n".encode() + body
+        )
+        parts = [p for p in msg.iter_parts() if p.get_param("name", header="content-disposition")]
+        files = {p.get_param("name", header="content-disposition"): p for p in parts}
+        if "uploadfile" not in files:
+            raise _Reject(400, "no uploadfile part")
+        payload = files["uploadfile"].get_payload(decode=True)
+        assert isinstance(payload, bytes)
+        spec = yaml.safe_load(payload.decode())
+        if not isinstance(spec, dict) or "root" not in spec:
+            raise _Reject(400, "uploadfile is not a pipeline spec")
+        # The server stores specs as protobuf Structs: numbers come back as doubles.
+        as_struct: dict[str, Any] = json.loads(json.dumps(spec), parse_int=float)
+        return as_struct
+
+    def _add_version(self, pipeline_id: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+        if any(
+            v["display_name"] == name and v["pipeline_id"] == pipeline_id
+            for v in self.versions.values()
+        ):
+            raise _Reject(409, f"version {name} already exists")
+        version: dict[str, Any] = {
+            "pipeline_id": pipeline_id,
+            "pipeline_version_id": self._new_id(),
+            "display_name": name,
+            "pipeline_spec": spec,
+        }
+        self.versions[version["pipeline_version_id"]] = version
+        return version
+
+    # -- dispatch -----------------------------------------------------------------------------
+    def handle(
+        self, method: str, path: str, query: dict[str, list[str]], body: bytes, h: Any
+    ) -> Any:
+        p = path.removeprefix("/apis/v2beta1")
+        parts = [s for s in p.split("/") if s]
+        is_json = method == "POST" and body and not p.startswith("/pipelines/upload")
+        data: dict[str, Any] = json.loads(body) if is_json else {}
+        if (method, p) == ("GET", "/healthz"):
+            return {"multi_user": False}
+        if (method, p) == ("GET", "/pipelines"):
+            return {"pipelines": self._filtered(list(self.pipelines.values()), query)}
+        if (method, p) == ("POST", "/pipelines/upload"):
+            name = query["name"][0]
+            spec = self._upload(h, body)
+            if any(pl["display_name"] == name for pl in self.pipelines.values()):
+                raise _Reject(409, f"pipeline {name} already exists")
+            pipeline = {"pipeline_id": self._new_id(), "display_name": name}
+            self.pipelines[pipeline["pipeline_id"]] = pipeline
+            self._add_version(pipeline["pipeline_id"], name, spec)  # KFP's default version
+            return pipeline
+        if (method, p) == ("POST", "/pipelines/upload_version"):
+            pid = query.get("pipelineid", [""])[0]
+            if pid not in self.pipelines:
+                raise _Reject(404, f"pipeline {pid} not found")
+            return self._add_version(pid, query["name"][0], self._upload(h, body))
+        if (
+            method == "GET"
+            and len(parts) == 3
+            and parts[0] == "pipelines"
+            and parts[2] == "versions"
+        ):
+            mine = [v for v in self.versions.values() if v["pipeline_id"] == parts[1]]
+            listed = [{k: v for k, v in x.items() if k != "pipeline_spec"} for x in mine]
+            return {"pipeline_versions": self._filtered(listed, query)}
+        if method == "GET" and len(parts) == 4 and parts[2] == "versions":
+            if parts[3] not in self.versions:
+                raise _Reject(404, f"version {parts[3]} not found")
+            return self.versions[parts[3]]
+        if (method, p) == ("GET", "/experiments"):
+            return {"experiments": self._filtered(list(self.experiments.values()), query)}
+        if (method, p) == ("POST", "/experiments"):
+            exp = {"experiment_id": self._new_id(), "display_name": data["display_name"]}
+            self.experiments[exp["experiment_id"]] = exp
+            return exp
+        if (method, p) == ("POST", "/runs"):
+            self._experiment(data)
+            version = self._version_ref(data)
+            self._check_params(version, data)
+            run = {**data, "run_id": self._new_id(), "state": "PENDING", "polls": 0}
+            self.runs[run["run_id"]] = run
+            return {k: v for k, v in run.items() if k != "polls"}
+        if (method, p) == ("GET", "/runs"):
+            exp_id = query.get("experiment_id", [""])[0]
+            runs = [r for r in self.runs.values() if r["experiment_id"] == exp_id]
+            return {"runs": [{k: v for k, v in r.items() if k != "polls"} for r in runs]}
+        if method == "GET" and len(parts) == 2 and parts[0] == "runs":
+            run = self.runs[parts[1]]
+            run["polls"] += 1
+            run["state"] = "RUNNING" if run["polls"] < 3 else self.final_state
+            out = {k: v for k, v in run.items() if k != "polls"}
+            if run["state"] == "FAILED":
+                tasks = [{"display_name": "train", "state": "FAILED"}]
+                out["run_details"] = {"task_details": tasks}
+            return out
+        if (method, p) == ("POST", "/recurringruns"):
+            self._experiment(data)
+            version = self._version_ref(data)
+            self._check_params(version, data)
+            cron = ((data.get("trigger") or {}).get("cron_schedule") or {}).get("cron", "")
+            if len(cron.split()) != 6:
+                raise _Reject(400, f"cron {cron!r} must have 6 fields")
+            if data.get("mode") != "ENABLE":
+                raise _Reject(400, "recurring run must be enabled")
+            rr = {**data, "recurring_run_id": self._new_id()}
+            self.recurring[rr["recurring_run_id"]] = rr
+            return rr
+        if (method, p) == ("GET", "/recurringruns"):
+            exp_id = query.get("experiment_id", [""])[0]
+            mine = [r for r in self.recurring.values() if r["experiment_id"] == exp_id]
+            return {"recurringRuns": self._filtered(mine, query)}  # json_name in the proto
+        if method == "DELETE" and len(parts) == 2 and parts[0] == "recurringruns":
+            if self.recurring.pop(parts[1], None) is None:
+                raise _Reject(404, f"recurring run {parts[1]} not found")
+            return {}
+        raise _Reject(404, f"fake KFP: no endpoint {method} {path}")
+
+
+def _handler(fake: FakeKfp) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def _serve(self, method: str) -> None:
+            url = urlparse(self.path)
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else b""
+            fake.requests.append((method, url.path))
+            try:
+                if self.headers.get("Authorization") != f"Bearer {fake.token}":
+                    raise _Reject(401, "missing or wrong bearer token")
+                out = fake.handle(method, url.path, parse_qs(url.query), body, self)
+                status, payload = 200, json.dumps(out).encode()
+            except (_Reject, KeyError, ValueError, TypeError, AttributeError) as exc:
+                fake.violations.append(f"{method} {url.path}: {exc!r}")
+                status = exc.status if isinstance(exc, _Reject) else 500
+                payload = json.dumps({"error": str(exc), "message": str(exc)}).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def do_GET(self) -> None:
+            self._serve("GET")
+
+        def do_POST(self) -> None:
+            self._serve("POST")
+
+        def do_DELETE(self) -> None:
+            self._serve("DELETE")
+
+        def log_message(self, *args: Any) -> None:
+            del args
+
+    return Handler
+
+
+@pytest.fixture
+def kfp_server() -> Iterator[Any]:
+    """A factory of fake KFP APIs on 127.0.0.1 (each with its own token), all stopped after."""
+    servers: list[ThreadingHTTPServer] = []
+
+    def start(token: str) -> FakeKfp:
+        fake = FakeKfp(token=token)
+        server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(fake))
+        servers.append(server)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        fake.url = f"http://127.0.0.1:{server.server_address[1]}"
+        return fake
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("KFP_TOKEN", "KFP_FROM_TOKEN", "KFP_TO_TOKEN", "KF_PIPELINES_SA_TOKEN_PATH"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("GITHUB_SHA", SHA)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no ~/.config/kfp/context.json
+
+
+def _package(tmp_path: Path, tag: str = "a") -> CompiledPackage:
+    """A small IR package whose parameters are real pipeline parameters of the config."""
+    from pairflow.config import pipeline_params
+
+    wanted = ("train_epochs", "train_learning_rate", "data_source", "deploy_enabled")
+    params = {
+        p.name: {"parameterType": _IR_TYPES[p.type], "defaultValue": p.default}
+        for p in pipeline_params()
+        if p.name in wanted
+    }
+    assert set(params) == set(wanted)
+    spec = {
+        "pipelineInfo": {"name": "retrain", "description": f"test package {tag}"},
+        "root": {"inputDefinitions": {"parameters": params}, "dag": {"tasks": {}}},
+        "components": {},
+        "deploymentSpec": {"executors": {}},
+        "schemaVersion": "2.1.0",
+        "sdkVersion": "kfp-2.17.0",
+    }
+    path = tmp_path / f"retrain-{tag}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return CompiledPackage.load(path)
+
+
+def _cli(
+    *args: str, env: dict[str, str], cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pairflow.cli", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        cwd=cwd,
+        timeout=120,
+        check=False,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# submit
+
+
+def test_submit_uploads_sha_version_and_runs_with_config_and_set_params(
+    kfp_server: Any, tmp_path: Path
+) -> None:
+    fake = kfp_server("dev-token")
+    pkg = _package(tmp_path)
+    cfg_file = tmp_path / "cfg.yaml"
+    cfg_file.write_text("data:\n  source: s3://bucket/pairs/\ntrain:\n  learning_rate: 0.001\n")
+    env = {"KFP_TOKEN": "dev-token", "GITHUB_SHA": SHA, "HOME": str(tmp_path)}
+    proc = _cli(
+        "submit", "--host", fake.url, "--experiment", "smoke", "--config", str(cfg_file),
+        "--set", "train.epochs=3", "--package", str(pkg.path), "--wait", "--poll", "0.05",
+        env=env,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert fake.violations == []
+    assert [p["display_name"] for p in fake.pipelines.values()] == ["retrain"]
+    names = sorted(v["display_name"] for v in fake.versions.values())
+    assert names == sorted(["retrain", SHA[:12]])  # KFP's first version + the sha version
+    (run,) = fake.runs.values()
+    assert fake.experiments[run["experiment_id"]]["display_name"] == "smoke"
+    pinned = fake.versions[run["pipeline_version_reference"]["pipeline_version_id"]]
+    assert pinned["display_name"] == SHA[:12]
+    params = run["runtime_config"]["parameters"]
+    assert params["train_epochs"] == 3
+    assert params["train_learning_rate"] == 0.001
+    assert params["data_source"] == "s3://bucket/pairs/"
+    assert params["deploy_enabled"] is True
+    assert run["service_account"] == "pairflow-pipeline"
+    assert run["state"] == "SUCCEEDED"  # --wait followed it to the end
+    assert "SUCCEEDED" in proc.stdout
+
+
+def test_submit_wait_on_failed_run_exits_nonzero_naming_the_task(
+    kfp_server: Any, tmp_path: Path
+) -> None:
+    fake = kfp_server("t")
+    fake.final_state = "FAILED"
+    pkg = _package(tmp_path)
+    proc = _cli(
+        "submit", "--host", fake.url, "--package", str(pkg.path), "--wait", "--poll", "0.05",
+        env={"KFP_TOKEN": "t", "HOME": str(tmp_path)},
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "FAILED" in proc.stdout and "train" in proc.stdout
+    assert fake.violations == []
+
+
+def test_submit_without_credentials_is_a_one_line_error(kfp_server: Any, tmp_path: Path) -> None:
+    fake = kfp_server("t")
+    pkg = _package(tmp_path)
+    env = {"HOME": str(tmp_path), "KF_PIPELINES_SA_TOKEN_PATH": str(tmp_path / "no-token")}
+    proc = _cli("submit", "--host", fake.url, "--package", str(pkg.path), env=env)
+    assert proc.returncode == 2
+    assert "KFP_TOKEN" in proc.stderr and "Traceback" not in proc.stderr
+    assert fake.requests == []
+
+
+def test_submit_rejects_a_set_key_that_is_not_a_pipeline_parameter(
+    kfp_server: Any, tmp_path: Path
+) -> None:
+    fake = kfp_server("t")
+    pkg = _package(tmp_path)
+    env = {"KFP_TOKEN": "t", "HOME": str(tmp_path)}
+    proc = _cli(
+        "submit", "--host", fake.url, "--package", str(pkg.path),
+        "--set", "clip_filter.num_workers=4", env=env,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "clip_filter.num_workers" in proc.stderr and "not a pipeline parameter" in proc.stderr
+    # A UI parameter the (stale) package lacks is named too.
+    proc = _cli(
+        "submit", "--host", fake.url, "--package", str(pkg.path),
+        "--set", "train.batch_size=8", env=env,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "train_batch_size" in proc.stderr
+    assert fake.requests == []
+
+
+def test_wrong_token_is_rejected_by_the_api(
+    kfp_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake = kfp_server("right")
+    pkg = _package(tmp_path)
+    cfg = load_config(None, ["kubeflow.token_env=MY_TOKEN"])
+    monkeypatch.setenv("MY_TOKEN", "wrong")
+    with pytest.raises(KubeflowError, match="401"):
+        submit(cfg, Endpoint(fake.url, "MY_TOKEN"), pkg, {}, "v1", experiment="e")
+    assert fake.pipelines == {}
+
+
+def test_in_cluster_serviceaccount_token_file_is_sent(
+    kfp_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake = kfp_server("sa-token")
+    token = tmp_path / "token"
+    token.write_text("sa-token\n")
+    monkeypatch.setenv("KF_PIPELINES_SA_TOKEN_PATH", str(token))
+    client = connect(fake.url, "auto", "KFP_TOKEN")
+    assert kfp_ops.experiment_id(client, "pairflow") in fake.experiments
+    assert fake.violations == []
+    with pytest.raises(KfpAuthError, match="KFP_TOKEN"):
+        connect(fake.url, "token", "KFP_TOKEN")
+
+
+def test_resubmitting_a_sha_reuses_its_version_and_refuses_a_different_spec(
+    kfp_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake = kfp_server("t")
+    cfg = load_config()
+    endpoint = Endpoint(fake.url, "KFP_TOKEN")
+    monkeypatch.setenv("KFP_TOKEN", "t")
+    pkg = _package(tmp_path, "a")
+    first = submit(cfg, endpoint, pkg, {}, "abc123", experiment="e")
+    again = submit(cfg, endpoint, pkg, {}, "abc123", experiment="e")
+    assert first.version.created and not again.version.created
+    assert first.version.version_id == again.version.version_id
+    assert len(fake.runs) == 2
+    with pytest.raises(PackageError, match="different spec"):
+        submit(cfg, endpoint, _package(tmp_path, "b"), {}, "abc123", experiment="e")
+    assert len(fake.runs) == 2
+
+
+def test_committed_compiled_package_round_trips_through_the_api(
+    kfp_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The real compiled YAML uploads, and its digest survives the server's Struct encoding."""
+    fake = kfp_server("t")
+    monkeypatch.setenv("KFP_TOKEN", "t")
+    pkg = CompiledPackage.load(REPO / "pipelines" / "compiled" / "retrain.yaml")
+    client = connect(fake.url, "token", "KFP_TOKEN")
+    ref = kfp_ops.ensure_version(client, pkg, "retrain", "v1")
+    _, spec = kfp_ops.lookup_version(client, "retrain", "v1")
+    assert json.dumps(spec, sort_keys=True) != json.dumps(pkg.spec, sort_keys=True)  # 3 → 3.0
+    assert spec_digest(spec) == pkg.digest  # the digest does not care
+    assert ref.created and fake.violations == []
+
+
+# ---------------------------------------------------------------------------------------------
+# schedule and promote
+
+
+def test_schedule_creates_keeps_then_repoints_the_recurring_run(
+    kfp_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake = kfp_server("t")
+    monkeypatch.setenv("KFP_TOKEN", "t")
+    cfg = load_config()
+    endpoint = Endpoint(fake.url, "KFP_TOKEN")
+    pkg = _package(tmp_path)
+    params = run_parameters(cfg, [], pkg)
+    kwargs: dict[str, Any] = {"experiment": "pairflow", "name": "nightly", "cron": "30 2 * * *"}
+    v1, first = schedule(cfg, endpoint, pkg, params, "sha1", **kwargs)
+    assert first.action == "created"
+    (rr,) = fake.recurring.values()
+    assert rr["trigger"]["cron_schedule"]["cron"] == "0 30 2 * * *"
+    assert rr["pipeline_version_reference"]["pipeline_version_id"] == v1.version_id
+    _, same = schedule(cfg, endpoint, pkg, params, "sha1", **kwargs)
+    assert same.action == "unchanged" and same.recurring_run_id == first.recurring_run_id
+    v2, moved = schedule(cfg, endpoint, pkg, params, "sha2", **kwargs)
+    assert moved.action == "updated" and moved.replaced == [first.recurring_run_id]
+    (rr,) = fake.recurring.values()
+    assert rr["pipeline_version_reference"]["pipeline_version_id"] == v2.version_id
+    assert fake.violations == []
+    with pytest.raises(KubeflowError, match="cron"):
+        schedule(cfg, endpoint, pkg, params, "sha2", **{**kwargs, "cron": "every night"})
+
+
+@pytest.mark.slow
+def test_promote_pipeline_copies_the_tested_version_and_repoints_prod(
+    kfp_server: Any, tmp_path: Path
+) -> None:
+    dev, prod = kfp_server("dev-token"), kfp_server("prod-token")
+    pkg = _package(tmp_path)
+    env = {"HOME": str(tmp_path), "KFP_FROM_TOKEN": "dev-token", "KFP_TO_TOKEN": "prod-token"}
+    promote_args = ("promote-pipeline", "--from", dev.url, "--to", prod.url,
+                    "--package", str(pkg.path), "--cron", "0 0 4 * * *")  # fmt: skip
+
+    # Nothing ran on dev yet: promotion refuses.
+    proc = _cli(*promote_args, env=env)
+    assert proc.returncode == 2 and "does not exist" in proc.stderr
+    dev_env = {"HOME": str(tmp_path), "KFP_TOKEN": "dev-token"}
+    dev.final_state = "FAILED"
+    assert _cli("submit", "--host", dev.url, "--package", str(pkg.path), "--wait",
+                "--poll", "0.05", env=dev_env).returncode == 1  # fmt: skip
+    proc = _cli(*promote_args, env=env)
+    assert proc.returncode == 2 and "no SUCCEEDED run" in proc.stderr
+    assert prod.requests == []
+
+    dev.final_state = "SUCCEEDED"
+    assert _cli("submit", "--host", dev.url, "--package", str(pkg.path), "--wait",
+                "--poll", "0.05", env=dev_env).returncode == 0  # fmt: skip
+    proc = _cli(*promote_args, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (dev_v,) = [v for v in dev.versions.values() if v["display_name"] == SHA[:12]]
+    (prod_v,) = [v for v in prod.versions.values() if v["display_name"] == SHA[:12]]
+    assert spec_digest(prod_v["pipeline_spec"]) == spec_digest(dev_v["pipeline_spec"])
+    (rr,) = prod.recurring.values()
+    assert rr["pipeline_version_reference"]["pipeline_version_id"] == prod_v["pipeline_version_id"]
+    assert rr["trigger"]["cron_schedule"]["cron"] == "0 0 4 * * *"
+    assert prod.runs == {}  # promotion schedules; it does not start a prod run
+    assert dev.violations == [] and prod.violations == []
+
+    # A checkout whose compiled package differs from what dev ran cannot promote it.
+    other = _package(tmp_path, "b")
+    proc = _cli(*promote_args[:-4], "--package", str(other.path), env=env)
+    assert proc.returncode == 2 and "does not hold" in proc.stderr
+
+
+def test_promote_checks_the_spec_before_touching_the_target(
+    kfp_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dev, prod = kfp_server("d"), kfp_server("p")
+    monkeypatch.setenv("KFP_TOKEN", "d")
+    cfg = load_config()
+    pkg = _package(tmp_path)
+    edited = copy.deepcopy(pkg.spec)
+    edited["pipelineInfo"]["description"] = "edited"
+    assert spec_digest(edited) != pkg.digest
+    kfp_ops.ensure_version(connect(dev.url, "token", "KFP_TOKEN"), pkg, "retrain", "v9")
+    with pytest.raises(KubeflowError, match="SUCCEEDED"):
+        promote(
+            cfg, Endpoint(dev.url, "KFP_TOKEN"), Endpoint(prod.url, "KFP_TOKEN"), pkg, {}, "v9",
+            source_experiment="pairflow", experiment="pairflow", name="n", cron="0 0 1 * * *",
+        )  # fmt: skip
+    assert prod.requests == []

@@ -1,0 +1,383 @@
+"""manifests/: both overlays render (pairflow.kubeflow.kustomize), core objects pass the
+Kubernetes OpenAPI schemas (kubernetes-validate, strict), custom resources pass the JSON schemas
+kept in manifests/schemas, and the security/wiring rules hold. No cluster is involved."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import click
+import jsonschema  # type: ignore[import-untyped]
+import kubernetes_validate  # type: ignore[import-untyped]
+import pytest
+import yaml
+
+from pairflow.kubeflow.kustomize import KustomizeError, render, split_image
+from pairflow.kubeflow.settings import KubeflowConfig
+
+REPO = Path(__file__).resolve().parents[2]
+MANIFESTS = REPO / "manifests"
+K8S_VERSION = "1.31.0"
+CORE_API = {"v1", "apps/v1", "rbac.authorization.k8s.io/v1"}
+PREDICTOR_METRICS = {  # assumed names exported by pairflow.serve (see alerts.yaml)
+    "pairflow_predictor_requests_total",
+    "pairflow_predictor_errors_total",
+    "pairflow_predictor_latency_seconds_bucket",
+}
+OVERLAYS = ["dev", "prod"]
+
+
+def _schemas() -> dict[tuple[str, str], dict[str, Any]]:
+    out = {}
+    for path in (MANIFESTS / "schemas").glob("*.json"):
+        schema = json.loads(path.read_text())
+        jsonschema.Draft202012Validator.check_schema(schema)
+        props = schema["properties"]
+        out[(props["apiVersion"]["const"], props["kind"]["const"])] = schema
+    return out
+
+
+@pytest.fixture(scope="module", params=OVERLAYS)
+def rendered(request: pytest.FixtureRequest) -> tuple[str, list[dict[str, Any]]]:
+    return request.param, render(MANIFESTS / "overlays" / request.param)
+
+
+def _one(objs: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
+    hits = [o for o in objs if o["kind"] == kind and name in (None, o["metadata"]["name"])]
+    assert len(hits) == 1, (kind, name, len(hits))
+    return hits[0]
+
+
+def _containers(node: Any) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in ("containers", "initContainers") and isinstance(value, list):
+                found.extend(value)
+            found.extend(_containers(value))
+    elif isinstance(node, list):
+        for item in node:
+            found.extend(_containers(item))
+    return found
+
+
+# ---------------------------------------------------------------------------------------------
+# schema validation
+
+
+def test_every_rendered_object_passes_its_schema(rendered: Any) -> None:
+    name, objs = rendered
+    schemas = _schemas()
+    kinds = set()
+    for obj in objs:
+        kinds.add(obj["kind"])
+        if obj["apiVersion"] in CORE_API:
+            kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+        else:
+            schema = schemas.get((obj["apiVersion"], obj["kind"]))
+            assert schema is not None, f"{name}: no schema for {obj['apiVersion']} {obj['kind']}"
+            jsonschema.validate(obj, schema)
+    assert {"Namespace", "ServiceAccount", "Role", "RoleBinding", "Deployment", "Service",
+            "ClusterTrainingRuntime", "InferenceService", "PodMonitor",
+            "PrometheusRule"} <= kinds  # fmt: skip
+
+
+def test_schemas_reject_what_they_should() -> None:
+    schemas = _schemas()
+    objs = render(MANIFESTS / "overlays" / "dev")
+    isvc = _one(objs, "InferenceService")
+    bad = json.loads(json.dumps(isvc))
+    bad["spec"]["predictor"]["canaryTrafficPercent"] = 150
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(bad, schemas[("serving.kserve.io/v1beta1", "InferenceService")])
+    rule = json.loads(json.dumps(_one(objs, "PrometheusRule")))
+    rule["spec"]["groups"][0]["rules"][0]["for"] = "5 minutes"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(rule, schemas[("monitoring.coreos.com/v1", "PrometheusRule")])
+    dep = json.loads(json.dumps(_one(objs, "Deployment", "mlflow")))
+    dep["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"] = "http"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(dep, K8S_VERSION, strict=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# RBAC and secrets
+
+
+def test_role_grants_only_what_the_steps_need(rendered: Any) -> None:
+    _, objs = rendered
+    role = _one(objs, "Role", "pairflow-pipeline")
+    for rule in role["rules"]:
+        for key in ("verbs", "resources", "apiGroups", "resourceNames"):
+            assert "*" not in rule.get(key, []), rule
+    grants = {(g, r): set(rule["verbs"]) for rule in role["rules"]
+              for g in rule["apiGroups"] for r in rule["resources"]}  # fmt: skip
+    assert set(grants) == {
+        ("trainer.kubeflow.org", "trainjobs"),
+        ("serving.kserve.io", "inferenceservices"),
+        ("", "pods"),
+        ("", "pods/log"),
+        ("", "secrets"),
+    }
+    assert grants[("", "pods")] == grants[("", "pods/log")] == {"get", "list", "watch"}
+    assert grants[("", "secrets")] == {"get"}
+    (secret_rule,) = [r for r in role["rules"] if "secrets" in r["resources"]]
+    assert set(secret_rule["resourceNames"]) == {"pairflow-s3", "mlflow-backend"}
+    binding = _one(objs, "RoleBinding")
+    sa = _one(objs, "ServiceAccount")
+    assert sa["metadata"]["name"] == KubeflowConfig().service_account
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa["metadata"]["name"]}]
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+
+
+def test_no_secrets_in_yaml() -> None:
+    for path in MANIFESTS.rglob("*.yaml"):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if isinstance(doc, dict):
+                assert doc.get("kind") != "Secret", path
+    for overlay in OVERLAYS:
+        for container in _containers(render(MANIFESTS / "overlays" / overlay)):
+            for env in container.get("env", []):
+                if re.search(r"SECRET|PASSWORD|TOKEN|ACCESS_KEY", env["name"]):
+                    assert "secretKeyRef" in env.get("valueFrom", {}), (overlay, env)
+                assert not ("value" in env and "valueFrom" in env), (overlay, env)
+
+
+# ---------------------------------------------------------------------------------------------
+# MLflow server
+
+
+def _mlflow_args(objs: list[dict[str, Any]]) -> tuple[list[str], dict[str, Any]]:
+    (container,) = _one(objs, "Deployment", "mlflow")["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    return container["args"], env
+
+
+def test_mlflow_server_flags_are_real_mlflow_flags(rendered: Any) -> None:
+    from mlflow.cli import server
+
+    _, objs = rendered
+    args, _ = _mlflow_args(objs)
+    assert args[0] == "server"
+    ctx = server.make_context("server", list(args[1:]))  # click rejects unknown flags
+    hosts = ctx.params["allowed_hosts"].split(",")
+    assert "*" not in hosts
+    assert "mlflow.$(POD_NAMESPACE).svc.cluster.local:5000" in hosts
+    assert ctx.params["artifacts_destination"] == "$(MLFLOW_ARTIFACTS_DESTINATION)"
+    assert ctx.params["serve_artifacts"] is True
+    with pytest.raises(click.UsageError):
+        server.make_context("server", ["--allowed-host=x"])
+
+
+def test_mlflow_backend_db_comes_from_the_overlay(rendered: Any) -> None:
+    name, objs = rendered
+    args, env = _mlflow_args(objs)
+    assert "--backend-store-uri=$(MLFLOW_BACKEND_STORE_URI)" in args
+    backend = env["MLFLOW_BACKEND_STORE_URI"]
+    dep = _one(objs, "Deployment", "mlflow")
+    if name == "dev":
+        assert backend["value"].startswith("sqlite:////mlflow-data/")
+        mounts = dep["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
+        assert {"name": "mlflow-data", "mountPath": "/mlflow-data"} in mounts
+        assert _one(objs, "PersistentVolumeClaim", "mlflow-data")["metadata"]["namespace"]
+        assert dep["spec"]["replicas"] == 1
+    else:
+        assert backend["valueFrom"]["secretKeyRef"] == {"name": "mlflow-backend", "key": "uri"}
+        assert dep["spec"]["replicas"] == 2
+        hosts = _one(objs, "ConfigMap", "mlflow-config")["data"]["extra-allowed-hosts"]
+        assert hosts == "mlflow.pairflow.example.com"
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        assert env[var]["valueFrom"]["secretKeyRef"]["name"] == "pairflow-s3"
+    assert env["MLFLOW_S3_ENDPOINT_URL"]["valueFrom"]["configMapKeyRef"]["name"] == "mlflow-config"
+    # every $(VAR) in args is defined in the container env
+    for ref in re.findall(r"\$\((\w+)\)", " ".join(args)):
+        assert ref in env, ref
+    service = _one(objs, "Service", "mlflow")
+    assert service["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
+
+
+# ---------------------------------------------------------------------------------------------
+# overlays: images, replicas, resources, GPUs
+
+
+def test_overlays_set_images_replicas_and_gpus(rendered: Any) -> None:
+    name, objs = rendered
+    images = [c["image"] for c in _containers(objs)]
+    assert images and all(i.startswith("ghcr.io/pairflow/") for i in images), images
+    if name == "prod":
+        assert all(re.search(r"@sha256:[0-9a-f]{64}$", i) for i in images), images
+    runtime = _one(objs, "ClusterTrainingRuntime")
+    assert runtime["metadata"]["name"] == KubeflowConfig().training_runtime
+    assert "namespace" not in runtime["metadata"]  # cluster-scoped
+    pod = runtime["spec"]["template"]["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]
+    node = pod["spec"]["containers"][0]
+    predictor = _one(objs, "InferenceService")["spec"]["predictor"]
+    if name == "prod":
+        assert runtime["spec"]["mlPolicy"]["numNodes"] == 2
+        assert node["resources"]["limits"]["nvidia.com/gpu"] == 1
+        assert pod["spec"]["tolerations"][0]["key"] == "nvidia.com/gpu"
+        assert (predictor["minReplicas"], predictor["maxReplicas"]) == (2, 10)
+        assert predictor["containers"][0]["resources"]["requests"]["cpu"] == "2"
+        assert runtime["spec"]["mlPolicy"]["torch"]["numProcPerNode"] == "auto"  # merged, kept
+    else:
+        assert "resources" not in node
+        assert predictor["minReplicas"] == 0
+    for obj in objs:
+        assert obj["metadata"]["labels"]["app.kubernetes.io/part-of"] == "pairflow"
+        assert obj["metadata"]["labels"]["pairflow.dev/environment"] == name
+        if obj["kind"] not in ("Namespace", "ClusterTrainingRuntime"):
+            assert obj["metadata"]["namespace"] == "pairflow", obj["metadata"]
+
+
+def test_predictor_is_serverless_and_scraped(rendered: Any) -> None:
+    _, objs = rendered
+    isvc = _one(objs, "InferenceService")
+    assert isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Serverless"
+    assert "canaryTrafficPercent" not in isvc["spec"]["predictor"]  # set by the deploy step
+    monitor = _one(objs, "PodMonitor")
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    assert selector == {"serving.kserve.io/inferenceservice": isvc["metadata"]["name"]}
+    assert monitor["spec"]["podMetricsEndpoints"][0]["path"] == "/metrics"
+
+
+def test_canary_alerts_use_the_predictor_metric_names(rendered: Any) -> None:
+    _, objs = rendered
+    rules = [r for g in _one(objs, "PrometheusRule")["spec"]["groups"] for r in g["rules"]]
+    recorded = {r["record"] for r in rules if "record" in r}
+    alerts = [r for r in rules if "alert" in r]
+    assert len(alerts) >= 3
+    for rule in rules:
+        names = set(re.findall(r"\b(pairflow[_:][a-z0-9_:]+)", rule["expr"]))
+        assert names, rule
+        assert names <= PREDICTOR_METRICS | recorded, names - PREDICTOR_METRICS - recorded
+    for rule in rules:
+        if "record" in rule:
+            assert "by (model_version" in rule["expr"]
+    error_alert = next(a for a in alerts if a["alert"] == "PairflowPredictorErrorRateHigh")
+    assert "model_version" in error_alert["annotations"]["summary"]
+
+
+# ---------------------------------------------------------------------------------------------
+# the renderer itself
+
+
+def _kustomization(root: Path, base_docs: list[dict[str, Any]], kust: dict[str, Any]) -> Path:
+    (root / "base").mkdir(parents=True)
+    (root / "base" / "r.yaml").write_text(yaml.safe_dump_all(base_docs))
+    (root / "base" / "kustomization.yaml").write_text(yaml.safe_dump({"resources": ["r.yaml"]}))
+    (root / "kustomization.yaml").write_text(yaml.safe_dump({"resources": ["base"], **kust}))
+    return root
+
+
+DEPLOY = {
+    "apiVersion": "apps/v1",
+    "kind": "Deployment",
+    "metadata": {"name": "d"},
+    "spec": {
+        "selector": {"matchLabels": {"a": "b"}},
+        "template": {
+            "metadata": {"labels": {"a": "b"}},
+            "spec": {
+                "containers": [
+                    {"name": "x", "image": "reg:5000/app:1", "env": [{"name": "A", "value": "1"}]},
+                    {"name": "y", "image": "other"},
+                ]
+            },
+        },
+    },
+}
+ISVC = {
+    "apiVersion": "serving.kserve.io/v1beta1",
+    "kind": "InferenceService",
+    "metadata": {"name": "i"},
+    "spec": {"predictor": {"containers": [{"name": "c", "image": "reg:5000/app"}]}},
+}
+
+
+def test_renderer_strategic_merge_json6902_and_images(tmp_path: Path) -> None:
+    smp = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "d"},
+        "spec": {"template": {"spec": {"containers": [
+            {"name": "x", "env": [{"name": "A", "value": None, "valueFrom": {"fieldRef": {
+                "fieldPath": "metadata.name"}}}, {"name": "B", "value": "2"}]}]}}},
+    }  # fmt: skip
+    ops = [
+        {"op": "add", "path": "/spec/predictor/minReplicas", "value": 2},
+        {"op": "replace", "path": "/spec/predictor/containers/0/name", "value": "kserve"},
+    ]
+    root = _kustomization(tmp_path, [DEPLOY, ISVC], {
+        "namespace": "ns",
+        "patches": [{"patch": yaml.safe_dump(smp)},
+                    {"patch": yaml.safe_dump(ops), "target": {"kind": "InferenceService"}}],
+        "images": [{"name": "reg:5000/app", "newName": "ghcr.io/x/app", "digest": "sha256:ab"}],
+        "replicas": [{"name": "d", "count": 3}],
+        "commonLabels": {"team": "ml"},
+    })  # fmt: skip
+    dep, isvc = render(root)
+    x, y = dep["spec"]["template"]["spec"]["containers"]
+    assert x["env"] == [
+        {"name": "A", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "B", "value": "2"},
+    ]
+    assert x["image"] == "ghcr.io/x/app@sha256:ab" and y["image"] == "other"
+    assert dep["spec"]["replicas"] == 3 and dep["metadata"]["namespace"] == "ns"
+    assert dep["spec"]["selector"]["matchLabels"] == {"a": "b", "team": "ml"}
+    assert dep["spec"]["template"]["metadata"]["labels"]["team"] == "ml"
+    assert isvc["spec"]["predictor"]["minReplicas"] == 2
+    assert isvc["spec"]["predictor"]["containers"][0] == {
+        "name": "kserve",
+        "image": "ghcr.io/x/app@sha256:ab",
+    }
+    assert split_image("reg:5000/a/b:t@sha256:1") == ("reg:5000/a/b", "t", "sha256:1")
+
+
+@pytest.mark.parametrize(
+    ("kust", "message"),
+    [
+        ({"configMapGenerator": []}, "unsupported fields"),
+        (
+            {"patches": [{"patch": "- {op: move, path: /a, from: /b}", "target": {"kind": "X"}}]},
+            "matches no object",
+        ),
+        (
+            {
+                "patches": [
+                    {
+                        "patch": yaml.safe_dump(
+                            {
+                                **ISVC,
+                                "spec": {
+                                    "predictor": {"containers": [{"name": "c", "image": "z"}]}
+                                },
+                            }
+                        )
+                    }
+                ]
+            },
+            "contains a list",
+        ),
+        (
+            {
+                "patches": [
+                    {
+                        "patch": "- {op: remove, path: /spec/nope}",
+                        "target": {"kind": "InferenceService"},
+                    }
+                ]
+            },
+            "missing",
+        ),
+        ({"replicas": [{"name": "nope", "count": 1}]}, "no workload"),
+    ],
+)
+def test_renderer_rejects_what_it_cannot_render_faithfully(
+    tmp_path: Path, kust: dict[str, Any], message: str
+) -> None:
+    root = _kustomization(tmp_path, [DEPLOY, ISVC], kust)
+    with pytest.raises(KustomizeError, match=message):
+        render(root)
