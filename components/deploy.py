@@ -15,12 +15,16 @@ def deploy(
     rejected: Output[Dataset],
     report: Output[Artifact],
     summary: Output[Markdown],
-) -> None:
-    """Roll the registered version out behind a canary."""
+) -> str:
+    """Roll the registered version out behind a canary; return the decision."""
     from pairflow.deploy.step import deploy_step
     from pairflow.report import StageOutputs
-    from pairflow.steps import write_step_summary
 
     out = StageOutputs(kept=kept.path, rejected=rejected.path, report=report.path)
-    deploy_step(config.path, manifest.path, model_uri, out, kfp_run_id)
-    kept.metadata.update(write_step_summary(out, summary.path))
+    rep = deploy_step(
+        config.path, manifest.path, model_uri, out, kfp_run_id, summary_path=summary.path
+    )
+    decision = str(rep.metrics.get("decision", "unknown"))
+    kept.metadata.update({"rows_in": rep.rows_in, "rows_out": rep.rows_out})
+    report.metadata.update({"decision": decision})
+    return decision

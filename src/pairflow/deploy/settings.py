@@ -2,11 +2,152 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
+
+from pydantic import Field, model_validator
 
 from pairflow.config_fields import Section, ui
+
+MetricName = Literal["error_rate", "latency_p95", "quality"]
+
+
+class AnalysisConfig(Section):
+    """How one canary step is judged: candidate against stable over the same time window."""
+
+    alpha: float = ui(
+        0.05,
+        "Canary alpha",
+        "Family-wise significance level of a step's tests (Holm-corrected across metrics).",
+        gt=0,
+        lt=1,
+    )
+    fail_fast_alpha: float = Field(
+        0.001,
+        gt=0,
+        lt=1,
+        description="Stricter level for interim looks during a bake (repeated looks inflate "
+        "false positives); a regression below it stops the rollout before the bake ends.",
+    )
+    fail_fast_min_errors: int = Field(
+        3, ge=1, description="Interim looks fail fast on errors only with at least this many."
+    )
+    metrics: list[MetricName] = Field(
+        default_factory=lambda: list(get_args(MetricName)),
+        description="Metrics compared; each is required: missing data for one fails the step.",
+    )
+    warmup_s: float = Field(
+        0.5, ge=0, description="Requests in the first seconds of a step are not analysed."
+    )
+    min_error_rate_increase: float = Field(
+        0.01, ge=0, description="Smallest absolute error-rate increase that can fail a step."
+    )
+    max_error_rate: float = Field(
+        0.2, gt=0, le=1, description="Absolute guard: a candidate error rate above it fails."
+    )
+    min_latency_increase: float = Field(
+        0.25, ge=0, description="Smallest relative p95 latency increase that can fail a step."
+    )
+    min_latency_increase_ms: float = Field(
+        5.0, ge=0, description="Smallest absolute p95 latency increase (ms) that can fail."
+    )
+    min_quality_drop: float = Field(
+        0.02, ge=0, description="Smallest drop of the mean served pair score that can fail."
+    )
+    inconclusive: Literal["extend", "fail"] = Field(
+        "extend", description="Too few samples: extend the bake (up to max_extensions) or fail."
+    )
+    max_extensions: int = Field(2, ge=0, description="Bake extensions before an inconclusive fail.")
+
+
+class ReplayConfig(Section):
+    """The local backend's replayer: held-out pairs sent as requests during each bake."""
+
+    holdout_fraction: float = Field(
+        0.1, gt=0, lt=1, description="Share of rows held out (same split as train/evaluate)."
+    )
+    rate_per_s: float = Field(40.0, gt=0, description="Requests per second sent to the router.")
+    concurrency: int = Field(4, ge=1, description="Requests in flight at most.")
+    timeout_s: float = Field(10.0, gt=0, description="Client timeout of one replayed request.")
+    image_px: int = Field(32, ge=8, le=512, description="Replayed images are resized to this.")
+    path: str = Field(
+        "/v1/models/pairflow:predict", description="Predictor endpoint the pairs are sent to."
+    )
+
+
+class LocalBackendConfig(Section):
+    """Two predictor processes on 127.0.0.1 and a weighted router in front of them."""
+
+    router_port: int = Field(0, ge=0, le=65535, description="0 picks a free port.")
+    command: list[str] = Field(
+        default_factory=list,
+        description="Predictor command ({model_uri}, {port} substituted); empty: "
+        "pairflow serve --model {model_uri} --port {port}.",
+    )
+    ready_path: str = Field(
+        "/v2/models/pairflow/ready", description="200 here means a predictor is ready."
+    )
+    startup_timeout_s: float = Field(180.0, gt=0, description="Wait for a predictor to be ready.")
+    failover: bool = Field(
+        True,
+        description="A request the candidate fails (5xx or connection error) is retried once "
+        "on stable; the failure still counts against the candidate.",
+    )
+
+
+class KServeConfig(Section):
+    """The kserve backend: an InferenceService in serverless mode and Prometheus."""
+
+    namespace: str = ui("pairflow", "KServe namespace", "Namespace of the InferenceService.")
+    inference_service: str = ui(
+        "pairflow-clip", "InferenceService name", "The InferenceService the canary patches."
+    )
+    prometheus_url: str = ui(
+        "http://prometheus-operated.monitoring:9090",
+        "Prometheus URL",
+        "Prometheus HTTP API queried for per-version predictor metrics.",
+    )
+    storage_uri_template: str = Field(
+        "{model_uri}",
+        description="spec.predictor.model.storageUri for the candidate ({model_uri}, "
+        "{version} substituted).",
+    )
+    ready_timeout_s: float = Field(600.0, gt=0, description="Wait for the canary revision.")
+    query_timeout_s: float = Field(10.0, gt=0, description="Timeout of one Prometheus query.")
 
 
 class DeployConfig(Section):
     backend: Literal["local", "kserve"] = ui("local", "Deploy backend", "local or kserve.")
     enabled: bool = ui(True, "Deploy", "Run the canary deploy after registration.")
+    steps: list[int] = Field(
+        default_factory=lambda: [10, 25, 50, 100],
+        description="Candidate traffic percent per step; the last must be 100.",
+    )
+    bake_s: float = ui(
+        20.0, "Canary bake time (s)", "Seconds each step runs before analysis.", gt=0
+    )
+    check_interval_s: float = Field(
+        2.0, gt=0, description="Interim looks during a bake (fail fast on a clear regression)."
+    )
+    min_requests: int = ui(
+        50,
+        "Canary min requests",
+        "Requests per backend a step needs before it can pass; fewer is inconclusive.",
+        ge=1,
+    )
+    alias_champion: str = Field("champion", description="Alias of the stable model version.")
+    alias_previous: str = Field("previous", description="Alias the old champion moves to.")
+    first_deploy: Literal["promote", "fail"] = Field(
+        "promote", description="No champion yet: promote without a canary, or fail."
+    )
+    analysis: AnalysisConfig = Field(default_factory=AnalysisConfig)
+    replay: ReplayConfig = Field(default_factory=ReplayConfig)
+    local: LocalBackendConfig = Field(default_factory=LocalBackendConfig)
+    kserve: KServeConfig = Field(default_factory=KServeConfig)
+
+    @model_validator(mode="after")
+    def _check_steps(self) -> DeployConfig:
+        if not self.steps or any(not 0 < s <= 100 for s in self.steps):
+            raise ValueError("deploy.steps: each step must be a percent in (0, 100]")
+        if self.steps != sorted(set(self.steps)) or self.steps[-1] != 100:
+            raise ValueError("deploy.steps: strictly increasing and ending at 100")
+        return self

@@ -2,9 +2,57 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
 
 
 def register(app: typer.Typer) -> None:
-    """Add this package's commands to ``app`` (none yet)."""
-    del app
+    """Add ``pairflow train --input MANIFEST --out DIR [--config F] [--set k=v]...``."""
+
+    @app.command("train")
+    def train_cmd(
+        input_: Annotated[str, typer.Option("--input", help="Curated manifest (.parquet).")],
+        out: Annotated[Path, typer.Option("--out", help="Output directory.")],
+        config: Annotated[
+            Path | None, typer.Option("--config", "-c", help="YAML config file.")
+        ] = None,
+        set_: Annotated[
+            list[str] | None, typer.Option("--set", help="Override: key.path=value.")
+        ] = None,
+    ) -> None:
+        """Train the configured model: writes model/, kept/rejected.parquet, report.json."""
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+        from pairflow.cli import ensure_writable_dir
+        from pairflow.config import load_config
+        from pairflow.report import StageOutputs
+        from pairflow.train.launch import PROGRESS_PREFIX
+        from pairflow.train.step import run_train
+
+        console = Console()
+        cfg = load_config(config, set_ or [])
+        ensure_writable_dir(out)
+        outputs = StageOutputs.in_dir(out)
+        with Progress(
+            TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), console=console
+        ) as progress:
+            task = progress.add_task("train", total=None)
+
+            def on_line(line: str) -> None:
+                if line.startswith(PROGRESS_PREFIX):
+                    done, total = line[len(PROGRESS_PREFIX) :].split("/")
+                    progress.update(task, completed=int(done), total=int(total))
+                elif line.strip():
+                    progress.console.print(line, markup=False, highlight=False)
+
+            report = run_train(cfg, input_, out / "model", outputs, on_line=on_line)
+        report.write(outputs.report)
+        m = report.metrics
+        console.print(
+            f"train: {m['rows_train']} train / {m['rows_val']} val / {m['rows_holdout']} held-out "
+            f"rows, {m['epochs']} epochs on {m['world_size']} processes, "
+            f"{m['samples_per_s']} samples/s, best val {m['best_val_metric']} → {out / 'model'}"
+        )

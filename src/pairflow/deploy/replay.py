@@ -1,0 +1,160 @@
+"""The replayer: held-out pairs sent as predictor requests while a canary step bakes.
+
+Rows come from the manifest's held-out split (:func:`pairflow.holdout.split_holdout`), the
+rows train never saw. Each becomes one pair-scoring request (:func:`pair_request`); they are
+sent at a fixed rate with bounded concurrency, cycling through the rows, and every client
+outcome is counted so a test can assert that no client request failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pandas as pd
+
+from pairflow.errors import InputDataError
+
+log = logging.getLogger("pairflow.deploy.replay")
+
+RequestBuilder = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+def encode_image(path: str, px: int) -> str:
+    """The image at ``path`` resized to ``px`` x ``px``, as base64 PNG."""
+    from PIL import Image
+
+    from pairflow.data.imageio import read_image_bytes
+
+    try:
+        with Image.open(io.BytesIO(read_image_bytes(path))) as img:
+            small = img.convert("RGB").resize((px, px))
+    except (OSError, ValueError, InputDataError) as exc:
+        raise InputDataError(f"replay image {path}: cannot be read ({exc})") from exc
+    buf = io.BytesIO()
+    small.save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def pair_request(row: dict[str, Any]) -> dict[str, Any]:
+    """A V1 pair-scoring request (``pairflow serve``'s protocol) for one row (image base64)."""
+    return {
+        "task": "score",
+        "instances": [{"image": row["image_b64"], "caption": str(row["caption"])}],
+    }
+
+
+def _resolve(uri: str, base: Path | None) -> str:
+    """Image URIs relative to the manifest (before ingest resolved them) become absolute."""
+    if base is None or "://" in uri or Path(uri).is_absolute():
+        return uri
+    return str((base / uri).resolve())
+
+
+def load_pairs(
+    frame: pd.DataFrame, px: int, limit: int = 256, base: Path | None = None
+) -> list[dict[str, Any]]:
+    """Up to ``limit`` rows with their images encoded once (rows that fail to read skipped)."""
+    pairs: list[dict[str, Any]] = []
+    for raw in frame.head(limit * 2).to_dict("records"):
+        row = {str(k): v for k, v in raw.items()}
+        try:
+            row["image_b64"] = encode_image(_resolve(str(row["image"]), base), px)
+        except InputDataError as exc:
+            log.warning("replay: skipping row %s: %s", row.get("id"), exc)
+            continue
+        pairs.append(row)
+        if len(pairs) >= limit:
+            break
+    if not pairs:
+        raise InputDataError("replay: no held-out row with a readable image to send")
+    return pairs
+
+
+def holdout_pairs(manifest: str | Path, fraction: float, px: int) -> list[dict[str, Any]]:
+    """The held-out rows of ``manifest`` ready to replay (all rows when none is held out)."""
+    from pairflow.data.schema import read_manifest
+    from pairflow.holdout import split_holdout
+
+    frame = read_manifest(manifest)
+    _, held = split_holdout(frame, fraction)
+    if held.empty:
+        log.warning("replay: no held-out rows in %s; replaying all %d rows", manifest, len(frame))
+        held = frame
+    return load_pairs(held, px, base=Path(manifest).parent)
+
+
+@dataclass
+class ReplayStats:
+    """Client-side view of a replay: what was sent and how each request ended."""
+
+    sent: int = 0
+    ok: int = 0
+    failed: int = 0
+    statuses: dict[int, int] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+
+    def add(self, other: ReplayStats) -> None:
+        self.sent += other.sent
+        self.ok += other.ok
+        self.failed += other.failed
+        for k, v in other.statuses.items():
+            self.statuses[k] = self.statuses.get(k, 0) + v
+        self.errors.extend(other.errors[:20])
+
+
+async def replay(
+    url: str,
+    pairs: list[dict[str, Any]],
+    seconds: float,
+    *,
+    path: str,
+    rate_per_s: float,
+    concurrency: int,
+    timeout_s: float,
+    build: RequestBuilder = pair_request,
+    start_index: int = 0,
+) -> ReplayStats:
+    """POST ``build(pair)`` to ``url + path`` at ``rate_per_s`` for ``seconds``."""
+    stats = ReplayStats()
+    sem = asyncio.Semaphore(concurrency)
+    timeout = aiohttp.ClientTimeout(total=timeout_s)
+    tasks: list[asyncio.Task[None]] = []
+
+    async def one(session: aiohttp.ClientSession, body: dict[str, Any]) -> None:
+        try:
+            async with session.post(url.rstrip("/") + path, json=body) as resp:
+                await resp.read()
+                stats.statuses[resp.status] = stats.statuses.get(resp.status, 0) + 1
+                if resp.status < 400:
+                    stats.ok += 1
+                else:
+                    stats.failed += 1
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            stats.failed += 1
+            stats.errors.append(f"{type(exc).__name__}: {exc}")
+        finally:
+            sem.release()
+
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        start = time.monotonic()
+        i = start_index
+        while time.monotonic() - start < seconds:
+            await sem.acquire()
+            body = build(pairs[i % len(pairs)])
+            i += 1
+            stats.sent += 1
+            tasks.append(asyncio.create_task(one(session, body)))
+            due = start + (i - start_index) / rate_per_s
+            await asyncio.sleep(max(0.0, due - time.monotonic()))
+        if tasks:
+            await asyncio.gather(*tasks)
+    return stats

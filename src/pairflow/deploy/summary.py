@@ -1,0 +1,56 @@
+"""The deploy report as Markdown: decision, reasons and one row per canary step."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pairflow.report import StageReport
+from pairflow.summary import report_markdown
+
+
+def _cell(value: Any, fmt: str = "{:.4g}") -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return fmt.format(value)
+    return str(value)
+
+
+def steps_table(steps: list[dict[str, Any]]) -> list[str]:
+    """One row per step: traffic, requests, errors, p95, score, p-values, verdict."""
+    lines = [
+        "| weight | verdict | requests s/c | errors s/c | p95 ms s/c | score s/c "
+        "| p err | p lat | p quality | reasons |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for st in steps:
+        s, c = st.get("stable", {}), st.get("candidate", {})
+        p = {m["metric"]: m.get("p_adjusted") for m in st.get("metrics", [])}
+        reasons = "; ".join(st.get("reasons", [])).replace("|", "/")
+        lines.append(
+            f"| {st['weight']}% | **{st['verdict']}** "
+            f"| {_cell(s.get('requests'))}/{_cell(c.get('requests'))} "
+            f"| {_cell(s.get('errors'))}/{_cell(c.get('errors'))} "
+            f"| {_cell(s.get('latency_p95_ms'))}/{_cell(c.get('latency_p95_ms'))} "
+            f"| {_cell(s.get('score_mean'))}/{_cell(c.get('score_mean'))} "
+            f"| {_cell(p.get('error_rate'), '{:.2g}')} | {_cell(p.get('latency_p95'), '{:.2g}')} "
+            f"| {_cell(p.get('quality'), '{:.2g}')} | {reasons} |"
+        )
+    return lines
+
+
+def deploy_markdown(report: StageReport) -> str:
+    """Decision and reasons first, then the step table, then the generic stage summary."""
+    m = report.metrics
+    lines = [
+        f"# deploy: **{m.get('decision', 'unknown')}**",
+        "",
+        f"model `{m.get('model')}` candidate v{m.get('candidate_version')} vs stable "
+        f"v{m.get('stable_version')} on backend `{m.get('backend')}`",
+        "",
+    ]
+    lines += [f"- {r}" for r in m.get("reasons", [])]
+    if m.get("steps"):
+        lines += ["", "p-values are Holm-adjusted; s = stable, c = candidate.", ""]
+        lines += steps_table(m["steps"])
+    return "\n".join(lines) + "\n\n" + report_markdown(report)
