@@ -1,6 +1,16 @@
 """Step 5: evaluate the candidate against the champion; its boolean output is the gate."""
 
-from kfp.dsl import Artifact, Dataset, Input, Markdown, Model, Output
+from kfp.dsl import (
+    HTML,
+    Artifact,
+    ClassificationMetrics,
+    Dataset,
+    Input,
+    Markdown,
+    Metrics,
+    Model,
+    Output,
+)
 
 from pairflow.components.base import component
 
@@ -15,13 +25,40 @@ def evaluate(
     rejected: Output[Dataset],
     report: Output[Artifact],
     summary: Output[Markdown],
+    metrics: Output[Metrics],
+    classification: Output[ClassificationMetrics],
+    drift: Output[HTML],
+    reference: Output[Dataset],
+    embeddings: Input[Dataset] = None,
 ) -> bool:
-    """Measure the candidate and return whether the gate passed."""
-    from pairflow.evaluate.step import evaluate_step
+    """Measure the candidate and the champion on held-out rows; return whether the gate passed.
+
+    ``embeddings`` (optional): the clip-filter's embeddings of the curated rows, used for the
+    drift reference of this run. ``reference`` is that reference, for register to attach.
+    """
+    from pathlib import Path
+
+    from pairflow.evaluate.step import EvaluateFiles, evaluate_step
     from pairflow.report import StageOutputs
-    from pairflow.steps import write_step_summary
 
     out = StageOutputs(kept=kept.path, rejected=rejected.path, report=report.path)
-    passed = evaluate_step(config.path, manifest.path, model.path, out, kfp_run_id)
-    kept.metadata.update(write_step_summary(out, summary.path))
-    return passed
+    files = EvaluateFiles(Path(drift.path), Path(reference.path), Path(summary.path))
+    result = evaluate_step(
+        config.path,
+        manifest.path,
+        model.path,
+        out,
+        kfp_run_id,
+        embeddings=embeddings.path if embeddings is not None else None,
+        files=files,
+    )
+    for name, value in sorted(result.scalars.items()):
+        metrics.log_metric(name, value)
+    if result.confusion is not None:
+        classification.log_confusion_matrix(result.class_names, result.confusion)
+    rep = result.report
+    kept.metadata.update(
+        {"rows_in": rep.rows_in, "rows_out": rep.rows_out, "implemented": rep.implemented}
+    )
+    reference.metadata.update({"format": "pairflow-drift-reference/1"})
+    return result.passed

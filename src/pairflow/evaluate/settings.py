@@ -2,11 +2,59 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
+from pydantic import Field
+
 from pairflow.config_fields import Section, ui
 
 
 class EvaluateConfig(Section):
+    """Held-out metrics, champion comparison, the rollout gate and the drift report."""
+
     min_recall_at_1: float = ui(
         0.0, "Min recall@1", "Absolute floor on held-out image-to-text recall@1.", ge=0, le=1
     )
-    holdout_fraction: float = 0.2
+    min_accuracy: float = ui(
+        0.0,
+        "Min accuracy",
+        "Absolute floor on held-out accuracy (classifier; zero-shot accuracy for CLIP).",
+        ge=0,
+        le=1,
+    )
+    holdout_fraction: float = Field(0.2, ge=0, lt=1, description="Share of ids held out.")
+    non_inferiority_margin: float = ui(
+        0.01,
+        "Non-inferiority margin",
+        "Gate: lower 95% CI bound of (candidate - champion) must be >= -margin.",
+        ge=0,
+        le=1,
+    )
+    non_inferiority_metrics: list[str] = Field(
+        default_factory=lambda: ["i2t_recall_at_1", "t2i_recall_at_1", "accuracy"],
+        description="Per-query metrics compared with the champion (those the model kind has).",
+    )
+    bootstrap_samples: int = Field(2000, ge=100, description="Paired-bootstrap resamples.")
+    confidence: float = Field(0.95, gt=0.5, lt=1, description="Bootstrap interval level.")
+    recall_k: list[int] = Field(default_factory=lambda: [1, 5, 10], min_length=1)
+    prompt_template: str = Field(
+        "a {label}", description="Zero-shot prompt for a label ('{label}' is replaced)."
+    )
+    drift_policy: Literal["warn", "fail"] = ui(
+        "warn", "Drift policy", "Drift above threshold: 'warn' (report only) or 'fail' the gate."
+    )
+    drift_share: float = Field(
+        0.5, gt=0, le=1, description="Metadata drift: share of drifted columns that counts."
+    )
+    drift_column_p: float = Field(0.05, gt=0, lt=1, description="Per-column test p-value cut.")
+    embedding_drift_auc: float = Field(
+        0.55,
+        gt=0.5,
+        le=1,
+        description="Embedding drift: ROC AUC of a reference-vs-new classifier above this.",
+    )
+    max_drift_rows: int = Field(
+        5000, ge=100, description="Rows sampled per side for the drift report."
+    )
+    batch_size: int = Field(64, ge=1, description="Pairs per forward pass when embedding.")
+    seed: int = Field(0, description="Seed of bootstrap and drift sampling.")

@@ -1,23 +1,213 @@
-"""Plain-Python body of the ``evaluate`` pipeline step (wrapped by ``pairflow.components``)."""
+"""Plain-Python body of the ``evaluate`` pipeline step (wrapped by ``pairflow.components``).
+
+Evaluate is not a filter: the manifest passes through (rows_out = rows_in); the held-out
+and evaluated row counts are report figures.
+"""
 
 from __future__ import annotations
 
-from pairflow.report import StageOutputs
-from pairflow.steps import model_passthrough
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pairflow import tracking
+from pairflow.config import PairflowConfig
+from pairflow.data.schema import empty_rejected, read_manifest, write_manifest
+from pairflow.report import StageOutputs, StageReport, Stopwatch
+from pairflow.steps import _finish, _setup_logging, load_step_config, model_passthrough
+
+log = logging.getLogger("pairflow.evaluate.step")
+
+STAGE = "evaluate"
+NOT_IMPLEMENTED_MARKER = "NOT_IMPLEMENTED.json"
+
+
+@dataclass
+class EvaluateFiles:
+    """Extra outputs: drift HTML, this run's drift reference Parquet, a Markdown summary."""
+
+    drift_html: Path
+    reference: Path
+    summary: Path | None = None
+
+    @classmethod
+    def in_dir(cls, out_dir: str | Path) -> EvaluateFiles:
+        d = Path(out_dir)
+        return cls(d / "drift.html", d / "drift_reference.parquet", d / "summary.md")
+
+
+@dataclass
+class StepOutcome:
+    """What the component needs for its KFP artifacts."""
+
+    passed: bool
+    report: StageReport
+    scalars: dict[str, float] = field(default_factory=dict)
+    class_names: list[str] = field(default_factory=list)
+    confusion: list[list[int]] | None = None
+    markdown: str = ""
+
+
+def _untrained(model_dir: str) -> bool:
+    return (Path(model_dir) / NOT_IMPLEMENTED_MARKER).is_file()
 
 
 def evaluate_step(
-    config_path: str, manifest: str, model_dir: str, outputs: StageOutputs, kfp_run_id: str = ""
-) -> bool:
-    """Evaluate against the champion and decide the gate.
+    config_path: str,
+    manifest: str,
+    model_dir: str,
+    outputs: StageOutputs,
+    kfp_run_id: str = "",
+    *,
+    embeddings: str | None = None,
+    files: EvaluateFiles | None = None,
+) -> StepOutcome:
+    """Evaluate the candidate in ``model_dir`` against the champion and decide the gate.
 
-    Until issue 'evaluate' lands nothing is measured: the gate is not enforced (it opens),
-    and the report says so in ``gate.reasons`` and ``implemented: false``.
+    When train produced no model (its issue not landed: a ``NOT_IMPLEMENTED.json`` marker)
+    nothing is measured and the gate is not enforced (``implemented: false``).
     """
-    gate = {
-        "passed": True,
-        "enforced": False,
-        "reasons": ["evaluate is not implemented: gate not enforced"],
-    }
-    model_passthrough("evaluate", config_path, manifest, outputs, kfp_run_id, gate=gate)
-    return bool(gate["passed"])
+    _setup_logging()
+    cfg = load_step_config(config_path)
+    if _untrained(model_dir):
+        gate = {
+            "passed": True,
+            "enforced": False,
+            "reasons": ["train produced no model (not implemented): gate not enforced"],
+        }
+        if files is not None:
+            _skipped_files(files, "train produced no model: nothing evaluated")
+        rep = model_passthrough(STAGE, config_path, manifest, outputs, kfp_run_id, gate=gate)
+        return StepOutcome(True, rep)
+    return _evaluate(cfg, manifest, model_dir, outputs, kfp_run_id, embeddings, files)
+
+
+def _evaluate(
+    cfg: PairflowConfig,
+    manifest: str,
+    model_dir: str,
+    outputs: StageOutputs,
+    kfp_run_id: str,
+    embeddings: str | None,
+    files: EvaluateFiles | None,
+) -> StepOutcome:
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="pairflow-evaluate-") as tmp:
+        return run_evaluation(
+            cfg,
+            manifest,
+            model_dir,
+            outputs,
+            files or EvaluateFiles.in_dir(tmp),
+            kfp_run_id=kfp_run_id,
+            embeddings=embeddings,
+        )
+
+
+def run_evaluation(
+    cfg: PairflowConfig,
+    manifest: str,
+    model_dir: str,
+    outputs: StageOutputs,
+    files: EvaluateFiles,
+    *,
+    kfp_run_id: str = "",
+    embeddings: str | None = None,
+    champion: str | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> StepOutcome:
+    """Evaluate, write kept/rejected/report.json and ``files``; shared by step and CLI.
+
+    ``embeddings`` names a clip-filter embeddings Parquet (skipped with a warning when the
+    file is absent: the filter may have written none).
+    """
+    from pairflow.clipfilter.artifacts import read_embeddings
+    from pairflow.evaluate.run import evaluate_frame
+    from pairflow.evaluate.summary import result_markdown
+
+    watch = Stopwatch()
+    cfg.mlflow.tracking_uri = tracking.resolve_tracking_uri(
+        cfg.mlflow.tracking_uri, cfg.run.workdir
+    )
+    df = read_manifest(manifest)
+    emb = None
+    if embeddings and Path(embeddings).is_file():
+        emb = read_embeddings(embeddings)
+    elif embeddings:
+        log.warning("evaluate: no embeddings file at %s; drift reference without", embeddings)
+    result = evaluate_frame(
+        df,
+        model_dir,
+        cfg,
+        drift_html=files.drift_html,
+        reference_out=files.reference,
+        embeddings=emb,
+        progress=progress,
+        champion=champion,
+    )
+    write_manifest(df, outputs.kept)
+    write_manifest(empty_rejected(list(df.columns)), outputs.rejected)
+    report = StageReport(
+        stage=STAGE,
+        rows_in=len(df),
+        rows_out=len(df),
+        seconds=watch.seconds,
+        metrics=result.report_metrics(),
+        notes=list(result.gate.reasons),
+    )
+    _finish(report, outputs, cfg, kfp_run_id)
+    if kfp_run_id:
+        _log_gate(cfg, kfp_run_id, result.gate.to_dict(), files.drift_html)
+    markdown = result_markdown(result)
+    if files.summary is not None:
+        files.summary.parent.mkdir(parents=True, exist_ok=True)
+        files.summary.write_text(markdown)
+    scalars = {f"candidate.{k}": v for k, v in result.candidate.scalars.items()}
+    for ci in result.comparisons:
+        scalars[f"delta.{ci.metric}"] = ci.delta
+        scalars[f"delta_low.{ci.metric}"] = ci.low
+    scalars["gate_passed"] = float(result.gate.passed)
+    confusion = result.candidate.confusion
+    return StepOutcome(
+        passed=result.gate.passed,
+        report=report,
+        scalars={k: float(v) for k, v in scalars.items() if v == v},  # drop NaN
+        class_names=list(result.class_names),
+        confusion=confusion.astype(int).tolist() if confusion is not None else None,
+        markdown=markdown,
+    )
+
+
+def _log_gate(cfg: PairflowConfig, kfp_run_id: str, gate: dict[str, Any], html: Path) -> None:
+    """Gate tags and the drift HTML on the pipeline's MLflow run."""
+    uri = cfg.mlflow.tracking_uri
+    run_id = tracking.find_pipeline_run(uri, cfg.mlflow.experiment, kfp_run_id)
+    if run_id is None:
+        log.warning("no MLflow run for KFP run %s; gate not logged", kfp_run_id)
+        return
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    client.set_tag(run_id, "pairflow.gate.passed", str(gate["passed"]).lower())
+    client.set_tag(run_id, "pairflow.gate.enforced", str(gate["enforced"]).lower())
+    client.set_tag(run_id, "pairflow.gate.reasons", "\n".join(gate["reasons"])[:5000])
+    client.log_metric(run_id, "evaluate.gate_passed", float(gate["passed"]))
+    client.log_dict(run_id, gate, "evaluate/gate.json")
+    if html.is_file():
+        client.log_artifact(run_id, str(html), "evaluate")
+
+
+def _skipped_files(files: EvaluateFiles, reason: str) -> None:
+    from pairflow.evaluate.drift import _placeholder
+
+    files.drift_html.parent.mkdir(parents=True, exist_ok=True)
+    _placeholder(files.drift_html, reason)
+    files.reference.parent.mkdir(parents=True, exist_ok=True)
+    files.reference.write_text(json.dumps({"skipped": reason}) + "\n")
+    if files.summary is not None:
+        files.summary.parent.mkdir(parents=True, exist_ok=True)
+        files.summary.write_text(f"## evaluate\n\n> {reason}\n")
