@@ -80,10 +80,25 @@ class FakeCustomObjects:
         return self.obj["spec"]["predictor"].get("canaryTrafficPercent", "absent")
 
 
+def _served_metric_names() -> set[str]:
+    """Series names ``pairflow serve`` exports on /metrics (counters with ``_total``)."""
+    from pairflow.serve import metrics
+
+    out = set()
+    for m in (metrics.REQUESTS, metrics.ERRORS, metrics.LATENCY, metrics.PAIR_SCORE):
+        name = m._name  # prometheus_client strips _total from counters' names
+        out.add(f"{name}_total" if m._type == "counter" else name)
+    return out
+
+
 def _series(version_data: dict[str, dict[str, Any]]) -> Any:
     def answer(query: str) -> list[dict[str, Any]]:
         version = re.search(r'model_version="(\w+)"', query)
         assert version is not None and 'namespace="ml"' in query
+        # the predictor labels its series with its served name (serve.model_name)
+        assert 'model_name="pairflow"' in query, query
+        metric = re.search(r"(pairflow_\w+?)(?:_bucket)?\{", query)
+        assert metric is not None and metric.group(1) in _served_metric_names(), query
         d = version_data[version.group(1)]
         if "_bucket" in query:
             key = "lat" if "latency" in query else "score"

@@ -235,7 +235,10 @@ class KServeBackend:
     # -- Prometheus --------------------------------------------------------------------------
 
     def _selector(self, version: str) -> str:
-        return f'namespace="{self.ns}",model_name="{self.rollout.name}",model_version="{version}"'
+        # model_name is the name the predictor serves (serve.model_name), not the registered
+        # model's name: that is the label pairflow.serve.metrics puts on every series
+        served = self.cfg.kserve.served_model_name
+        return f'namespace="{self.ns}",model_name="{served}",model_version="{version}"'
 
     def _sum(self, metric: str, version: str, rng: str, at: float) -> float:
         q = f"sum(increase({metric}{{{self._selector(version)}}}[{rng}]))"

@@ -79,11 +79,21 @@ class PredictorProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout_s: float) -> PredictorProcess:
+        """Spawn the process and wait until it is ready."""
+        return self.spawn().wait_ready(timeout_s)
+
+    def spawn(self) -> PredictorProcess:
+        """Start the process without waiting (so two predictors load side by side)."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("wb") as fh:
             self.proc = subprocess.Popen(
                 self.command, stdout=fh, stderr=subprocess.STDOUT, env=self.env
             )
+        return self
+
+    def wait_ready(self, timeout_s: float) -> PredictorProcess:
+        """Poll the readiness path; :class:`PredictorStartError` on exit or timeout."""
+        assert self.proc is not None, "spawn() first"
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -227,7 +237,8 @@ def launch_local(
     log_dir: Path,
     env: dict[str, str] | None = None,
 ) -> LocalBackend:
-    """Start both predictors (``serve_command``) and return a backend routing between them."""
+    """Start both predictors (``serve_command``, loading side by side) and return a backend
+    routing between them."""
     procs: dict[str, PredictorProcess] = {}
     role = STABLE
     try:
@@ -239,7 +250,10 @@ def launch_local(
                 log_dir / f"{role}.log",
                 cfg.local.ready_path,
                 env,
-            ).start(cfg.local.startup_timeout_s)
+            ).spawn()
+        deadline = time.monotonic() + cfg.local.startup_timeout_s
+        for role in list(procs):  # ``role`` names the one that failed (except below)
+            procs[role].wait_ready(max(1.0, deadline - time.monotonic()))
     except PredictorStartError as exc:
         for proc in procs.values():
             proc.stop()

@@ -62,10 +62,18 @@ def _resolve(uri: str, base: Path | None) -> str:
 def load_pairs(
     frame: pd.DataFrame, px: int, limit: int = 256, base: Path | None = None
 ) -> list[dict[str, Any]]:
-    """Up to ``limit`` rows with their images encoded once (rows that fail to read skipped)."""
+    """Up to ``limit`` rows with their images encoded once.
+
+    Rows serve would refuse (empty caption) or whose image cannot be read are skipped.
+    """
     pairs: list[dict[str, Any]] = []
     for raw in frame.head(limit * 2).to_dict("records"):
         row = {str(k): v for k, v in raw.items()}
+        caption = row.get("caption")
+        if not isinstance(caption, str) or not caption.strip():
+            # serve answers 400 to an empty caption: such a row tests nothing about the model
+            log.warning("replay: skipping row %s: empty or missing caption", row.get("id"))
+            continue
         try:
             row["image_b64"] = encode_image(_resolve(str(row["image"]), base), px)
         except InputDataError as exc:

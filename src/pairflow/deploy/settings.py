@@ -111,6 +111,11 @@ class KServeConfig(Section):
         description="spec.predictor.model.storageUri for the candidate ({model_uri}, "
         "{version} substituted).",
     )
+    served_model_name: str = Field(
+        "pairflow",
+        description="The predictor's served model name (its serve.model_name): the model_name "
+        "label of its Prometheus series.",
+    )
     ready_timeout_s: float = Field(600.0, gt=0, description="Wait for the canary revision.")
     query_timeout_s: float = Field(10.0, gt=0, description="Timeout of one Prometheus query.")
 

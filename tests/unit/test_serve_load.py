@@ -1,0 +1,154 @@
+"""Serve loads what the other stages write: compress's ``variants.json`` (any variant, default
+the chosen one), the registry's pyfunc layout, and train's classifier artifact (own head)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from kserve.errors import InvalidInput
+from PIL import Image
+
+from pairflow.clipfilter.bootstrap import save_untrained_clip
+from pairflow.clipfilter.model import ModelLoadError, load_clip
+from pairflow.compress.export import export_towers
+from pairflow.compress.variants import VariantIndex, VariantRecord
+from pairflow.serve.load import TorchClip, TrainedClassifier, VariantModel, load_servable
+from pairflow.serve.predictor import PairflowPredictor
+from pairflow.serve.settings import ServeConfig
+
+CAPTIONS = ["a red circle", "two blue squares on the left", "a green triangle", "three stars"]
+IMAGES = [Image.new("RGB", (50, 40), c) for c in ((255, 0, 0), (0, 0, 90), (9, 200, 9))]
+
+
+def _b64(img: Image.Image) -> str:
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+@pytest.fixture(scope="module")
+def clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_untrained_clip(tmp_path_factory.mktemp("clip") / "clip", CAPTIONS, seed=3)
+
+
+@pytest.fixture(scope="module")
+def compressed(clip_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A compressed-model directory in compress's format (fp32_torch + fp32_onnx, chosen onnx),
+    nested two folders deep as a download would be."""
+    root = tmp_path_factory.mktemp("compressed") / "artifacts" / "compressed"
+    shutil.copytree(clip_dir, root / "fp32_torch")
+    clip = load_clip(str(clip_dir), device="cpu")
+    pixels = torch.from_numpy(
+        np.asarray(
+            clip.processor.image_processor(images=IMAGES[:2], return_tensors="np")["pixel_values"]
+        )
+    )
+    enc = clip.processor.tokenizer(CAPTIONS[:2], padding=True, return_tensors="pt")
+    export_towers(clip.model, root / "fp32_onnx", pixels, enc["input_ids"], enc["attention_mask"])
+    clip.processor.save_pretrained(root / "fp32_onnx")
+    VariantIndex(
+        chosen="fp32_onnx",
+        variants=[
+            VariantRecord(name="fp32_torch", kind="torch", files=[]),
+            VariantRecord(name="fp32_onnx", kind="onnx", files=[], chosen=True),
+        ],
+    ).write(root)
+    return root.parent.parent
+
+
+@pytest.mark.slow  # the ONNX export of the compressed fixture: ~15-30 s on 2 cores
+def test_compressed_dir_loads_chosen_or_named_variant(compressed: Path, clip_dir: Path) -> None:
+    ref = TorchClip(load_clip(str(clip_dir), device="cpu"))
+    chosen = load_servable(str(compressed), threads=1)
+    assert isinstance(chosen.model, VariantModel)
+    assert chosen.model.loaded.name == "fp32_onnx" and chosen.model.loaded.kind == "onnx"
+    assert chosen.version.startswith("local-") and chosen.path.name == "fp32_onnx"
+    named = load_servable(str(compressed), "fp32_torch", threads=1)
+    assert isinstance(named.model, VariantModel) and named.model.loaded.kind == "torch"
+    for m in (chosen.model, named.model):
+        np.testing.assert_allclose(m.embed_images(IMAGES), ref.embed_images(IMAGES), atol=1e-4)
+        np.testing.assert_allclose(m.embed_texts(CAPTIONS), ref.embed_texts(CAPTIONS), atol=1e-4)
+    with pytest.raises(ModelLoadError, match=r"no variant 'int8_onnx'.*fp32_onnx"):
+        load_servable(str(compressed), "int8_onnx")
+
+
+@pytest.mark.slow
+def test_registered_layout_loads_its_shipping_variant(
+    compressed: Path, clip_dir: Path, tmp_path: Path
+) -> None:
+    """The registry logs a pyfunc: MLmodel config {variant, kind}, artifacts/variant + hf."""
+    model = tmp_path / "download" / "model"
+    shutil.copytree(
+        compressed / "artifacts" / "compressed" / "fp32_onnx", model / "artifacts" / "variant"
+    )
+    shutil.copytree(clip_dir, model / "artifacts" / "hf")
+    conf = {"flavors": {"python_function": {"config": {"variant": "fp32_onnx", "kind": "onnx"}}}}
+    (model / "MLmodel").write_text(yaml.safe_dump(conf))
+    loaded = load_servable(str(tmp_path / "download"), threads=1)
+    assert isinstance(loaded.model, VariantModel) and loaded.model.loaded.kind == "onnx"
+    assert loaded.model.variant.startswith("fp32_onnx")
+    torch_side = load_servable(str(tmp_path / "download"), "torch")
+    assert isinstance(torch_side.model, TorchClip) and torch_side.path.name == "hf"
+    with pytest.raises(ModelLoadError, match="ships variant 'fp32_onnx' only"):
+        load_servable(str(tmp_path / "download"), "int8_onnx")
+
+
+def test_hf_dir_refuses_unknown_variant(clip_dir: Path) -> None:
+    with pytest.raises(ModelLoadError, match="variant 'fp32_onnx' is not available"):
+        load_servable(str(clip_dir), "fp32_onnx")
+
+
+def test_classifier_artifact_classifies_with_its_head_and_labels(
+    clip_dir: Path, tmp_path: Path
+) -> None:
+    from pairflow.train.artifact import load_trained, save_trained
+    from pairflow.train.models import build_head
+
+    labels = ["circle", "square", "star"]
+    clip = load_clip(str(clip_dir), device="cpu")
+    torch.manual_seed(0)
+    head = build_head(clip.model, "concat", len(labels))
+    for p in head.parameters():
+        torch.nn.init.normal_(p, std=0.5)  # distinct logits per input
+    out = save_trained(
+        tmp_path / "clf", clip.model, clip.processor, kind="classifier", labels=labels, head=head
+    )
+    pred = PairflowPredictor(
+        ServeConfig(model_name="clf", warmup_batches=1, torch_threads=1), str(out)
+    )
+    pred.load()
+    assert pred.loaded is not None and isinstance(pred.loaded.model, TrainedClassifier)
+    body = {
+        "task": "classify",
+        "instances": [
+            {"image": _b64(i), "caption": c} for i, c in zip(IMAGES, CAPTIONS, strict=False)
+        ],
+    }
+    response, _ = asyncio.run(pred(body))
+    got = np.asarray([[r["probabilities"][lab] for lab in labels] for r in response["predictions"]])
+    trained = load_trained(out, device="cpu")
+    px = torch.from_numpy(
+        np.asarray(
+            trained.clip.processor.image_processor(images=IMAGES, return_tensors="np")[
+                "pixel_values"
+            ]
+        )
+    )
+    enc = trained.clip.processor.tokenizer(CAPTIONS[:3], padding=True, return_tensors="pt")
+    want = torch.softmax(trained.classify(px, enc["input_ids"], enc["attention_mask"]), -1)
+    np.testing.assert_allclose(got, want.numpy(), atol=1e-4)
+    assert [r["label"] for r in response["predictions"]] == [labels[int(i)] for i in got.argmax(1)]
+    with pytest.raises(InvalidInput, match=r"instances\[0\].*needs an image and a caption"):
+        asyncio.run(pred({"task": "classify", "instances": [{"image": _b64(IMAGES[0])}]}))
+    # embeddings still come from the classifier's CLIP towers
+    emb, _ = asyncio.run(pred({"task": "embed", "instances": [{"caption": "a red circle"}]}))
+    vec = np.asarray(emb["predictions"][0]["text_embedding"])
+    assert vec.shape == (64,) and abs(float(np.linalg.norm(vec)) - 1.0) < 1e-5
