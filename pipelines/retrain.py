@@ -96,6 +96,7 @@ def _dag(defaults_json: str, p: dict[str, Any]) -> None:
             shards=dsl.Collected(flt.outputs["kept"]),
             shard_rejected=dsl.Collected(flt.outputs["rejected"]),
             shard_reports=dsl.Collected(flt.outputs["report"]),
+            shard_embeddings=dsl.Collected(flt.outputs["embeddings"]),
             upstream_report=ded.outputs["report"],
             kfp_run_id=run_id,
         ).set_display_name("gather filtered shards")
@@ -106,8 +107,11 @@ def _dag(defaults_json: str, p: dict[str, Any]) -> None:
             config=cfg,
             manifest=curated.outputs["kept"],
             model=trn.outputs["model"],
+            embeddings=curated.outputs["embeddings"],
             kfp_run_id=run_id,
         ).set_display_name("evaluate")
+        # It reads the champion from MLflow: state outside its inputs.
+        _no_cache(_io_bound(ev))
 
         with dsl.If(ev.outputs["Output"] == True, name="gate-passed"):  # noqa: E712
             cmp = compress(
@@ -122,6 +126,18 @@ def _dag(defaults_json: str, p: dict[str, Any]) -> None:
                 manifest=curated.outputs["kept"],
                 model=cmp.outputs["compressed"],
                 kfp_run_id=run_id,
+                kfp_run_name=run_name,
+                trained_model=trn.outputs["model"],
+                evaluate_report=ev.outputs["report"],
+                ingest_report=ing.outputs["report"],
+                validate_report=con.outputs["report"],
+                dedupe_report=ded.outputs["report"],
+                filter_report=curated.outputs["report"],
+                train_report=trn.outputs["report"],
+                compress_report=cmp.outputs["report"],
+                data_docs=con.outputs["data_docs"],
+                drift_html=ev.outputs["drift"],
+                drift_reference=ev.outputs["reference"],
             )
             _no_cache(_io_bound(reg.set_display_name("register")))
             dep = deploy(

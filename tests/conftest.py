@@ -16,3 +16,19 @@ def small_dataset(tmp_path_factory: pytest.TempPathFactory) -> GenerateSummary:
     """80 synthetic rows with every defect kind injected (read-only: copy before mutating)."""
     out: Path = tmp_path_factory.mktemp("small-dataset")
     return generate_dataset(out, 80, seed=11)
+
+
+@pytest.fixture(scope="session")
+def untrained_clip(
+    tmp_path_factory: pytest.TempPathFactory, small_dataset: GenerateSummary
+) -> Path:
+    """A tiny random-weight CLIP directory (tokenizer fitted on the small dataset's captions).
+
+    Its scores carry no meaning: pipeline tests use it with ``clip_filter.top_fraction``.
+    """
+    import pandas as pd
+
+    from pairflow.clipfilter.bootstrap import save_untrained_clip
+
+    captions = [str(c) for c in pd.read_parquet(small_dataset.manifest)["caption"]]
+    return save_untrained_clip(tmp_path_factory.mktemp("untrained-clip") / "clip", captions)

@@ -165,6 +165,8 @@ def _run_and_report(cfg: PairflowConfig, *, cache: bool, extra: list[str] | None
     with console.status("running the retrain pipeline through kfp.local …"):
         result = run_pipeline_locally(cfg, enable_caching=cache)
     console.print(stage_table(result.reports, title="retrain — rows per stage"))
+    for line in _highlights(result.reports):
+        console.print(line)
     console.print(_outcome_line(result.reports))
     for line in extra or []:
         console.print(line)
@@ -177,6 +179,53 @@ def _run_and_report(cfg: PairflowConfig, *, cache: bool, extra: list[str] | None
     status = "[green]succeeded[/]" if result.succeeded else f"[red]FAILED[/]: {result.error}"
     console.print(f"pipeline {status} in {result.seconds:.1f} s")
     return result.succeeded
+
+
+def _highlights(reports: dict[str, StageReport]) -> list[str]:
+    """Headline measurements of the run, one line each (only those that were measured)."""
+    lines = []
+    flt = reports.get("clip_filter")
+    if flt is not None and flt.metrics.get("roc_auc") is not None:
+        m = flt.metrics
+        lines.append(
+            f"clip-filter ROC-AUC vs the generator's mismatched captions: {m['roc_auc']:.3f} "
+            f"({m.get('auc_positives')} mismatched, {m.get('auc_negatives')} clean pairs)"
+        )
+    train = reports.get("train")
+    if train is not None and train.implemented and "samples_per_s" in train.metrics:
+        t = train.metrics
+        lines.append(
+            f"train: {t.get('model')} on {t.get('rows_train')} rows, world size "
+            f"{t.get('world_size')}, {t['samples_per_s']} samples/s, best validation metric "
+            f"{t.get('best_val_metric')}"
+        )
+    ev = reports.get("evaluate")
+    if ev is not None and ev.implemented:
+        cand = ev.metrics.get("candidate") or {}
+        gate = ev.metrics.get("gate") or {}
+        r1 = cand.get("i2t_recall_at_1")
+        verdict = "passed" if gate.get("passed") else "BLOCKED"
+        lines.append(
+            f"evaluate: held-out image→text recall@1 {r1:.3f} on "
+            f"{ev.metrics.get('evaluated_rows')} rows; gate {verdict}"
+            if isinstance(r1, float)
+            else f"evaluate: gate {verdict}"
+        )
+        lines.extend(f"  gate: {reason}" for reason in gate.get("reasons", []))
+    cmp = reports.get("compress")
+    chosen = cmp.metrics.get("chosen") if cmp is not None else None
+    if cmp is not None and chosen:
+        var = (cmp.metrics.get("variants") or {}).get(chosen, {})
+        lines.append(
+            f"compress: chose {chosen} ({var.get('speedup_b32')}x faster at batch 32, "
+            f"{var.get('size_ratio')}x smaller than fp32 torch, recall@1 delta "
+            f"{var.get('recall_delta')})"
+        )
+    dep = reports.get("deploy")
+    if dep is not None and dep.implemented:
+        reasons = "; ".join(str(r) for r in dep.metrics.get("reasons", []))
+        lines.append(f"deploy: {dep.metrics.get('decision')} ({reasons})")
+    return lines
 
 
 def _outcome_line(reports: dict[str, StageReport]) -> str:
@@ -195,6 +244,20 @@ def _outcome_line(reports: dict[str, StageReport]) -> str:
     return f"{registered}; {deployed}"
 
 
+def _demo_reference_clip(workdir: Path) -> Path:
+    """The demo's tiny reference CLIP: pretrained once per work dir (about a minute)."""
+    from pairflow.clipfilter.bootstrap import ensure_reference_clip, read_reference_info
+
+    out = workdir / "models" / "reference-clip"
+    if read_reference_info(out) is not None:
+        return ensure_reference_clip(out)
+    with _progress() as progress:
+        task = progress.add_task("pretraining the reference CLIP (epochs)", total=None)
+        return ensure_reference_clip(
+            out, progress=lambda done, total: progress.update(task, completed=done, total=total)
+        )
+
+
 @app.command("demo")
 def demo(
     workdir: Annotated[Path, typer.Option("--workdir", help="Where everything goes.")] = Path(
@@ -202,32 +265,67 @@ def demo(
     ),
     n: Annotated[int, typer.Option("--n", min=20, help="Demo dataset rows.")] = 600,
     seed: Annotated[int, typer.Option("--seed", help="Demo dataset seed.")] = 7,
+    rounds: Annotated[
+        int,
+        typer.Option(
+            "--rounds",
+            min=1,
+            max=5,
+            help="Retraining rounds, each on a fresh data drop (seed+round). Round 1 has no "
+            "champion; later rounds evaluate against it, report drift and canary-deploy.",
+        ),
+    ] = 2,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
-    """Generate demo data and run the whole pipeline locally."""
-    from pairflow.data.synthetic import generate_dataset
-
+    """Generate demo data and run the whole pipeline locally, round after round."""
     start = time.perf_counter()
     ensure_writable_dir(workdir, "work dir")
-    data_dir = workdir / "data"
+    reference = _demo_reference_clip(workdir)
+    ok = True
+    for round_ in range(1, rounds + 1):
+        console.rule(f"round {round_} of {rounds}: a new data drop arrives")
+        ok = _demo_round(workdir, round_, n, seed + round_ - 1, reference, config, set_ or [])
+        if not ok:
+            break
+    console.print(f"demo wall time: {time.perf_counter() - start:.1f} s")
+    raise typer.Exit(0 if ok else 1)
+
+
+def _demo_round(
+    workdir: Path,
+    round_: int,
+    n: int,
+    seed: int,
+    reference: Path,
+    config: Path | None,
+    sets: list[str],
+) -> bool:
+    from pairflow.data.synthetic import generate_dataset
+
+    data_dir = workdir / f"data-round{round_}"
     with _progress() as progress:
-        task = progress.add_task("generating demo data", total=n)
+        task = progress.add_task(f"generating demo data (seed {seed})", total=n)
         gen = generate_dataset(
             data_dir, n, seed, progress=lambda done, total: progress.update(task, completed=done)
         )
-    overrides = [f"run.workdir={workdir}", f"data.source={gen.manifest}", *(set_ or [])]
+    overrides = [
+        f"run.workdir={workdir}",
+        f"data.source={gen.manifest}",
+        f"data.ground_truth={gen.ground_truth}",
+        f"clip_filter.model={reference}",
+        *sets,
+    ]
     cfg = load_config(config, overrides)
     injected = sum(gen.defects.values())
-    ok = _run_and_report(
+    return _run_and_report(
         cfg,
         cache=False,
         extra=[
             f"demo data: {gen.rows} rows, {injected} injected defects ({gen.ground_truth})",
+            f"reference CLIP (pretrained here on a separate clean split): {reference}",
         ],
     )
-    console.print(f"demo wall time: {time.perf_counter() - start:.1f} s")
-    raise typer.Exit(0 if ok else 1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -294,14 +392,24 @@ def bench(
 
 
 # Stage packages add their own commands (train, evaluate, serve, registry, submit, ...).
-STAGE_CLIS = ("train", "evaluate", "compress", "registry", "serve", "deploy", "kubeflow")
+STAGE_CLIS = (
+    "curate_cli",
+    "train",
+    "evaluate",
+    "compress",
+    "registry",
+    "serve",
+    "deploy",
+    "kubeflow",
+)
 
 
 def _register_stage_clis() -> None:
     import importlib
 
     for pkg in STAGE_CLIS:
-        importlib.import_module(f"pairflow.{pkg}.cli").register(app)
+        module = pkg if pkg.endswith("_cli") else f"{pkg}.cli"
+        importlib.import_module(f"pairflow.{module}").register(app)
 
 
 _register_stage_clis()

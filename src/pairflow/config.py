@@ -58,6 +58,11 @@ class DataConfig(Section):
         le=256,
     )
     s3: S3Config = Field(default_factory=S3Config)
+    ground_truth: str = Field(
+        "",
+        description="Known-defect table of synthetic data (ground_truth.parquet); when set, "
+        "reports measure against it (e.g. clip-filter ROC-AUC). `pairflow demo` sets it.",
+    )
 
 
 class ContractConfig(Section):
@@ -156,7 +161,8 @@ class ClipFilterConfig(Section):
     model: str = ui(
         "",
         "CLIP model reference",
-        "HF id, local directory, s3:// prefix or models:/NAME@ALIAS; empty uses the demo model.",
+        "HF id, local directory, s3:// prefix or models:/NAME@ALIAS (required; `pairflow demo` "
+        "sets its locally pretrained model).",
     )
     threshold: float = ui(
         0.28, "CLIP score threshold", "Keep pairs whose image-text cosine is at least this."
@@ -173,9 +179,7 @@ class ClipFilterConfig(Section):
     )
     batch_size: int = ui(64, "CLIP batch size", "Pairs per forward pass.", ge=1)
     num_workers: int = Field(2, ge=0, description="DataLoader workers decoding images.")
-    torch_threads: int = Field(
-        0, ge=0, description="Intra-op threads; 0 = CPUs not used by workers."
-    )
+    torch_threads: int = Field(0, ge=0, description="Intra-op threads; 0 = all CPUs.")
     read_retries: int = Field(3, ge=0, description="Retries for transient image read errors.")
 
 

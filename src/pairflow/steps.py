@@ -255,37 +255,6 @@ def dedupe_step(
     return _finish(report, outputs, cfg, kfp_run_id)
 
 
-def filter_shard_step(
-    config_path: str, manifest: str, shard: int, outputs: StageOutputs
-) -> StageReport:
-    """CLIP-score one shard and keep agreeing pairs (pass-through until issue 'clip-filter')."""
-    _setup_logging()
-    watch = Stopwatch()
-    cfg = load_step_config(config_path)
-    df = select_shard(read_manifest(manifest), shard, cfg.data.shards)
-    return _finish(_passthrough("clip_filter", df, outputs, watch, shard=shard), outputs)
-
-
-def gather_filtered_step(
-    config_path: str,
-    shard_manifests: list[str],
-    shard_rejected: list[str],
-    shard_reports: list[str],
-    upstream_report: str,
-    outputs: StageOutputs,
-    kfp_run_id: str = "",
-) -> StageReport:
-    """Concatenate the filtered shards into one manifest; its report sums the shard reports."""
-    _setup_logging()
-    cfg = load_step_config(config_path)
-    merged = merge_shards(
-        "clip_filter", shard_manifests, shard_reports, upstream_report, rejected=shard_rejected
-    )
-    write_manifest(merged.frame, outputs.kept)
-    write_manifest(merged.rejected, outputs.rejected)
-    return _finish(merged.report, outputs, cfg, kfp_run_id)
-
-
 class MergedShards:
     """Shard outputs of one stage concatenated (sorted by id), and their reports summed."""
 

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_pipeline_runs_end_to_end(
-    tmp_path: Path, small_dataset: GenerateSummary, mlflow_server: str
+    tmp_path: Path, small_dataset: GenerateSummary, mlflow_server: str, untrained_clip: Path
 ) -> None:
     cfg = load_config(
         None,
@@ -28,6 +28,12 @@ def test_pipeline_runs_end_to_end(
             f"mlflow.tracking_uri={mlflow_server}",
             "data.shards=3",
             "mlflow.experiment=e2e-ok",
+            f"clip_filter.model={untrained_clip}",
+            "clip_filter.top_fraction=0.9",
+            f"data.ground_truth={small_dataset.ground_truth}",
+            "train.batch_size=8",
+            "train.epochs=1",
+            "register.model_name=e2e-clip",
         ],
     )
     result = run_pipeline_locally(cfg)
@@ -53,9 +59,32 @@ def test_pipeline_runs_end_to_end(
     assert result.reports["validate"].metrics["contract"]["passed"] is True
     docs = next(result.run_dir.glob("data-contract*/data_docs"))
     assert "data contract" in docs.read_text().lower()
-    # steps that are not built yet say so, and never claim a model
-    assert result.reports["train"].implemented is False
-    assert result.reports["evaluate"].metrics["gate"]["enforced"] is False
+    # every stage is real now: nothing passed through
+    assert all(rep.implemented for rep in result.reports.values())
+    flt = result.reports["clip_filter"].metrics
+    assert flt["roc_auc"] is not None and flt["scored"] > 0
+    embeddings = next(result.run_dir.glob("gather-filtered*/embeddings"))
+    assert (
+        pd.read_parquet(embeddings)["id"]
+        .isin(pd.read_parquet(next(result.run_dir.glob("dedupe*/kept")))["id"])
+        .all()
+    )
+    train = result.reports["train"].metrics
+    assert train["world_size"] == 2
+    assert train["rows_train"] + train["rows_val"] + train["rows_holdout"] == (
+        result.reports["train"].rows_in
+    )
+    # first run: no champion, so the gate is enforced on the absolute minimums only
+    gate = result.reports["evaluate"].metrics["gate"]
+    assert gate["enforced"] is True and gate["passed"] is True
+    assert any("first run" in reason for reason in gate["reasons"])
+    chosen = result.reports["compress"].metrics["chosen"]
+    assert chosen in result.reports["compress"].metrics["variants"]
+    registered = result.reports["register"].metrics["registered_version"]
+    assert registered == "models:/e2e-clip/1"
+    assert result.reports["deploy"].metrics["decision"] == "promoted_initial"
+    registry = MlflowClient(tracking_uri=mlflow_server)
+    assert registry.get_model_version_by_alias("e2e-clip", "champion").version == "1"
 
     # the curated manifest holds exactly the rows the last data stage reported
     kept = next(result.run_dir.glob("gather-filtered*/kept"))

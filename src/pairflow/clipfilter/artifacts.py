@@ -146,7 +146,8 @@ def write_histogram(
     """Histogram of kept vs rejected scores with the cut marked.
 
     The format follows the suffix: ``.png``, ``.svg``, or ``.html`` (an inline SVG in a
-    self-contained page, which the Kubeflow UI renders as an HTML artifact).
+    self-contained page, which the Kubeflow UI renders as an HTML artifact). A path without
+    a suffix (a KFP artifact path) gets HTML.
     """
     import matplotlib
 
@@ -176,7 +177,7 @@ def write_histogram(
     ax.set_title(title)
     ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
-    suffix = out.suffix.lower()
+    suffix = out.suffix.lower() or ".html"
     if suffix == ".html":
         buf = io.StringIO()
         fig.savefig(buf, format="svg")

@@ -1,0 +1,145 @@
+"""Standalone curate stages: ``pairflow validate|dedupe|filter --input MANIFEST --out DIR``.
+
+Each writes ``kept.parquet``, ``rejected.parquet`` (with reasons) and ``report.json`` into
+``--out``, exactly as the pipeline step does on one shard (validate adds the data contract's
+HTML page and Data Docs site; filter adds embeddings, a score histogram and a summary).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+InputOpt = Annotated[str, typer.Option("--input", help="Manifest (.parquet / .jsonl).")]
+OutOpt = Annotated[Path, typer.Option("--out", help="Output directory.")]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file.")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override: key.path=value.")]
+
+
+def _summary_line(stage: str, rows_in: int, kept: int, rejected: dict[str, int], out: Path) -> str:
+    return (
+        f"{stage}: {rows_in} in, {kept} kept, {sum(rejected.values())} rejected {rejected} → {out}"
+    )
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``validate``, ``dedupe`` and ``filter`` to ``app``."""
+
+    @app.command("validate")
+    def validate_cmd(
+        input_: InputOpt, out: OutOpt, config: ConfigOpt = None, set_: SetOpt = None
+    ) -> None:
+        """Per-row checks and the data contract; exit 1 when a critical expectation fails."""
+        from pairflow.cli import console, ensure_writable_dir
+        from pairflow.config import load_config
+        from pairflow.data.schema import read_manifest
+        from pairflow.report import StageOutputs, StageReport, Stopwatch
+        from pairflow.steps import _write_outputs
+        from pairflow.validate.contract import run_contract
+        from pairflow.validate.rows import validate_frame
+
+        cfg = load_config(config, set_ or [])
+        ensure_writable_dir(out)
+        watch = Stopwatch()
+        df = read_manifest(input_)
+        outputs = StageOutputs.in_dir(out)
+        with console.status(f"validating {len(df)} rows …"):
+            result = validate_frame(df, cfg.validate_, cfg.data.s3)
+            report: StageReport = _write_outputs("validate", len(df), result, outputs, watch)
+            contract = run_contract(
+                result.kept,
+                result.rejected,
+                cfg.validate_,
+                out / "data_docs",
+                raise_on_failure=False,
+            )
+        report.metrics["contract"] = contract.to_json_dict()
+        report.write(outputs.report)
+        console.print(_summary_line("validate", len(df), len(result.kept), result.counts, out))
+        console.print(f"data contract: {contract.message()} (docs: {contract.html})")
+        raise typer.Exit(0 if contract.passed else 1)
+
+    @app.command("dedupe")
+    def dedupe_cmd(
+        input_: InputOpt, out: OutOpt, config: ConfigOpt = None, set_: SetOpt = None
+    ) -> None:
+        """Exact, near and caption duplicates; each dropped row names the id it duplicates."""
+        from pairflow.cli import console, ensure_writable_dir
+        from pairflow.config import load_config
+        from pairflow.data.schema import read_manifest
+        from pairflow.dedupe.merge import dedupe_frame
+        from pairflow.report import StageOutputs, Stopwatch
+        from pairflow.steps import _write_outputs
+
+        cfg = load_config(config, set_ or [])
+        ensure_writable_dir(out)
+        watch = Stopwatch()
+        df = read_manifest(input_)
+        outputs = StageOutputs.in_dir(out)
+        with console.status(f"deduplicating {len(df)} rows …"):
+            result = dedupe_frame(df, cfg.dedupe)
+            report = _write_outputs("dedupe", len(df), result, outputs, watch)
+        report.write(outputs.report)
+        console.print(_summary_line("dedupe", len(df), len(result.kept), result.counts, out))
+
+    @app.command("filter")
+    def filter_cmd(
+        input_: InputOpt,
+        out: OutOpt,
+        model: Annotated[
+            str | None, typer.Option("--model", help="CLIP: dir, HF id, s3://, models:/…")
+        ] = None,
+        threshold: Annotated[
+            float | None, typer.Option("--threshold", help="Keep score ≥ this.")
+        ] = None,
+        top_fraction: Annotated[
+            float | None, typer.Option("--top-fraction", help="Keep this best fraction.")
+        ] = None,
+        ground_truth: Annotated[
+            Path | None, typer.Option("--ground-truth", help="Generator ground truth (AUC).")
+        ] = None,
+        config: ConfigOpt = None,
+        set_: SetOpt = None,
+    ) -> None:
+        """CLIP-score pairs and keep those whose image and caption agree."""
+        from pairflow.cli import console, ensure_writable_dir
+        from pairflow.clipfilter.run import FilterOutputs, run_filter
+        from pairflow.config import load_config
+        from pairflow.data.schema import read_manifest
+        from pairflow.errors import ConfigError
+        from pairflow.report import StageOutputs, Stopwatch
+        from pairflow.steps import _write_outputs
+
+        if threshold is not None and top_fraction is not None:
+            raise ConfigError("--threshold and --top-fraction exclude each other")
+        sets = list(set_ or [])
+        if model is not None:
+            sets.append(f"clip_filter.model={model}")
+        if threshold is not None:
+            sets += [f"clip_filter.threshold={threshold}", "clip_filter.top_fraction=0"]
+        if top_fraction is not None:
+            sets.append(f"clip_filter.top_fraction={top_fraction}")
+        cfg = load_config(config, sets)
+        if not cfg.clip_filter.model:
+            raise ConfigError("no CLIP model: pass --model REF (or set clip_filter.model)")
+        ensure_writable_dir(out)
+        watch = Stopwatch()
+        df = read_manifest(input_)
+        outputs = StageOutputs.in_dir(out)
+        with console.status(f"scoring {len(df)} pairs with {cfg.clip_filter.model} …"):
+            result = run_filter(
+                df,
+                cfg.clip_filter,
+                cfg.data.s3,
+                outputs=FilterOutputs.in_dir(out),
+                ground_truth=ground_truth,
+                max_pixels=cfg.validate_.max_pixels,
+            )
+            report = _write_outputs("clip_filter", len(df), result, outputs, watch)
+        report.write(outputs.report)
+        console.print(_summary_line("clip_filter", len(df), len(result.kept), result.counts, out))
+        auc = result.metrics.get("roc_auc")
+        if auc is not None:
+            console.print(f"ROC-AUC vs mismatched captions: {auc:.3f}")
