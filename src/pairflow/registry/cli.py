@@ -1,10 +1,267 @@
-"""CLI commands of this package, added to the ``pairflow`` app by :func:`register`."""
+"""``pairflow register`` (the stage, standalone) and ``pairflow registry ...`` (review, aliases)."""
 
 from __future__ import annotations
 
+import getpass
+from pathlib import Path
+from typing import Annotated, Any
+
 import typer
+from rich.console import Console
+from rich.markdown import Markdown
+from rich.table import Table
+
+console = Console()
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file.")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override: key.path=value.")]
+UriOpt = Annotated[
+    str | None,
+    typer.Option("--tracking-uri", help="MLflow tracking URI (default: config, then env)."),
+]
+ByOpt = Annotated[str, typer.Option("--by", help="Who does this (recorded in the history).")]
+
+registry_app = typer.Typer(
+    help="Model registry: versions, cards, approvals, aliases, history.", no_args_is_help=True
+)
+
+
+def _config(config: Path | None, sets: list[str] | None, uri: str | None) -> Any:
+    from pairflow.config import load_config
+    from pairflow.tracking import resolve_tracking_uri
+
+    cfg = load_config(config, sets or [])
+    cfg.mlflow.tracking_uri = uri or resolve_tracking_uri(cfg.mlflow.tracking_uri, cfg.run.workdir)
+    return cfg
+
+
+def _registry(cfg: Any) -> Any:
+    from pairflow.registry.client import Registry
+
+    return Registry(cfg.mlflow.tracking_uri, cfg.register_.retries, cfg.register_.retry_backoff_s)
+
+
+def _user(by: str) -> str:
+    return by or f"cli:{getpass.getuser()}"
+
+
+def register_cmd(
+    manifest: Annotated[Path, typer.Option("--manifest", help="Curated (kept) manifest.")],
+    model: Annotated[
+        Path, typer.Option("--model", help="Compressed dir (variants.json) or an HF model dir.")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Where kept/rejected/report.json go.")],
+    trained: Annotated[
+        Path | None, typer.Option("--trained", help="Trained HF model dir (fallback).")
+    ] = None,
+    evaluate_report: Annotated[
+        Path | None, typer.Option("--evaluate-report", help="Evaluate's report.json.")
+    ] = None,
+    reports: Annotated[
+        list[Path] | None, typer.Option("--report", help="A stage report.json (repeatable).")
+    ] = None,
+    data_docs: Annotated[Path | None, typer.Option("--data-docs", help="GX Data Docs.")] = None,
+    drift_html: Annotated[Path | None, typer.Option("--drift-html")] = None,
+    plots: Annotated[list[Path] | None, typer.Option("--plot", help="Repeatable.")] = None,
+    drift_reference: Annotated[Path | None, typer.Option("--drift-reference")] = None,
+    kfp_run_id: Annotated[
+        str, typer.Option("--kfp-run-id", help="Pipeline run id (idempotency key).")
+    ] = "",
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    tracking_uri: UriOpt = None,
+) -> None:
+    """Register a model version (standalone register stage) and print its URI and card."""
+    from pairflow.registry.step import register_step
+    from pairflow.report import StageOutputs
+
+    cfg = _config(config, set_, tracking_uri)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg_path = out / "config.json"
+    cfg_path.write_text(cfg.to_json())
+    outputs = StageOutputs.in_dir(out)
+    with console.status("registering in MLflow..."):
+        uri = register_step(
+            str(cfg_path),
+            str(manifest),
+            str(model),
+            outputs,
+            kfp_run_id,
+            trained_model=str(trained or ""),
+            evaluate_report=str(evaluate_report or ""),
+            stage_reports=[str(p) for p in reports or []],
+            data_docs=str(data_docs or ""),
+            drift_html=str(drift_html or ""),
+            eval_plots=[str(p) for p in plots or []],
+            drift_reference=str(drift_reference or ""),
+            card_out=str(out / "model_card.md"),
+        )
+    from pairflow.report import StageReport
+
+    rep = StageReport.read(outputs.report)
+    console.print(
+        f"registered {rep.metrics['registered_version']} (gate {rep.metrics['gate']}, "
+        f"challenger: {rep.metrics['challenger']}, reused: {rep.metrics['reused']})"
+    )
+    console.print(f"deployable: {uri or 'no (gate did not pass)'}; card: {out / 'model_card.md'}")
+
+
+@registry_app.command("list")
+def list_cmd(
+    name: Annotated[str | None, typer.Argument(help="Model name (default: all models).")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    tracking_uri: UriOpt = None,
+) -> None:
+    """Registered models, or the versions of NAME with aliases, gate and approval."""
+    from pairflow.registry.governance import approval_of
+    from pairflow.registry.names import TAG_COMPLETE, TAG_GATE, TAG_KFP_RUN_ID, TAG_VARIANT
+
+    reg = _registry(_config(config, set_, tracking_uri))
+    if name is None:
+        models = reg.call("list models", lambda: reg.client.search_registered_models())
+        table = Table(title="registered models")
+        for col in ("name", "aliases", "description"):
+            table.add_column(col)
+        for m in models:
+            aliases = ", ".join(f"@{a}→{v}" for a, v in sorted((m.aliases or {}).items()))
+            table.add_row(m.name, aliases or "—", (m.description or "")[:60])
+        console.print(table)
+        return
+    model = reg.registered_model(name)
+    by_version: dict[str, list[str]] = {}
+    for alias, version in (model.aliases or {}).items():
+        by_version.setdefault(str(version), []).append(alias)
+    table = Table(title=f"{name} versions")
+    for col in ("version", "aliases", "gate", "approval", "variant", "KFP run", "complete"):
+        table.add_column(col)
+    for mv in reg.versions(name):
+        tags = mv.tags or {}
+        approval = approval_of(mv)
+        table.add_row(
+            str(mv.version),
+            ", ".join(sorted(by_version.get(str(mv.version), []))) or "—",
+            tags.get(TAG_GATE, "?"),
+            approval.by if approval else "—",
+            tags.get(TAG_VARIANT, "?"),
+            tags.get(TAG_KFP_RUN_ID, "?"),
+            tags.get(TAG_COMPLETE, "?"),
+        )
+    console.print(table)
+
+
+@registry_app.command("show")
+def show_cmd(
+    ref: Annotated[str, typer.Argument(help="NAME, NAME@ALIAS or NAME/VERSION.")],
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    tracking_uri: UriOpt = None,
+) -> None:
+    """Print a version's model card, aliases and tags."""
+    reg = _registry(_config(config, set_, tracking_uri))
+    mv = reg.resolve(ref)
+    full = reg.model_version(mv.name, mv.version)
+    console.print(f"[bold]models:/{full.name}/{full.version}[/] aliases: {full.aliases or '—'}")
+    console.print(Markdown(full.description or "_no model card_"))
+    table = Table(title="tags")
+    table.add_column("tag")
+    table.add_column("value")
+    for key, val in sorted((full.tags or {}).items()):
+        table.add_row(key, str(val)[:200])
+    console.print(table)
+
+
+@registry_app.command("approve")
+def approve_cmd(
+    name: Annotated[str, typer.Argument()],
+    version: Annotated[str, typer.Argument()],
+    by: Annotated[str, typer.Option("--by", help="Reviewer name.")],
+    comment: Annotated[str, typer.Option("--comment", help="Review comment.")] = "",
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    tracking_uri: UriOpt = None,
+) -> None:
+    """Record a reviewer's approval of NAME/VERSION (needed to promote under policy manual)."""
+    from pairflow.registry.governance import approve
+
+    reg = _registry(_config(config, set_, tracking_uri))
+    approval = approve(reg, name, version, by=by, comment=comment)
+    console.print(f"models:/{name}/{version} approved by {approval.by} at {approval.at}")
+
+
+@registry_app.command("promote")
+def promote_cmd(
+    name: Annotated[str, typer.Argument()],
+    version: Annotated[str, typer.Argument()],
+    reason: Annotated[str, typer.Option("--reason", help="Why (recorded in the history).")],
+    by: ByOpt = "",
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    tracking_uri: UriOpt = None,
+) -> None:
+    """champion ← VERSION, previous ← old champion (gate passed; manual policy: approval)."""
+    from pairflow.registry.governance import promote
+
+    cfg = _config(config, set_, tracking_uri)
+    change = promote(
+        _registry(cfg),
+        name,
+        version,
+        reason=reason,
+        actor=_user(by),
+        policy=cfg.register_.policy,
+        kind="manual promote",
+    )
+    console.print(
+        f"{name}: champion {change.champion_from or '—'} → {change.champion_to}; "
+        f"previous: {change.previous or '—'}"
+    )
+
+
+@registry_app.command("rollback")
+def rollback_cmd(
+    name: Annotated[str, typer.Argument()],
+    reason: Annotated[str, typer.Option("--reason", help="Why (recorded in the history).")],
+    by: ByOpt = "",
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    tracking_uri: UriOpt = None,
+) -> None:
+    """champion ← previous (the previous alias is then cleared)."""
+    from pairflow.registry.governance import rollback
+
+    reg = _registry(_config(config, set_, tracking_uri))
+    change = rollback(reg, name, reason=reason, actor=_user(by), kind="manual rollback")
+    console.print(f"{name}: champion {change.champion_from or '—'} → {change.champion_to}")
+
+
+@registry_app.command("history")
+def history_cmd(
+    name: Annotated[str, typer.Argument()],
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    tracking_uri: UriOpt = None,
+) -> None:
+    """Every alias change of NAME: when, who, alias, from → to, why."""
+    from pairflow.registry.governance import champion_drift
+    from pairflow.registry.history import read_history
+
+    reg = _registry(_config(config, set_, tracking_uri))
+    events = read_history(reg, name)
+    table = Table(title=f"{name} promotion history")
+    for col in ("when (UTC)", "who", "kind", "alias", "from", "to", "why"):
+        table.add_column(col)
+    for ev in events:
+        table.add_row(ev.at, ev.actor, ev.kind, ev.alias, ev.from_ or "—", ev.to or "—", ev.reason)
+    console.print(table)
+    if not events:
+        console.print(f"{name}: no alias changes recorded")
+    warning = champion_drift(reg, name, events)
+    if warning:
+        console.print(f"[bold red]warning:[/] {warning}")
 
 
 def register(app: typer.Typer) -> None:
-    """Add this package's commands to ``app`` (none yet)."""
-    del app
+    """Add ``register`` (the stage) and the ``registry`` group to ``app``."""
+    app.command("register")(register_cmd)
+    app.add_typer(registry_app, name="registry")

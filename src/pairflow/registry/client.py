@@ -1,0 +1,96 @@
+"""An MLflow client whose every call is retried with backoff (see :mod:`.retry`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+from typing import Any, TypeVar
+
+from pairflow.registry.retry import RegistryError, with_retries
+
+T = TypeVar("T")
+
+
+class Registry:
+    """``MlflowClient`` for ``tracking_uri`` plus the retry policy used for each call."""
+
+    def __init__(self, tracking_uri: str, retries: int = 4, backoff_s: float = 2.0) -> None:
+        from mlflow.tracking import MlflowClient
+
+        self.tracking_uri = tracking_uri
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self.client: Any = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+    def call(self, what: str, fn: Callable[[], T]) -> T:
+        return with_retries(fn, what, self.retries, self.backoff_s)
+
+    def model_version(self, name: str, version: str | int) -> Any:
+        """The version (aliases and tags populated); a clear error when it does not exist."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.call(
+                f"get {name}/{version}", lambda: self.client.get_model_version(name, str(version))
+            )
+        except MlflowException as exc:
+            raise RegistryError(f"models:/{name}/{version}: no such model version") from exc
+
+    def alias_version(self, name: str, alias: str) -> Any | None:
+        """The version ``alias`` points at, or None when the alias is not set."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.call(
+                f"get {name}@{alias}",
+                lambda: self.client.get_model_version_by_alias(name, alias),
+            )
+        except MlflowException:
+            return None
+
+    def registered_model(self, name: str) -> Any:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.call(f"get {name}", lambda: self.client.get_registered_model(name))
+        except MlflowException as exc:
+            raise RegistryError(f"{name}: no such registered model") from exc
+
+    def resolve(self, ref: str) -> Any:
+        """``NAME``, ``NAME@ALIAS``, ``NAME/VERSION`` (optionally ``models:/``) → a version.
+
+        ``NAME`` alone means its champion, else its latest version.
+        """
+        ref = ref.removeprefix("models:/")
+        if "@" in ref:
+            name, alias = ref.split("@", 1)
+            found = self.alias_version(name, alias)
+            if found is None:
+                raise RegistryError(f"models:/{name}@{alias}: alias not set")
+            return found
+        if "/" in ref:
+            name, version = ref.split("/", 1)
+            return self.model_version(name, version)
+        champion = self.alias_version(ref, "champion")
+        if champion is not None:
+            return champion
+        versions = self.versions(ref)
+        if not versions:
+            raise RegistryError(f"{ref}: no versions registered")
+        return self.model_version(ref, versions[-1].version)
+
+    def _search(self, query: str, token: str | None) -> Any:
+        return self.client.search_model_versions(query, page_token=token)
+
+    def versions(self, name: str, filter_extra: str = "") -> list[Any]:
+        """All versions of ``name`` (oldest first), optionally filtered further."""
+        query = f"name='{name}'" + (f" and {filter_extra}" if filter_extra else "")
+        found: list[Any] = []
+        token: str | None = None
+        while True:
+            page = self.call(f"search versions of {name}", partial(self._search, query, token))
+            found.extend(page)
+            token = page.token
+            if not token:
+                break
+        return sorted(found, key=lambda v: int(v.version))

@@ -1,0 +1,129 @@
+"""Log the shipping variant as an MLflow 3 pyfunc model (models from code, no pickle)."""
+
+from __future__ import annotations
+
+import base64
+import importlib.metadata
+import io
+import json
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from pairflow.registry.client import Registry
+from pairflow.registry.names import LOGGED_MODEL_NAME
+from pairflow.registry.pyfunc_model import (
+    DEFAULT_MODE,
+    HF_ARTIFACT,
+    LABELS_ARTIFACT,
+    VARIANT_ARTIFACT,
+)
+from pairflow.registry.variants import VariantSet
+
+ENTRY_FILE = Path(__file__).with_name("pyfunc_entry.py")
+_REQUIREMENTS = ("pairflow", "mlflow", "torch", "transformers", "safetensors", "pillow", "pandas")
+
+
+@contextmanager
+def tracking_uri(uri: str) -> Iterator[None]:
+    """Point MLflow's fluent API (and the registry, which follows it) at ``uri`` for the block.
+
+    The previous state, including "never set", is restored afterwards.
+    """
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+    before = registry_utils._registry_uri
+    registry_utils._registry_uri = None
+    try:
+        with _use_tracking_uri(uri):
+            yield
+    finally:
+        registry_utils._registry_uri = before
+
+
+def example_input() -> Any:
+    """A one-row input example: a 32 px PNG as a ``data:`` URI and a caption."""
+    import pandas as pd
+    from PIL import Image, ImageDraw
+
+    img = Image.new("RGB", (32, 32), "white")
+    ImageDraw.Draw(img).ellipse((6, 6, 26, 26), fill="red")
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    uri = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    return pd.DataFrame({"image": [uri], "caption": ["a red circle"]})
+
+
+def signature() -> Any:
+    from mlflow.models.signature import ModelSignature
+    from mlflow.types.schema import AnyType, ColSpec, ParamSchema, ParamSpec, Schema
+
+    any_type = AnyType()  # type: ignore[no-untyped-call]
+    inputs = Schema(
+        [
+            ColSpec(any_type, "image", required=False),
+            ColSpec("string", "caption", required=False),
+            ColSpec("string", "mode", required=False),
+        ]
+    )
+    return ModelSignature(
+        inputs=inputs, params=ParamSchema([ParamSpec("mode", "string", DEFAULT_MODE)])
+    )
+
+
+def requirements() -> list[str]:
+    out = []
+    for dist in _REQUIREMENTS:
+        try:
+            out.append(f"{dist}=={importlib.metadata.version(dist)}")
+        except importlib.metadata.PackageNotFoundError:
+            out.append(dist)
+    return out
+
+
+def log_pyfunc(
+    reg: Registry,
+    run_id: str,
+    experiment_id: str,
+    variants: VariantSet,
+    labels: list[str],
+    tags: dict[str, str],
+) -> str:
+    """Log the model on run ``run_id``; return its ``model_id``.
+
+    A fresh LoggedModel is created on every attempt, so a retry after a failed upload never
+    reuses half-written files.
+    """
+    import mlflow.pyfunc
+    from mlflow.entities import LoggedModelOutput
+
+    with tempfile.TemporaryDirectory(prefix="pairflow-register-") as tmp:
+        labels_file = Path(tmp) / "labels.json"
+        labels_file.write_text(json.dumps(labels))
+        artifacts = {HF_ARTIFACT: str(variants.hf_dir), LABELS_ARTIFACT: str(labels_file)}
+        if variants.chosen.kind == "onnx":
+            artifacts[VARIANT_ARTIFACT] = str(variants.chosen.path)
+        config = {"variant": variants.chosen.name, "kind": variants.chosen.kind}
+
+        def attempt() -> str:
+            model = reg.client.create_logged_model(
+                experiment_id, name=LOGGED_MODEL_NAME, source_run_id=run_id, tags=tags
+            )
+            with tracking_uri(reg.tracking_uri):
+                mlflow.pyfunc.log_model(
+                    name=LOGGED_MODEL_NAME,
+                    python_model=str(ENTRY_FILE),
+                    artifacts=artifacts,
+                    model_config=config,
+                    signature=signature(),
+                    input_example=example_input(),
+                    pip_requirements=requirements(),
+                    model_id=model.model_id,
+                )
+            reg.client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step=0)])
+            return str(model.model_id)
+
+        return reg.call(f"log model on run {run_id}", attempt)
