@@ -17,11 +17,22 @@ def compress(
     report: Output[Artifact],
     summary: Output[Markdown],
 ) -> None:
-    """Build the compressed variants and pick the one that ships."""
+    """Build the compressed variants, measure them and pick the one that ships.
+
+    ``compressed`` holds every variant and ``variants.json`` naming the chosen one; the
+    summary shows the stage report followed by the variant table.
+    """
+    from pathlib import Path
+
     from pairflow.compress.step import compress_step
     from pairflow.report import StageOutputs
     from pairflow.steps import write_step_summary
 
     out = StageOutputs(kept=kept.path, rejected=rejected.path, report=report.path)
-    compress_step(config.path, manifest.path, model.path, compressed.path, out, kfp_run_id)
+    rep = compress_step(config.path, manifest.path, model.path, compressed.path, out, kfp_run_id)
     compressed.metadata.update(write_step_summary(out, summary.path))
+    table = Path(compressed.path) / "variants.md"
+    if table.is_file():
+        with open(summary.path, "a") as fh:
+            fh.write("\n" + table.read_text())
+        compressed.metadata["chosen_variant"] = rep.metrics.get("chosen", "")

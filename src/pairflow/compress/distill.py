@@ -1,0 +1,370 @@
+"""Distillation: a narrower/shallower student CLIP trained from the teacher with
+:func:`pairflow.train.loop.fit` (the train step's loop: DDP when a process group is up,
+checkpoints, AMP, best-weights keeping) and a KD objective plugged into it.
+
+CLIP loss: ``alpha * KD + (1 - alpha) * contrastive``, KD being the KL divergence between the
+teacher's and the student's in-batch similarity logits softened by ``T`` (rows: image ->
+text, and columns: text -> image), scaled by ``T**2``. Classifier loss: the same mix of KD on
+the class logits and cross-entropy on the labels.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pairflow.compress.errors import StudentConfigError
+from pairflow.compress.settings import StudentConfig
+from pairflow.compress.towers import count_parameters
+from pairflow.config import S3Config
+from pairflow.holdout import split_holdout
+
+if TYPE_CHECKING:
+    from transformers import CLIPConfig, CLIPModel, CLIPProcessor
+
+    from pairflow.train.models import FusionHead
+
+log = logging.getLogger("pairflow.compress.distill")
+
+VAL_FRACTION = 0.1
+
+
+def _tower_shape(teacher: Any, s: StudentConfig, tower: str) -> tuple[int, int, int, int]:
+    """(hidden, layers, heads, intermediate) of the student's ``tower``."""
+    t_hidden = int(teacher.hidden_size)
+    t_layers = int(teacher.num_hidden_layers)
+    t_heads = int(teacher.num_attention_heads)
+    head_dim = max(1, t_hidden // t_heads)
+    hidden = s.hidden_size or max(8, round(t_hidden * s.width_factor / 8) * 8)
+    layers = s.num_layers or max(1, round(t_layers * s.layer_factor))
+    heads = s.num_heads or max(1, hidden // head_dim)
+    if hidden > t_hidden:
+        raise StudentConfigError(
+            f"compress.student: {tower} hidden size {hidden} is larger than the teacher's "
+            f"{t_hidden}; a student must be smaller"
+        )
+    if layers > t_layers:
+        raise StudentConfigError(
+            f"compress.student: {tower} has {layers} layers, more than the teacher's "
+            f"{t_layers}; a student must be smaller"
+        )
+    if hidden % heads:
+        raise StudentConfigError(
+            f"compress.student: {tower} hidden size {hidden} is not divisible by "
+            f"{heads} attention heads"
+        )
+    intermediate = max(hidden, int(teacher.intermediate_size) * hidden // t_hidden)
+    return hidden, layers, heads, intermediate
+
+
+def student_config(teacher: CLIPConfig, s: StudentConfig) -> CLIPConfig:
+    """The student's ``CLIPConfig``: the teacher's vocabulary, context, image size, patch size
+    and joint embedding size with narrower/shallower towers."""
+    from transformers import CLIPConfig
+
+    towers: dict[str, dict[str, Any]] = {}
+    for name in ("text", "vision"):
+        t_cfg = getattr(teacher, f"{name}_config")
+        hidden, layers, heads, inter = _tower_shape(t_cfg, s, name)
+        d = t_cfg.to_dict()
+        d.update(
+            hidden_size=hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            intermediate_size=inter,
+        )
+        towers[name] = d
+    return CLIPConfig(
+        text_config=towers["text"],
+        vision_config=towers["vision"],
+        projection_dim=teacher.projection_dim,
+        logit_scale_init_value=teacher.logit_scale_init_value,
+    )
+
+
+def build_student(teacher: CLIPModel, s: StudentConfig, seed: int = 0) -> CLIPModel:
+    """A randomly initialised student; :class:`StudentConfigError` unless it has fewer
+    parameters than ``teacher``."""
+    from transformers import CLIPModel
+
+    torch.manual_seed(seed)
+    student = CLIPModel(student_config(teacher.config, s))
+    # the token and position tables have the teacher's vocabulary and context: start the
+    # student's from a projection of the teacher's (same rows, fewer columns)
+    with torch.no_grad():
+        for name in ("token_embedding", "position_embedding"):
+            src = getattr(teacher.text_model.embeddings, name).weight
+            dst = getattr(student.text_model.embeddings, name).weight
+            dst.copy_(src[:, : dst.shape[1]])
+        student.logit_scale.copy_(teacher.logit_scale)
+    n_student, n_teacher = count_parameters(student), count_parameters(teacher)
+    if n_student >= n_teacher:
+        raise StudentConfigError(
+            f"compress.student: the student has {n_student} parameters, not fewer than the "
+            f"teacher's {n_teacher}"
+        )
+    return student
+
+
+def kd_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, t: float) -> torch.Tensor:
+    """``T^2 * KL(softmax(teacher/T) || softmax(student/T))``, batch-mean over rows."""
+    return (
+        F.kl_div(
+            F.log_softmax(student_logits.float() / t, dim=-1),
+            F.log_softmax(teacher_logits.float() / t, dim=-1),
+            reduction="batchmean",
+            log_target=True,
+        )
+        * t
+        * t
+    )
+
+
+class ClipKDObjective:
+    """KD on in-batch similarity logits (both directions) + the contrastive loss.
+
+    Holds the frozen teacher (a ``ClipTowers``-like module returning normalised ``image``,
+    ``text`` and ``logit_scale``) and computes its logits from the batch.
+    """
+
+    def __init__(self, teacher: nn.Module, temperature: float, alpha: float) -> None:
+        teacher.train(False)
+        self.teacher = teacher
+        self.t = temperature
+        self.alpha = alpha
+
+    def __call__(self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> Any:
+        from pairflow.train.objectives import contrastive_loss
+
+        with torch.no_grad():
+            teach = self.teacher(batch)
+            t_logits = teach["logit_scale"] * teach["image"].float() @ teach["text"].float().T
+        s_logits = outputs["logit_scale"] * outputs["image"].float() @ outputs["text"].float().T
+        kd = 0.5 * (kd_kl(s_logits, t_logits, self.t) + kd_kl(s_logits.T, t_logits.T, self.t))
+        hard = contrastive_loss(outputs["image"], outputs["text"], outputs["logit_scale"])
+        return self.alpha * kd + (1 - self.alpha) * hard
+
+
+class ClassifierKDObjective:
+    """KD on class logits + cross-entropy on ``batch['label']``."""
+
+    def __init__(self, teacher: nn.Module, temperature: float, alpha: float) -> None:
+        teacher.train(False)
+        self.teacher = teacher
+        self.t = temperature
+        self.alpha = alpha
+
+    def __call__(self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> Any:
+        with torch.no_grad():
+            t_logits = self.teacher(batch)["logits"]
+        s_logits = outputs["logits"]
+        kd = kd_kl(s_logits, t_logits, self.t)
+        hard = F.cross_entropy(s_logits.float(), batch["label"])
+        return self.alpha * kd + (1 - self.alpha) * hard
+
+
+@dataclass
+class DistillResult:
+    student: CLIPModel
+    teacher_params: int
+    student_params: int
+    fit: dict[str, Any]
+    head: FusionHead | None = None
+
+
+def _frozen(module: nn.Module) -> nn.Module:
+    module.train(False)
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module
+
+
+def _student_head(
+    student: CLIPModel, teacher_head: FusionHead, n_classes: int, seed: int
+) -> FusionHead:
+    """A fusion head of the teacher's kind on the student's shapes; it starts from the
+    teacher's head weights when the shapes agree (embedding fusions: same joint size)."""
+    from pairflow.train.models import build_head
+
+    torch.manual_seed(seed)
+    head = build_head(student, teacher_head.kind, n_classes)
+    own = head.state_dict()
+    theirs = teacher_head.state_dict()
+    if own.keys() == theirs.keys() and all(own[k].shape == theirs[k].shape for k in own):
+        head.load_state_dict({k: v.detach().clone() for k, v in theirs.items()})
+    return head
+
+
+def _run_fit(
+    module: nn.Module,
+    objective: Any,
+    processor: CLIPProcessor,
+    teacher: CLIPModel,
+    train_rows: pd.DataFrame,
+    s: StudentConfig,
+    *,
+    labels: list[str] | None,
+    seed: int,
+    s3: S3Config | None,
+    checkpoint_dir: Path | None,
+    progress: Callable[[int, int], None] | None,
+) -> dict[str, Any]:
+    """Train ``module`` with :func:`pairflow.train.loop.fit` on ``train_rows`` (a validation
+    split of them picks the best epoch: recall for CLIPs, accuracy for classifiers)."""
+    from pairflow.train import data as tdata
+    from pairflow.train.loop import LoopSettings, fit
+    from pairflow.train.objectives import classifier_metrics, clip_metrics
+    from pairflow.train.settings import AugmentConfig
+
+    pool, val = split_holdout(train_rows, VAL_FRACTION, salt=tdata.VAL_SALT)
+    if len(pool) < s.batch_size:
+        raise tdata.TrainDataError(
+            f"distillation: {len(pool)} training rows, fewer than compress.student.batch_size "
+            f"{s.batch_size}"
+        )
+    if labels is not None:
+        known = set(labels)
+        unknown = sorted({str(v) for v in train_rows["label"]} - known)
+        if unknown:
+            raise tdata.TrainDataError(
+                f"distillation: training rows have labels {unknown[:5]} the teacher "
+                f"classifier does not know (its labels: {labels})"
+            )
+    ip = processor.image_processor
+    size = int(ip.crop_size["height"])
+    aug = tdata.PairAugment(size, ip.image_mean, ip.image_std, AugmentConfig())
+    plain = tdata.PairAugment(size, ip.image_mean, ip.image_std, None)
+    train_set = tdata.PairDataset(pool, aug, seed=seed, labels=labels, s3=s3)
+    context = int(teacher.text_model.embeddings.position_embedding.num_embeddings)
+    collate = tdata.Collate(processor, context)
+    metrics = clip_metrics if labels is None else classifier_metrics
+    validate = None
+    if len(val) >= 2:
+        val_set = tdata.PairDataset(val, plain, seed=seed, labels=labels, s3=s3)
+        keys = [(0, i) for i in range(len(val_set))]
+        val_batches = [
+            collate([val_set[k] for k in keys[i : i + 64]]) for i in range(0, len(keys), 64)
+        ]
+
+        def validate(model: nn.Module) -> dict[str, float]:
+            return metrics(model, val_batches)
+
+    settings = LoopSettings(
+        epochs=s.epochs,
+        batch_size=s.batch_size,
+        learning_rate=s.learning_rate,
+        patience=max(2, s.epochs),
+        checkpoint_every=10_000,
+        seed=seed,
+    )
+    result = fit(
+        module,
+        objective,
+        train_set,
+        collate,
+        settings=settings,
+        checkpoint_dir=checkpoint_dir,
+        validate=validate,
+        progress=progress,
+    )
+    if checkpoint_dir is not None:
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    return {
+        "steps": result.steps,
+        "epochs_run": result.epochs_run,
+        "seconds": round(result.seconds, 2),
+        "best_val_metric": result.best_metric,
+        "samples_per_s": round(result.samples_per_s, 2),
+    }
+
+
+def distill_clip(
+    teacher: CLIPModel,
+    processor: CLIPProcessor,
+    train_rows: pd.DataFrame,
+    s: StudentConfig,
+    *,
+    temperature: float,
+    alpha: float,
+    seed: int = 0,
+    s3: S3Config | None = None,
+    checkpoint_dir: Path | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> DistillResult:
+    """Train a student CLIP from ``teacher`` on ``train_rows`` (never held-out rows)."""
+    from pairflow.train.models import ClipTowers
+
+    student = build_student(teacher, s, seed)
+    teacher_towers = _frozen(ClipTowers(copy.deepcopy(teacher)))
+    fit = _run_fit(
+        ClipTowers(student),
+        ClipKDObjective(teacher_towers, temperature, alpha),
+        processor,
+        teacher,
+        train_rows,
+        s,
+        labels=None,
+        seed=seed,
+        s3=s3,
+        checkpoint_dir=checkpoint_dir,
+        progress=progress,
+    )
+    student.train(False)
+    return DistillResult(student, count_parameters(teacher), count_parameters(student), fit)
+
+
+def distill_classifier(
+    teacher: CLIPModel,
+    teacher_head: FusionHead,
+    labels: list[str],
+    processor: CLIPProcessor,
+    train_rows: pd.DataFrame,
+    s: StudentConfig,
+    *,
+    temperature: float,
+    alpha: float,
+    seed: int = 0,
+    s3: S3Config | None = None,
+    checkpoint_dir: Path | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> DistillResult:
+    """Train a student classifier (smaller CLIP towers + a fusion head of the teacher's kind)
+    from the teacher classifier: ``alpha * KD(logits, T) + (1 - alpha) * CE(labels)``."""
+    from pairflow.train.models import FusionClassifier
+
+    student = build_student(teacher, s, seed)
+    head = _student_head(student, teacher_head, len(labels), seed)
+    frozen = _frozen(FusionClassifier(copy.deepcopy(teacher), copy.deepcopy(teacher_head)))
+    module = FusionClassifier(student, head)
+    n_teacher = count_parameters(teacher) + count_parameters(teacher_head)
+    n_student = count_parameters(module)
+    if n_student >= n_teacher:
+        raise StudentConfigError(
+            f"compress.student: the student classifier has {n_student} parameters, not fewer "
+            f"than the teacher's {n_teacher}"
+        )
+    fit = _run_fit(
+        module,
+        ClassifierKDObjective(frozen, temperature, alpha),
+        processor,
+        teacher,
+        train_rows,
+        s,
+        labels=labels,
+        seed=seed,
+        s3=s3,
+        checkpoint_dir=checkpoint_dir,
+        progress=progress,
+    )
+    module.train(False)
+    return DistillResult(student, n_teacher, n_student, fit, head)

@@ -1,0 +1,25 @@
+"""Errors of the compress stage: each names the model, file or setting at fault."""
+
+from __future__ import annotations
+
+from pairflow.errors import PairflowError
+
+
+class CompressError(PairflowError):
+    """A model that cannot be compressed as configured."""
+
+
+class ParityError(CompressError):
+    """An exported ONNX tower whose outputs differ from torch's beyond tolerance."""
+
+
+class CalibrationError(CompressError):
+    """No (or unusable) calibration images for static quantization."""
+
+
+class StudentConfigError(CompressError):
+    """A student shape that is not smaller than the teacher, or inconsistent."""
+
+
+class VariantError(CompressError):
+    """A compressed-model directory or variant that cannot be read."""

@@ -1,0 +1,189 @@
+"""What every variant is measured on: held-out recall@1 and interleaved latency.
+
+Latency is one *pair request*: embed a batch of B images and their B captions (both towers),
+timed at a fixed thread count (torch ``set_num_threads`` and ORT ``intra_op_num_threads``).
+Variants are timed interleaved (round-robin, one call each per round), so load from other
+processes on a shared machine hits every variant alike; absolute numbers stay noisy, ratios
+much less so.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from pairflow.clipfilter.scoring import Collate, PairDataset
+from pairflow.compress.variants import ClipRunner
+from pairflow.config import S3Config
+from pairflow.errors import InputDataError
+
+Batch = tuple[np.ndarray, np.ndarray, np.ndarray]  # pixel_values, input_ids, attention_mask
+
+
+@dataclass
+class HeldOut:
+    """Preprocessed held-out rows in batches, with the ids and captions of the rows used."""
+
+    batches: list[Batch]
+    ids: list[str]
+    captions: list[str]
+    failed: int
+    pad_id: int = 0
+
+    @property
+    def rows(self) -> int:
+        return len(self.ids)
+
+    def pixels(self) -> list[np.ndarray]:
+        return [b[0] for b in self.batches]
+
+    def batch_of(self, size: int) -> Batch:
+        """``size`` rows (repeating rows when fewer exist), padded to one sequence length."""
+        if not self.batches:
+            raise InputDataError("held-out set is empty: nothing to time")
+        width = max(b[1].shape[1] for b in self.batches)
+
+        def pad(a: np.ndarray, value: int) -> np.ndarray:
+            return np.pad(a, ((0, 0), (0, width - a.shape[1])), constant_values=value)
+
+        pixels = np.concatenate([b[0] for b in self.batches])
+        ids = np.concatenate([pad(b[1], self.pad_id) for b in self.batches])
+        mask = np.concatenate([pad(b[2], 0) for b in self.batches])
+        take = np.arange(size) % len(pixels)
+        return pixels[take], ids[take], mask[take]
+
+
+def load_held_out(
+    frame: pd.DataFrame,
+    processor: object,
+    max_length: int,
+    *,
+    batch_size: int = 64,
+    max_rows: int | None = None,
+    s3: S3Config | None = None,
+) -> HeldOut:
+    """Read, decode and preprocess ``frame``'s rows (up to ``max_rows``) into batches.
+
+    Rows whose image cannot be read are skipped and counted in ``failed``.
+    """
+    df = frame.iloc[:max_rows] if max_rows else frame
+    dataset = PairDataset(df["image"].tolist(), df["caption"].tolist(), s3)
+    collate = Collate(processor, max_length)  # type: ignore[arg-type]
+    ids = [str(v) for v in df["id"]]
+    batches: list[Batch] = []
+    kept_ids: list[str] = []
+    captions: list[str] = []
+    failed = 0
+    for start in range(0, len(dataset), batch_size):
+        items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+        b = collate(items)
+        failed += len(b.failures)
+        if b.pixel_values is None or b.input_ids is None or b.attention_mask is None:
+            continue
+        batches.append(
+            (
+                b.pixel_values.numpy().astype(np.float32),
+                b.input_ids.numpy().astype(np.int64),
+                b.attention_mask.numpy().astype(np.int64),
+            )
+        )
+        kept_ids += [ids[i] for i in b.indices.tolist()]
+        captions += [dataset.captions[i] for i in b.indices.tolist()]
+    pad_id = getattr(getattr(processor, "tokenizer", None), "pad_token_id", None) or 0
+    return HeldOut(batches, kept_ids, captions, failed, int(pad_id))
+
+
+def embed_all(runner: ClipRunner, held: HeldOut) -> tuple[np.ndarray, np.ndarray]:
+    """(image, text) embeddings of every held-out row."""
+    imgs = [runner.embed_images(p) for p, _, _ in held.batches]
+    txts = [runner.embed_texts(i, m) for _, i, m in held.batches]
+    return np.concatenate(imgs), np.concatenate(txts)
+
+
+def recall_at_1(image_emb: np.ndarray, text_emb: np.ndarray, captions: Sequence[str]) -> float:
+    """Image -> text recall@1: the best-scoring caption is the row's own (or an identical one)."""
+    if len(image_emb) == 0:
+        raise InputDataError("recall@1 needs at least one held-out row")
+    sims = image_emb @ text_emb.T
+    best = np.argmax(sims, axis=1)
+    hits = [captions[int(j)] == captions[i] for i, j in enumerate(best)]
+    return float(np.mean(hits))
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _pair_call(runner: ClipRunner, batch: Batch) -> Callable[[], None]:
+    pixels, ids, mask = batch
+    classify = getattr(runner, "classify", None)
+
+    def call() -> None:
+        if classify is not None:  # a classifier request: towers + fusion head
+            classify(pixels, ids, mask)
+            return
+        runner.embed_images(pixels)
+        runner.embed_texts(ids, mask)
+
+    return call
+
+
+def _quantile(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    pos = q * (len(ordered) - 1)
+    lo, hi = int(np.floor(pos)), int(np.ceil(pos))
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def measure_latency(
+    runners: Mapping[str, ClipRunner],
+    held: HeldOut,
+    batch_sizes: Sequence[int],
+    threads: int,
+    repeats: int,
+    warmup: int = 2,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Per variant, per batch size: p50/p95 ms of a pair request (a classify request for
+    classifier runners) and pairs/s at p50.
+
+    ONNX runners must have been created with ``threads`` intra-op threads; torch runs under
+    ``torch.set_num_threads(threads)`` here.
+    """
+    out: dict[str, dict[str, dict[str, float]]] = {name: {} for name in runners}
+    with torch_threads(threads):
+        for size in batch_sizes:
+            batch = held.batch_of(size)
+            calls = {name: _pair_call(r, batch) for name, r in runners.items()}
+            for call in calls.values():
+                for _ in range(warmup):
+                    call()
+            samples: dict[str, list[float]] = {name: [] for name in calls}
+            for _ in range(repeats):
+                for name, call in calls.items():  # interleaved: one call per variant per round
+                    start = time.perf_counter()
+                    call()
+                    samples[name].append(time.perf_counter() - start)
+            for name, s in samples.items():
+                p50 = statistics.median(s)
+                out[name][str(size)] = {
+                    "p50_ms": round(p50 * 1e3, 3),
+                    "p95_ms": round(_quantile(s, 0.95) * 1e3, 3),
+                    "pairs_per_s": round(size / p50, 2),
+                }
+            if progress is not None:
+                progress(f"latency batch {size}: done")
+    return out

@@ -1,0 +1,158 @@
+"""compress end to end on a tiny CLIP and synthetic rows: real ONNX export, ORT int8,
+distillation through the train loop, the variant index, the step and its MLflow record."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+
+from pairflow.clipfilter.bootstrap import save_untrained_clip
+from pairflow.compress.build import CompressResult, compress_model
+from pairflow.compress.errors import ParityError, VariantError
+from pairflow.compress.export import check_parity, export_towers
+from pairflow.compress.measure import load_held_out
+from pairflow.compress.settings import CompressConfig
+from pairflow.compress.variants import OrtClip, TorchClip, VariantIndex, load_variant
+from pairflow.data.sources import read_source
+from pairflow.data.synthetic import generate_dataset
+
+pytestmark = pytest.mark.slow
+
+HOLDOUT = 0.3
+ALL = ["fp32_torch", "fp32_onnx", "int8_onnx", "int8_static_onnx", "student_fp32", "student_int8"]
+
+
+@pytest.fixture(scope="module")
+def rows_and_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[object, Path]:
+    root = tmp_path_factory.mktemp("compress")
+    gen = generate_dataset(root / "data", 96, seed=5, defects=False)
+    df = read_source(str(gen.manifest), "parquet")
+    model = save_untrained_clip(root / "model", [str(c) for c in df["caption"]], seed=1)
+    return df, model
+
+
+@pytest.fixture(scope="module")
+def compressed(
+    rows_and_model: tuple[object, Path], tmp_path_factory: pytest.TempPathFactory
+) -> tuple[CompressResult, Path]:
+    df, model = rows_and_model
+    out = tmp_path_factory.mktemp("out") / "compressed"
+    cfg = CompressConfig(
+        distill=True,
+        latency_repeats=3,
+        student={"epochs": 1, "batch_size": 16},
+        calibration_size=16,
+    )
+    result = compress_model(model, df, cfg, out, holdout_fraction=HOLDOUT)  # type: ignore[arg-type]
+    return result, out
+
+
+def test_every_variant_is_written_measured_and_indexed(
+    compressed: tuple[CompressResult, Path],
+) -> None:
+    result, out = compressed
+    index = VariantIndex.read(out)
+    assert [v.name for v in index.variants] == ALL
+    assert sum(v.chosen for v in index.variants) == 1
+    assert index.get(index.chosen).chosen
+    for v in index.variants:
+        assert v.files and all((out / v.name / f).is_file() for f in v.files)
+        m = v.metrics
+        assert 0.0 <= m["recall_at_1"] <= 1.0
+        assert set(m["latency_ms"]) == {"1", "32"}
+        assert m["latency_ms"]["32"]["p95_ms"] >= m["latency_ms"]["32"]["p50_ms"] > 0
+    fp32 = index.get("fp32_onnx").metrics
+    assert fp32["parity"]["vision_min_cosine"] >= 0.999
+    assert index.get("int8_onnx").metrics["size_bytes"] < 0.5 * fp32["size_bytes"]
+    assert index.get("student_fp32").metrics["params"] <= 0.5 * fp32["params"]
+    assert result.distill is not None and result.distill["steps"] >= 1
+    assert "| **" + index.chosen in result.table
+
+
+def test_any_variant_loads_and_embeds_like_the_fp32_model(
+    compressed: tuple[CompressResult, Path], rows_and_model: tuple[object, Path]
+) -> None:
+    _, out = compressed
+    ref = load_variant(out, "fp32_torch")
+    images = np.random.default_rng(0).normal(size=(3, 3, 64, 64)).astype(np.float32)
+    ids, mask = ref.tokenize(["a red circle", "two blue squares on the left", "a star"])
+    want_i, want_t = ref.embed_images(images), ref.embed_texts(ids, mask)
+    for name, tol in [("fp32_onnx", 0.999), ("int8_onnx", 0.9), ("int8_static_onnx", 0.8)]:
+        got = load_variant(out, name, threads=1)
+        assert got.kind == "onnx"
+        assert np.min(np.sum(got.embed_images(images) * want_i, axis=1)) >= tol
+        assert np.min(np.sum(got.embed_texts(ids, mask) * want_t, axis=1)) >= tol
+    student = load_variant(out, "student_int8")
+    emb = student.embed_images(images)
+    assert emb.shape[0] == 3 and np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-4)
+    assert load_variant(out).name == VariantIndex.read(out).chosen
+    with pytest.raises(VariantError, match="no variant 'nope'"):
+        load_variant(out, "nope")
+
+
+def test_corrupted_onnx_export_fails_parity(
+    rows_and_model: tuple[object, Path], tmp_path: Path
+) -> None:
+    from pairflow.clipfilter.model import load_clip
+
+    df, model_dir = rows_and_model
+    loaded = load_clip(str(model_dir), device="cpu")
+    held = load_held_out(df.iloc[:8], loaded.processor, loaded.max_text_length)  # type: ignore[attr-defined]
+    px, ids, mask = (torch.from_numpy(a) for a in held.batches[0])
+    files = export_towers(loaded.model, tmp_path, px, ids, mask)
+    graph = onnx.load(str(files.vision))
+    biggest = max(graph.graph.initializer, key=lambda t: int(np.prod(t.dims)))
+    noisy = numpy_helper.to_array(biggest) + np.random.default_rng(0).normal(
+        0, 1.0, size=tuple(biggest.dims)
+    ).astype(np.float32)
+    biggest.CopyFrom(numpy_helper.from_array(noisy.astype(np.float32), biggest.name))
+    onnx.save(graph, str(files.vision))
+    torch_runner = TorchClip(loaded.model)
+    with pytest.raises(ParityError, match="vision tower fails parity"):
+        check_parity(torch_runner, OrtClip(files.vision, files.text), held.batches, 0.999, "m")
+
+
+def test_step_writes_conserved_report_and_logs_the_table_to_mlflow(
+    rows_and_model: tuple[object, Path], tmp_path: Path
+) -> None:
+    from mlflow import MlflowClient
+
+    from pairflow import tracking
+    from pairflow.compress.step import compress_step
+    from pairflow.config import PairflowConfig
+    from pairflow.data.schema import read_manifest, write_manifest
+    from pairflow.report import StageOutputs
+
+    df, model_dir = rows_and_model
+    cfg = PairflowConfig()
+    cfg.mlflow.tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg.evaluate.holdout_fraction = HOLDOUT
+    cfg.compress = CompressConfig(
+        static_vision=False, latency_repeats=3, latency_batch_sizes=[1, 8], selection_batch_size=8
+    )
+    (tmp_path / "config.json").write_text(json.dumps(cfg.to_dict()))
+    write_manifest(df, tmp_path / "in.parquet")  # type: ignore[arg-type]
+    run_id = tracking.start_pipeline_run(cfg, "kfp-compress", "t")
+    outputs = StageOutputs.in_dir(tmp_path / "step")
+    report = compress_step(
+        str(tmp_path / "config.json"),
+        str(tmp_path / "in.parquet"),
+        str(model_dir),
+        str(tmp_path / "compressed"),
+        outputs,
+        "kfp-compress",
+    )
+    assert report.implemented and report.rows_in == report.rows_out == len(df)  # type: ignore[arg-type]
+    assert len(read_manifest(outputs.kept)) == len(df)  # type: ignore[arg-type]
+    assert set(report.metrics["variants"]) == {"fp32_torch", "fp32_onnx", "int8_onnx"}
+    client = MlflowClient(tracking_uri=cfg.mlflow.tracking_uri)
+    run = client.get_run(run_id)
+    assert "compress.variants.int8_onnx.recall_at_1" in run.data.metrics
+    logged = {a.path for a in client.list_artifacts(run_id, "compress")}
+    assert logged == {"compress/variants.json", "compress/variants.md"}

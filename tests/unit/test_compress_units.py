@@ -1,0 +1,154 @@
+"""Compress building blocks: selection rule, student shape, KD loss, recall, calibration."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from pairflow.compress.distill import build_student, kd_kl, student_config
+from pairflow.compress.errors import CalibrationError, CompressError, StudentConfigError
+from pairflow.compress.measure import recall_at_1
+from pairflow.compress.quantize import quantize_static_vision
+from pairflow.compress.select import choose_variant
+from pairflow.compress.settings import CompressConfig, StudentConfig
+
+
+def _m(recall_delta: float, p50: float, size: int) -> dict[str, object]:
+    return {
+        "recall_delta": recall_delta,
+        "size_bytes": size,
+        "latency_ms": {"32": {"p50_ms": p50}},
+    }
+
+
+METRICS = {
+    "fp32_torch": _m(0.0, 100.0, 1000),
+    "fp32_onnx": _m(0.0, 60.0, 1000),
+    "int8_onnx": _m(-0.005, 30.0, 260),
+    "student_int8": _m(-0.05, 10.0, 100),  # fastest and smallest but loses 5 points
+}
+
+
+def test_fastest_within_drop_skips_variants_losing_too_much_recall() -> None:
+    choice = choose_variant(METRICS, "fastest", 0.01, 32)
+    assert choice.name == "int8_onnx"
+    assert "student_int8" not in choice.eligible
+    assert choose_variant(METRICS, "fastest", 0.06, 32).name == "student_int8"
+
+
+def test_smallest_and_fixed_rules() -> None:
+    assert choose_variant(METRICS, "smallest", 0.01, 32).name == "int8_onnx"
+    assert choose_variant(METRICS, "fp32_torch", 1.0, 32).name == "fp32_torch"
+
+
+def test_selection_without_baseline_is_an_error() -> None:
+    with pytest.raises(CompressError, match="fp32_torch"):
+        choose_variant({"int8_onnx": METRICS["int8_onnx"]}, "fastest", 0.01, 32)
+
+
+def test_selection_batch_size_must_be_measured() -> None:
+    with pytest.raises(ValueError, match="selection_batch_size"):
+        CompressConfig(latency_batch_sizes=[1, 8], selection_batch_size=32)
+
+
+@pytest.fixture(scope="module")
+def teacher() -> object:
+    from transformers import CLIPConfig, CLIPModel
+
+    tower = {"hidden_size": 64, "intermediate_size": 256, "num_hidden_layers": 2}
+    cfg = CLIPConfig(
+        text_config={**tower, "num_attention_heads": 4, "vocab_size": 300},
+        vision_config={**tower, "num_attention_heads": 4, "image_size": 32, "patch_size": 8},
+        projection_dim=32,
+    )
+    return CLIPModel(cfg)
+
+
+def test_default_student_is_half_width_and_depth_and_under_half_the_params(
+    teacher: object,
+) -> None:
+    from pairflow.compress.towers import count_parameters
+
+    s = student_config(teacher.config, StudentConfig())  # type: ignore[attr-defined]
+    vision: Any = s.vision_config
+    text: Any = s.text_config
+    assert vision.hidden_size == 32 and vision.num_hidden_layers == 1
+    assert text.hidden_size == 32 and text.vocab_size == 300
+    assert s.projection_dim == 32
+    student = build_student(teacher, StudentConfig())  # type: ignore[arg-type]
+    assert count_parameters(student) <= 0.5 * count_parameters(teacher)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("shape", "problem"),
+    [({"hidden_size": 128}, "hidden size 128 is larger"), ({"num_layers": 3}, "3 layers")],
+)
+def test_student_larger_than_teacher_is_refused(
+    teacher: object, shape: dict[str, int], problem: str
+) -> None:
+    with pytest.raises(StudentConfigError, match=problem):
+        build_student(teacher, StudentConfig(**shape))  # type: ignore[arg-type]
+
+
+def test_student_as_large_as_teacher_is_refused(teacher: object) -> None:
+    same = StudentConfig(hidden_size=64, num_layers=2)
+    with pytest.raises(StudentConfigError, match="not fewer than the teacher"):
+        build_student(teacher, same)  # type: ignore[arg-type]
+
+
+def test_kd_loss_is_zero_for_identical_logits_and_grows_with_disagreement() -> None:
+    logits = torch.randn(8, 8)
+    assert float(kd_kl(logits, logits, 2.0)) == pytest.approx(0.0, abs=1e-6)
+    near = float(kd_kl(logits + 0.1 * torch.randn(8, 8), logits, 2.0))
+    far = float(kd_kl(-logits, logits, 2.0))
+    assert 0 < near < far
+
+
+def test_recall_at_1_counts_rows_whose_best_caption_is_their_own() -> None:
+    eye = np.eye(4, dtype=np.float32)
+    swapped = eye[[1, 0, 2, 3]]
+    assert recall_at_1(eye, eye, ["a", "b", "c", "d"]) == 1.0
+    assert recall_at_1(eye, swapped, ["a", "b", "c", "d"]) == 0.5
+    # identical captions are equally right
+    assert recall_at_1(eye, swapped, ["a", "a", "c", "d"]) == 1.0
+
+
+def test_empty_calibration_set_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(CalibrationError, match=r"calibration set .* is empty"):
+        quantize_static_vision(tmp_path / "v.onnx", tmp_path / "q.onnx", [], ["MatMul"])
+
+
+def test_calibration_from_no_rows_names_the_source() -> None:
+    from pairflow.compress.build import calibration_pixels
+
+    empty = pd.DataFrame({"id": [], "image": [], "caption": []})
+    with pytest.raises(CalibrationError, match="no holdout rows"):
+        calibration_pixels(empty, object(), 77, 16, None, "holdout")  # type: ignore[arg-type]
+
+
+def test_classifier_selection_uses_accuracy_delta() -> None:
+    acc = {
+        name: {**m, "accuracy_delta": m["recall_delta"], "recall_delta": 0.0}
+        for name, m in METRICS.items()
+    }
+    choice = choose_variant(acc, "fastest", 0.01, 32, metric="accuracy")
+    assert choice.name == "int8_onnx" and "accuracy of fp32" in choice.reason
+    with pytest.raises(KeyError):  # a clip metric table has no accuracy_delta
+        choose_variant(METRICS, "fastest", 0.01, 32, metric="accuracy")
+
+
+def test_unsupported_fusion_kind_is_a_clear_error() -> None:
+    from pairflow.compress.classifier import check_fusion
+
+    check_fusion("cross_attention", "m")
+    with pytest.raises(CompressError, match=r"fusion head 'bilinear'.*refusing"):
+        check_fusion("bilinear", "m")
+
+
+def test_default_int8_op_types_quantize_the_token_embedding() -> None:
+    assert "Gather" in CompressConfig().int8_op_types
