@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from pairflow.cli_options import ConfigOpt, OutOpt, SetOpt
 from pairflow.config import PairflowConfig, load_config, pipeline_params
 from pairflow.errors import PairflowError
 from pairflow.report import StageReport
@@ -33,9 +34,6 @@ app.add_typer(config_app, name="config")
 console = Console(width=None if sys.stdout.isatty() else 140)
 err_console = Console(stderr=True)
 DEFAULT_COMPILED = Path("pipelines/compiled/retrain.yaml")
-
-ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file.")]
-SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override: key.path=value.")]
 
 
 class _State:
@@ -335,7 +333,7 @@ def _demo_round(
 @app.command("ingest")
 def ingest_cmd(
     input_: Annotated[str, typer.Option("--input", help="Source: folder, manifest, tars, s3://.")],
-    out: Annotated[Path, typer.Option("--out", help="Output directory.")],
+    out: OutOpt,
     fmt: Annotated[str, typer.Option("--format", help="auto|folder|parquet|jsonl|webdataset")] = (
         "auto"
     ),

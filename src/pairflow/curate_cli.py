@@ -12,10 +12,9 @@ from typing import Annotated
 
 import typer
 
+from pairflow.cli_options import ConfigOpt, OutOpt, SetOpt
+
 InputOpt = Annotated[str, typer.Option("--input", help="Manifest (.parquet / .jsonl).")]
-OutOpt = Annotated[Path, typer.Option("--out", help="Output directory.")]
-ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file.")]
-SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override: key.path=value.")]
 
 
 def _summary_line(stage: str, rows_in: int, kept: int, rejected: dict[str, int], out: Path) -> str:

@@ -42,7 +42,9 @@ def test_validate_dedupe_filter_chain(
     assert rep["rejected"]["missing_file"] >= 1  # type: ignore[index]
     assert (tmp_path / "v" / "data_docs").is_dir()
     rejected = pd.read_parquet(tmp_path / "v" / "rejected.parquet")
-    corrupt = set(truth.loc[truth["kind"].isin(["corrupt_file", "zero_byte_file", "not_an_image"]), "id"])
+    corrupt = set(
+        truth.loc[truth["kind"].isin(["corrupt_file", "zero_byte_file", "not_an_image"]), "id"]
+    )
     assert corrupt <= set(rejected["id"])
 
     res = runner.invoke(

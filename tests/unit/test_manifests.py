@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import click
-import jsonschema  # type: ignore[import-untyped]
-import kubernetes_validate  # type: ignore[import-untyped]
+import jsonschema
+import kubernetes_validate
 import pytest
 import yaml
 

@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from pairflow.cli_options import OutOpt
+
 
 def register(app: typer.Typer) -> None:
     """Add ``pairflow compress``."""
@@ -15,7 +17,7 @@ def register(app: typer.Typer) -> None:
     def compress_cmd(
         model: Annotated[Path, typer.Option("--model", help="Trained model directory.")],
         input_: Annotated[Path, typer.Option("--input", help="Manifest (held-out rows used).")],
-        out: Annotated[Path, typer.Option("--out", help="Output directory.")],
+        out: OutOpt,
         config: Annotated[Path | None, typer.Option("--config", help="Config YAML.")] = None,
         set_: Annotated[
             list[str] | None, typer.Option("--set", help="Config override key=value.")

@@ -9,6 +9,8 @@ from typing import Annotated
 
 import typer
 
+from pairflow.cli_options import ConfigOpt, SetOpt
+
 
 def register(app: typer.Typer) -> None:
     """Add ``pairflow deploy``: one canary rollout, standalone."""
@@ -22,12 +24,8 @@ def register(app: typer.Typer) -> None:
             Path, typer.Option("--input", help="Manifest whose held-out rows are replayed.")
         ],
         out: Annotated[Path, typer.Option("--out", help="Writes kept/rejected/report/summary.")],
-        config: Annotated[
-            Path | None, typer.Option("--config", "-c", help="YAML config file.")
-        ] = None,
-        set_: Annotated[
-            list[str] | None, typer.Option("--set", help="Override: key.path=value.")
-        ] = None,
+        config: ConfigOpt = None,
+        set_: SetOpt = None,
     ) -> None:
         """Canary-deploy a registered version against the champion: promote or roll back."""
         from rich.console import Console

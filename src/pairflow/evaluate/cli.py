@@ -11,6 +11,8 @@ from typing import Annotated
 
 import typer
 
+from pairflow.cli_options import ConfigOpt, OutOpt, SetOpt
+
 GATE_BLOCKED_EXIT = 1
 
 
@@ -23,7 +25,7 @@ def register(app: typer.Typer) -> None:
         model: Annotated[
             str, typer.Option("--model", help="Candidate: directory, s3:// or models:/ URI.")
         ],
-        out: Annotated[Path, typer.Option("--out", help="Output directory.")],
+        out: OutOpt,
         champion: Annotated[
             str | None,
             typer.Option(
@@ -36,12 +38,8 @@ def register(app: typer.Typer) -> None:
             Path | None,
             typer.Option("--embeddings", help="Clip-filter embeddings Parquet (drift)."),
         ] = None,
-        config: Annotated[
-            Path | None, typer.Option("--config", "-c", help="YAML config file.")
-        ] = None,
-        set_: Annotated[
-            list[str] | None, typer.Option("--set", help="Override: key.path=value.")
-        ] = None,
+        config: ConfigOpt = None,
+        set_: SetOpt = None,
     ) -> None:
         """Measure the candidate (and champion) on held-out rows and decide the gate.
 

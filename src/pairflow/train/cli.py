@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
+
+from pairflow.cli_options import ConfigOpt, OutOpt, SetOpt
 
 
 def register(app: typer.Typer) -> None:
@@ -14,13 +15,9 @@ def register(app: typer.Typer) -> None:
     @app.command("train")
     def train_cmd(
         input_: Annotated[str, typer.Option("--input", help="Curated manifest (.parquet).")],
-        out: Annotated[Path, typer.Option("--out", help="Output directory.")],
-        config: Annotated[
-            Path | None, typer.Option("--config", "-c", help="YAML config file.")
-        ] = None,
-        set_: Annotated[
-            list[str] | None, typer.Option("--set", help="Override: key.path=value.")
-        ] = None,
+        out: OutOpt,
+        config: ConfigOpt = None,
+        set_: SetOpt = None,
     ) -> None:
         """Train the configured model: writes model/, kept/rejected.parquet, report.json."""
         from rich.console import Console
