@@ -152,3 +152,27 @@ def test_classifier_artifact_classifies_with_its_head_and_labels(
     emb, _ = asyncio.run(pred({"task": "embed", "instances": [{"caption": "a red circle"}]}))
     vec = np.asarray(emb["predictions"][0]["text_embedding"])
     assert vec.shape == (64,) and abs(float(np.linalg.norm(vec)) - 1.0) < 1e-5
+
+
+def test_registered_variant_follows_the_mlmodel_artifact_table(tmp_path: Path) -> None:
+    """MLflow stores a pyfunc artifact under its source folder's name, not under its key."""
+    from pairflow.serve.load import registered_variant
+
+    model = tmp_path / "artifacts"
+    (model / "artifacts" / "int8_onnx").mkdir(parents=True)
+    (model / "artifacts" / "fp32_torch").mkdir()
+    (model / "MLmodel").write_text(
+        "flavors:\n"
+        "  python_function:\n"
+        "    artifacts:\n"
+        "      hf: {path: artifacts/fp32_torch, uri: /elsewhere/fp32_torch}\n"
+        "      variant: {path: artifacts/int8_onnx, uri: /elsewhere/int8_onnx}\n"
+        "    config: {kind: onnx, variant: int8_onnx}\n"
+    )
+    found = registered_variant(tmp_path)
+    assert found == (
+        "int8_onnx",
+        "onnx",
+        model / "artifacts" / "int8_onnx",
+        model / "artifacts" / "fp32_torch",
+    )

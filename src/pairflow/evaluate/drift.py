@@ -222,7 +222,11 @@ def _evidently_report(
     report = evidently.Report(
         [
             presets.DataDriftPreset(
-                columns=num + cat, drift_share=cfg.drift_share, threshold=cfg.drift_column_p
+                columns=num + cat,
+                drift_share=cfg.drift_share,
+                num_method=cfg.drift_numeric_method,
+                num_threshold=_numeric_cut(cfg),
+                cat_threshold=cfg.drift_column_p,
             )
         ]
     )
@@ -232,7 +236,7 @@ def _evidently_report(
     )
     snapshot.save_html(str(html))
     summary: dict[str, Any] = snapshot.dict()
-    return _summarise(summary, cfg)
+    return _summarise(summary, cfg, set(num))
 
 
 def _append_html(html: Path, rows: list[tuple[str, float]], threshold: float) -> None:
@@ -251,8 +255,16 @@ def _append_html(html: Path, rows: list[tuple[str, float]], threshold: float) ->
     html.write_text(text[:idx] + block + text[idx:] if idx >= 0 else text + block)
 
 
-def _summarise(snapshot: dict[str, Any], cfg: EvaluateConfig) -> dict[str, Any]:
-    out: dict[str, Any] = {"column_p_values": {}, "drifted_columns": []}
+def _numeric_cut(cfg: EvaluateConfig) -> float:
+    """Numeric columns: a distance cut (Wasserstein) or a p-value cut (KS)."""
+    if cfg.drift_numeric_method == "wasserstein":
+        return cfg.drift_numeric_distance
+    return cfg.drift_column_p
+
+
+def _summarise(snapshot: dict[str, Any], cfg: EvaluateConfig, numeric: set[str]) -> dict[str, Any]:
+    """Drift per column: p-values (categorical, KS) or normed distances (Wasserstein)."""
+    out: dict[str, Any] = {"column_p_values": {}, "column_distances": {}, "drifted_columns": []}
     for m in snapshot.get("metrics", []):
         conf = m.get("config", {})
         kind = str(conf.get("type", ""))
@@ -262,9 +274,14 @@ def _summarise(snapshot: dict[str, Any], cfg: EvaluateConfig) -> dict[str, Any]:
             out["drifted_count"] = float(value.get("count", 0.0))
         elif kind.endswith(":ValueDrift"):
             col = str(conf.get("column"))
-            p = float(value) if value is not None else float("nan")
-            out["column_p_values"][col] = p
-            if p < float(conf.get("threshold", cfg.drift_column_p)):
+            v = float(value) if value is not None else float("nan")
+            if col in numeric and cfg.drift_numeric_method == "wasserstein":
+                out["column_distances"][col] = v
+                drifted = v >= _numeric_cut(cfg)
+            else:
+                out["column_p_values"][col] = v
+                drifted = v < cfg.drift_column_p
+            if drifted:
                 out["drifted_columns"].append(col)
     return out
 

@@ -46,7 +46,17 @@ class EvaluateConfig(Section):
     drift_share: float = Field(
         0.5, gt=0, le=1, description="Metadata drift: share of drifted columns that counts."
     )
-    drift_column_p: float = Field(0.05, gt=0, lt=1, description="Per-column test p-value cut.")
+    drift_column_p: float = Field(
+        0.05, gt=0, lt=1, description="Per-column test p-value cut (categorical; KS)."
+    )
+    drift_numeric_method: Literal["wasserstein", "ks"] = Field(
+        "wasserstein",
+        description="Numeric columns: normed Wasserstein distance (robust on near-constant "
+        "columns such as image sizes, where chi-square/KS p-values flag tiny shifts) or KS.",
+    )
+    drift_numeric_distance: float = Field(
+        0.1, gt=0, description="Wasserstein (normed by the reference std) at or above this drifts."
+    )
     embedding_drift_auc: float = Field(
         0.55,
         gt=0.5,

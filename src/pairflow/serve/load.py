@@ -242,8 +242,10 @@ def find_variant_index(root: Path) -> Path | None:
     return None if hit is None else hit.parent
 
 
-def registered_variant(root: Path) -> tuple[str, str, Path] | None:
-    """(variant name, kind, model folder) of a registered pyfunc model, if ``root`` is one."""
+def registered_variant(root: Path) -> tuple[str, str, Path, Path] | None:
+    """(variant name, kind, variant folder, HF folder) of a registered pyfunc model, if
+    ``root`` is one. Folders come from the MLmodel's artifact table: MLflow stores each
+    artifact under its source's base name (``artifacts/int8_onnx``), not under its key."""
     import yaml
 
     mlmodel = _shallowest(root, "MLmodel")
@@ -253,10 +255,19 @@ def registered_variant(root: Path) -> tuple[str, str, Path] | None:
         meta = yaml.safe_load(mlmodel.read_text()) or {}
     except (OSError, yaml.YAMLError) as exc:
         raise ModelLoadError(f"{mlmodel}: unreadable MLmodel ({exc})") from exc
-    conf = ((meta.get("flavors") or {}).get("python_function") or {}).get("config") or {}
+    pyfunc = (meta.get("flavors") or {}).get("python_function") or {}
+    conf = pyfunc.get("config") or {}
     if not isinstance(conf, dict) or "variant" not in conf:
         return None
-    return str(conf["variant"]), str(conf.get("kind", TORCH)), mlmodel.parent
+    table = pyfunc.get("artifacts") or {}
+
+    def folder(key: str) -> Path:
+        entry = table.get(key) if isinstance(table, dict) else None
+        rel = entry.get("path") if isinstance(entry, dict) else None
+        return mlmodel.parent / (str(rel) if rel else f"artifacts/{key}")
+
+    kind = str(conf.get("kind", TORCH))
+    return str(conf["variant"]), kind, folder("variant"), folder("hf")
 
 
 def _variant_model(loaded: LoadedVariant) -> VariantModel:
@@ -304,7 +315,7 @@ def open_model_dir(root: Path, variant: str, threads: int, ref: str) -> tuple[Se
         return _variant_model(loaded), loaded.path
     registered = registered_variant(root)
     if registered is not None:
-        name, kind, model_dir = registered
+        name, kind, variant_dir, hf_dir = registered
         if variant not in (AUTO, name):
             raise ModelLoadError(
                 f"{ref}: this model version ships variant {name!r} only, not {variant!r}"
@@ -312,12 +323,12 @@ def open_model_dir(root: Path, variant: str, threads: int, ref: str) -> tuple[Se
         if kind == "onnx":
             from pairflow.compress.variants import open_variant
 
-            folder = model_dir / "artifacts" / "variant"
             try:
-                return _variant_model(open_variant(folder, "onnx", threads, name)), folder
+                model = _variant_model(open_variant(variant_dir, "onnx", threads, name))
             except VariantError as exc:
                 raise ModelLoadError(f"{ref}: {exc}") from exc
-        hf = find_hf_dir(model_dir / "artifacts" / "hf", ref)
+            return model, variant_dir
+        hf = find_hf_dir(hf_dir, ref)
         return load_hf(hf, ref, name), hf
     hf = find_hf_dir(root, ref)
     if variant not in (AUTO, TORCH):
