@@ -132,7 +132,7 @@ def main() -> None:
     payload = {
         "shape": name,
         "threads": 2,
-        "note": "shared 2-core machine; variants timed interleaved, compare ratios",
+        "note": "variants timed interleaved, compare ratios",
         "latency_ms": lat,
         "size_bytes": sizes,
         "speedup_vs_fp32_torch": {

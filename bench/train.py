@@ -78,7 +78,7 @@ def main() -> None:
         "ddp_2_processes": ddp,
         "ddp_speedup": round(ddp["samples_per_s"] / single["samples_per_s"], 3),
         "ddp_overhead": round(overhead, 3),
-        "note": "shared 2-core machine; rank 0's step split; samples/s excludes start-up",
+        "note": "2-core machine; rank 0's step split; samples/s excludes start-up",
     }
     out = write_result("train", payload)
     print(json.dumps(payload, indent=2))
