@@ -20,7 +20,14 @@ from pairflow.clipfilter.bootstrap import save_untrained_clip
 from pairflow.clipfilter.model import ModelLoadError, load_clip
 from pairflow.compress.export import export_towers
 from pairflow.compress.variants import VariantIndex, VariantRecord
-from pairflow.serve.load import TorchClip, TrainedClassifier, VariantModel, load_servable
+from pairflow.serve.load import (
+    TorchClip,
+    TrainedClassifier,
+    VariantModel,
+    load_hf,
+    load_servable,
+    sized_pixels,
+)
 from pairflow.serve.predictor import PairflowPredictor
 from pairflow.serve.settings import ServeConfig
 
@@ -176,3 +183,23 @@ def test_registered_variant_follows_the_mlmodel_artifact_table(tmp_path: Path) -
         model / "artifacts" / "int8_onnx",
         model / "artifacts" / "fp32_torch",
     )
+
+
+def test_sized_pixels_equal_the_processor_and_defer_otherwise(clip_dir: Path) -> None:
+    """The numpy fast path for images already at the model's size gives the processor's
+    pixel values; other sizes or modes are left to the processor (``None``)."""
+    proc = load_hf(clip_dir, str(clip_dir)).clip.processor.image_processor
+    side = int(proc.crop_size["height"])
+    rng = np.random.default_rng(3)
+    images = [
+        Image.fromarray(rng.integers(0, 255, size=(side, side, 3), dtype=np.uint8))
+        for _ in range(3)
+    ]
+    fast = sized_pixels(proc, images)
+    assert fast is not None
+    expected = np.asarray(proc(images=images, return_tensors="np")["pixel_values"], np.float32)
+    assert fast.shape == expected.shape == (3, 3, side, side)
+    np.testing.assert_allclose(fast, expected, atol=1e-5)
+    assert sized_pixels(proc, [*images, images[0].resize((side - 8, side))]) is None
+    assert sized_pixels(proc, [images[0].convert("L")]) is None
+    assert sized_pixels(proc, []) is None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gc
 import io
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from PIL import Image
 from prometheus_client import REGISTRY
 
 from pairflow.clipfilter.bootstrap import save_untrained_clip
+from pairflow.serve.limits import parse_v1
 from pairflow.serve.predictor import PairflowPredictor
 from pairflow.serve.settings import ServeConfig
 
@@ -118,3 +120,24 @@ def test_v2_embed_and_classify(predictor: PairflowPredictor) -> None:
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
     labels = ["circle", "square", "triangle", "star"]
     assert list(outputs["label"].data) == [labels[int(i)] for i in probs.argmax(axis=1)]
+
+
+def test_inline_and_threaded_decoding_agree_and_heap_is_frozen(clip_dir: Path) -> None:
+    """Small images decode on the event loop, larger ones on the decode threads: same scores.
+    After load the startup heap is frozen (full GC passes skip it)."""
+    image = b64_png((10, 200, 30), size=64)
+    body = {"instances": [{"image": image, "caption": c} for c in CAPTIONS]}
+    scores = []
+    for chars in (len(image) * 4, len(image) * 4 - 1):
+        p = PairflowPredictor(
+            ServeConfig(model_name="inline", warmup_batches=0, inline_decode_chars=chars),
+            str(clip_dir),
+        )
+        p.load()
+        assert gc.get_freeze_count() > 0
+        parsed = parse_v1(body)
+        assert p._decode_inline(parsed) is (chars >= len(image) * 4)
+        response, _ = asyncio.run(p(body))
+        scores.append([r["score"] for r in response["predictions"]])
+        p.stop()
+    np.testing.assert_allclose(scores[0], scores[1], atol=1e-6)

@@ -5,13 +5,16 @@ zero-shot class prompts (a train classifier artifact classifies with its own hea
 instead), runs ``serve.warmup_batches`` forward passes and only then sets
 ``ready``; KServe answers 503 on ``/v2/models/NAME/ready`` (and ``/v1/models/NAME``) until
 then. Per request: cheap checks on the event loop, base64/image decoding on a small thread
-pool, the forward pass through the micro-batcher on a single executor thread (torch's
-intra-op threads do the parallel work), and metrics labelled with the model version.
+pool (small images inline: see ``serve.inline_decode_chars``), the forward pass through the
+micro-batcher on a single executor thread (torch's intra-op threads do the parallel work),
+and metrics labelled with the model version. After load the heap is frozen for the garbage
+collector (see :func:`freeze_heap`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import time
@@ -92,6 +95,15 @@ def auto_threads() -> int:
     return max(1, (os.cpu_count() or 1) - 1)
 
 
+def freeze_heap() -> None:
+    """Move everything alive after load (torch, transformers, the model) out of the garbage
+    collector's reach: its full collections then scan only request garbage. Measured: with
+    16 clients, full collections over the import heap stalled requests ~300 ms (p99 > SLO).
+    """
+    gc.collect()
+    gc.freeze()
+
+
 def _softmax(x: np.ndarray) -> np.ndarray:
     z = x - x.max(axis=-1, keepdims=True)
     e = np.exp(z)
@@ -167,6 +179,7 @@ class PairflowPredictor(Model):  # type: ignore[misc]
             time.perf_counter() - start,
             threads,
         )
+        freeze_heap()
         self.ready = True
         return self.ready
 
@@ -229,8 +242,11 @@ class PairflowPredictor(Model):  # type: ignore[misc]
             parsed = self._parse(payload)
             check_request(parsed, self.cfg)
             head = self._uses_head(parsed)
-            loop = asyncio.get_running_loop()
-            pairs = await loop.run_in_executor(self._decode, decode_request, parsed, self.cfg)
+            if self._decode_inline(parsed):
+                pairs = decode_request(parsed, self.cfg)
+            else:
+                loop = asyncio.get_running_loop()
+                pairs = await loop.run_in_executor(self._decode, decode_request, parsed, self.cfg)
         except RequestError as exc:
             raise InvalidInput(str(exc)) from exc
         if self.runner is None:
@@ -242,6 +258,16 @@ class PairflowPredictor(Model):  # type: ignore[misc]
         if isinstance(payload, InferRequest):
             return self._v2_response(payload, parsed.task, results)
         return {"predictions": results, "model_version": self.metrics.model_version}
+
+    def _decode_inline(self, parsed: ParsedRequest) -> bool:
+        """Small base64 images decode on the event loop (~0.1 ms for 64 px, less than the
+        thread hop); image paths (file reads) and larger images go to the decode threads."""
+        total = 0
+        for raw in parsed.instances:
+            if raw.image_path is not None:
+                return False
+            total += len(raw.image_b64 or "")
+        return total <= self.cfg.inline_decode_chars
 
     def _uses_head(self, parsed: ParsedRequest) -> bool:
         """A classify request to a classifier model (which needs each image's caption)."""

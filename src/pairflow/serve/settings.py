@@ -26,6 +26,12 @@ class ServeConfig(Section):
     decode_threads: int = Field(
         2, ge=1, description="Threads decoding and checking request images off the event loop."
     )
+    inline_decode_chars: int = Field(
+        65_536,
+        ge=0,
+        description="Requests whose base64 images total at most this many characters are "
+        "decoded on the event loop (cheaper than a thread hop); larger ones on decode threads.",
+    )
     max_instances: int = Field(64, ge=1, description="Most instances (pairs) in one request.")
     max_image_bytes: int = Field(
         4 * 1024 * 1024, ge=1, description="Largest encoded image accepted (bytes, after base64)."
@@ -44,6 +50,9 @@ class ServeConfig(Section):
     )
     label_prompt: str = Field(
         "a {}", description="Caption template of a class for zero-shot classification."
+    )
+    request_logs: bool = Field(
+        False, description="Log a line per request (uvicorn access log, KServe timing trace)."
     )
     warmup_batches: int = Field(
         2, ge=0, description="Forward passes run before the model reports ready."
