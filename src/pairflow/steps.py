@@ -258,10 +258,17 @@ def dedupe_step(
 class MergedShards:
     """Shard outputs of one stage concatenated (sorted by id), and their reports summed."""
 
-    def __init__(self, frame: pd.DataFrame, rejected: pd.DataFrame, report: StageReport) -> None:
+    def __init__(
+        self,
+        frame: pd.DataFrame,
+        rejected: pd.DataFrame,
+        report: StageReport,
+        shard_reports: list[StageReport],
+    ) -> None:
         self.frame = frame
         self.rejected = rejected
         self.report = report
+        self.shard_reports = shard_reports
 
 
 def merge_shards(
@@ -293,7 +300,7 @@ def merge_shards(
             f"stage {stage!r}: shard rejects hold {len(rejects)} rows, reports say "
             f"{report.rows_rejected}"
         )
-    return MergedShards(frame, rejects, report)
+    return MergedShards(frame, rejects, report, shard_reports)
 
 
 def _concat_sorted(frames: list[pd.DataFrame]) -> pd.DataFrame:

@@ -114,7 +114,7 @@ def gather_filtered_step(
         scores = emb.scores.astype(np.float64)
         kept_ids = set(merged.frame["id"].astype(str))
         kept_mask = np.array([i in kept_ids for i in emb.ids], dtype=bool)
-        shard_cuts = [r.metrics.get("cut") for r in _shard_reports(shard_reports)]
+        shard_cuts = [r.metrics.get("cut") for r in merged.shard_reports]
         cuts = [float(c) for c in shard_cuts if c is not None]
         quantiles = score_quantiles(emb.scores)
         report.metrics.update(score_quantiles=quantiles, scored=len(emb.ids))
@@ -132,7 +132,7 @@ def gather_filtered_step(
         if artifacts.summary is not None:
             fcfg = cfg.clip_filter
             artifacts.summary.parent.mkdir(parents=True, exist_ok=True)
-            rates = [float(r.metrics.get("rows_per_s", 0.0)) for r in _shard_reports(shard_reports)]
+            rates = [float(r.metrics.get("rows_per_s", 0.0)) for r in merged.shard_reports]
             artifacts.summary.write_text(
                 summary_markdown(
                     rows_in=report.rows_in,
@@ -152,7 +152,3 @@ def gather_filtered_step(
                 )
             )
     return _finish(report, outputs, cfg, kfp_run_id)
-
-
-def _shard_reports(paths: list[str]) -> list[StageReport]:
-    return [StageReport.read(p) for p in paths]
