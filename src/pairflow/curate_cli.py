@@ -7,19 +7,54 @@ HTML page and Data Docs site; filter adds embeddings, a score histogram and a su
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 
 from pairflow.cli_options import ConfigOpt, OutOpt, SetOpt
 
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from pairflow.report import StageReport
+    from pairflow.steps import _StageResult
+
 InputOpt = Annotated[str, typer.Option("--input", help="Manifest (.parquet / .jsonl).")]
+R = TypeVar("R", bound="_StageResult")
 
 
-def _summary_line(stage: str, rows_in: int, kept: int, rejected: dict[str, int], out: Path) -> str:
-    return (
-        f"{stage}: {rows_in} in, {kept} kept, {sum(rejected.values())} rejected {rejected} → {out}"
+def _run_stage(
+    stage: str, input_: str, out: Path, status: str, run: Callable[[pd.DataFrame], R]
+) -> tuple[StageReport, R]:
+    """Read the manifest, run one stage on it and write its kept/rejected manifests.
+
+    The report is returned unwritten, so a command can add figures before writing it.
+    """
+    from pairflow.cli import console, ensure_writable_dir
+    from pairflow.data.schema import read_manifest
+    from pairflow.report import StageOutputs, Stopwatch
+    from pairflow.steps import _write_outputs
+
+    ensure_writable_dir(out)
+    watch = Stopwatch()
+    df = read_manifest(input_)
+    with console.status(f"{status} {len(df)} rows …"):
+        result = run(df)
+        report = _write_outputs(stage, len(df), result, StageOutputs.in_dir(out), watch)
+    return report, result
+
+
+def _finish(report: StageReport, out: Path) -> None:
+    """Write the report (checking rows in = out + rejected) and print the one-line outcome."""
+    from pairflow.cli import console
+    from pairflow.report import StageOutputs
+
+    report.write(StageOutputs.in_dir(out).report)
+    console.print(
+        f"{report.stage}: {report.rows_in} in, {report.rows_out} kept, "
+        f"{report.rows_rejected} rejected {report.rejected} → {out}"
     )
 
 
@@ -31,32 +66,24 @@ def register(app: typer.Typer) -> None:
         input_: InputOpt, out: OutOpt, config: ConfigOpt = None, set_: SetOpt = None
     ) -> None:
         """Per-row checks and the data contract; exit 1 when a critical expectation fails."""
-        from pairflow.cli import console, ensure_writable_dir
+        from pairflow.cli import console
         from pairflow.config import load_config
-        from pairflow.data.schema import read_manifest
-        from pairflow.report import StageOutputs, StageReport, Stopwatch
-        from pairflow.steps import _write_outputs
         from pairflow.validate.contract import run_contract
         from pairflow.validate.rows import validate_frame
 
         cfg = load_config(config, set_ or [])
-        ensure_writable_dir(out)
-        watch = Stopwatch()
-        df = read_manifest(input_)
-        outputs = StageOutputs.in_dir(out)
-        with console.status(f"validating {len(df)} rows …"):
-            result = validate_frame(df, cfg.validate_, cfg.data.s3)
-            report: StageReport = _write_outputs("validate", len(df), result, outputs, watch)
-            contract = run_contract(
-                result.kept,
-                result.rejected,
-                cfg.validate_,
-                out / "data_docs",
-                raise_on_failure=False,
-            )
+        report, result = _run_stage(
+            "validate",
+            input_,
+            out,
+            "validating",
+            lambda df: validate_frame(df, cfg.validate_, cfg.data.s3),
+        )
+        contract = run_contract(
+            result.kept, result.rejected, cfg.validate_, out / "data_docs", raise_on_failure=False
+        )
         report.metrics["contract"] = contract.to_json_dict()
-        report.write(outputs.report)
-        console.print(_summary_line("validate", len(df), len(result.kept), result.counts, out))
+        _finish(report, out)
         console.print(f"data contract: {contract.message()} (docs: {contract.html})")
         raise typer.Exit(0 if contract.passed else 1)
 
@@ -65,23 +92,14 @@ def register(app: typer.Typer) -> None:
         input_: InputOpt, out: OutOpt, config: ConfigOpt = None, set_: SetOpt = None
     ) -> None:
         """Exact, near and caption duplicates; each dropped row names the id it duplicates."""
-        from pairflow.cli import console, ensure_writable_dir
         from pairflow.config import load_config
-        from pairflow.data.schema import read_manifest
         from pairflow.dedupe.merge import dedupe_frame
-        from pairflow.report import StageOutputs, Stopwatch
-        from pairflow.steps import _write_outputs
 
         cfg = load_config(config, set_ or [])
-        ensure_writable_dir(out)
-        watch = Stopwatch()
-        df = read_manifest(input_)
-        outputs = StageOutputs.in_dir(out)
-        with console.status(f"deduplicating {len(df)} rows …"):
-            result = dedupe_frame(df, cfg.dedupe)
-            report = _write_outputs("dedupe", len(df), result, outputs, watch)
-        report.write(outputs.report)
-        console.print(_summary_line("dedupe", len(df), len(result.kept), result.counts, out))
+        report, _ = _run_stage(
+            "dedupe", input_, out, "deduplicating", lambda df: dedupe_frame(df, cfg.dedupe)
+        )
+        _finish(report, out)
 
     @app.command("filter")
     def filter_cmd(
@@ -103,13 +121,10 @@ def register(app: typer.Typer) -> None:
         set_: SetOpt = None,
     ) -> None:
         """CLIP-score pairs and keep those whose image and caption agree."""
-        from pairflow.cli import console, ensure_writable_dir
+        from pairflow.cli import console
         from pairflow.clipfilter.run import FilterOutputs, run_filter
         from pairflow.config import load_config
-        from pairflow.data.schema import read_manifest
         from pairflow.errors import ConfigError
-        from pairflow.report import StageOutputs, Stopwatch
-        from pairflow.steps import _write_outputs
 
         if threshold is not None and top_fraction is not None:
             raise ConfigError("--threshold and --top-fraction exclude each other")
@@ -123,22 +138,21 @@ def register(app: typer.Typer) -> None:
         cfg = load_config(config, sets)
         if not cfg.clip_filter.model:
             raise ConfigError("no CLIP model: pass --model REF (or set clip_filter.model)")
-        ensure_writable_dir(out)
-        watch = Stopwatch()
-        df = read_manifest(input_)
-        outputs = StageOutputs.in_dir(out)
-        with console.status(f"scoring {len(df)} pairs with {cfg.clip_filter.model} …"):
-            result = run_filter(
+        report, result = _run_stage(
+            "clip_filter",
+            input_,
+            out,
+            f"scoring with {cfg.clip_filter.model}:",
+            lambda df: run_filter(
                 df,
                 cfg.clip_filter,
                 cfg.data.s3,
                 outputs=FilterOutputs.in_dir(out),
                 ground_truth=ground_truth,
                 max_pixels=cfg.validate_.max_pixels,
-            )
-            report = _write_outputs("clip_filter", len(df), result, outputs, watch)
-        report.write(outputs.report)
-        console.print(_summary_line("clip_filter", len(df), len(result.kept), result.counts, out))
+            ),
+        )
+        _finish(report, out)
         auc = result.metrics.get("roc_auc")
         if auc is not None:
             console.print(f"ROC-AUC vs mismatched captions: {auc:.3f}")
