@@ -19,10 +19,10 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from pairflow.report import StageReport
-    from pairflow.steps import _StageResult
+    from pairflow.steps import StageResult
 
 InputOpt = Annotated[str, typer.Option("--input", help="Manifest (.parquet / .jsonl).")]
-R = TypeVar("R", bound="_StageResult")
+R = TypeVar("R", bound="StageResult")
 
 
 def _run_stage(
@@ -35,14 +35,14 @@ def _run_stage(
     from pairflow.cli import console, ensure_writable_dir
     from pairflow.data.schema import read_manifest
     from pairflow.report import StageOutputs, Stopwatch
-    from pairflow.steps import _write_outputs
+    from pairflow.steps import write_stage_outputs
 
     ensure_writable_dir(out)
     watch = Stopwatch()
     df = read_manifest(input_)
     with console.status(f"{status} {len(df)} rows …"):
         result = run(df)
-        report = _write_outputs(stage, len(df), result, StageOutputs.in_dir(out), watch)
+        report = write_stage_outputs(stage, len(df), result, StageOutputs.in_dir(out), watch)
     return report, result
 
 

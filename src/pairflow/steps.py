@@ -31,7 +31,7 @@ from pairflow.sharding import select_shard
 log = logging.getLogger("pairflow.steps")
 
 
-def _setup_logging() -> None:
+def setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
 
@@ -39,7 +39,7 @@ def load_step_config(path: str | Path) -> PairflowConfig:
     return config_from_json(Path(path).read_text())
 
 
-def _finish(
+def finish_stage(
     report: StageReport,
     outputs: StageOutputs,
     cfg: PairflowConfig | None = None,
@@ -62,17 +62,17 @@ def _finish(
     return report
 
 
-class _StageResult(Protocol):
+class StageResult(Protocol):
     kept: pd.DataFrame
     rejected: pd.DataFrame
     counts: dict[str, int]
     metrics: dict[str, Any]
 
 
-def _write_outputs(
+def write_stage_outputs(
     stage: str,
     rows_in: int,
-    result: _StageResult,
+    result: StageResult,
     outputs: StageOutputs,
     watch: Stopwatch,
     *,
@@ -130,7 +130,7 @@ def resolve_config_step(
 
     Also opens the MLflow run that records this pipeline run. Returns the config hash.
     """
-    _setup_logging()
+    setup_logging()
     base = config_from_dict(json.loads(defaults_json), "compiled config")
     cfg = apply_pipeline_params(base, params)
     cfg.mlflow.tracking_uri = tracking.resolve_tracking_uri(
@@ -158,12 +158,12 @@ def _redact(uri: str) -> str:
 
 def ingest_step(config_path: str, outputs: StageOutputs, kfp_run_id: str = "") -> list[int]:
     """Read the configured source into a manifest; return the shard ids to fan out over."""
-    _setup_logging()
+    setup_logging()
     from pairflow.data.ingest import run_ingest
 
     cfg = load_step_config(config_path)
     report = run_ingest(cfg.data.source, outputs, cfg.data)
-    _finish(report, outputs, cfg, kfp_run_id)
+    finish_stage(report, outputs, cfg, kfp_run_id)
     return list(range(cfg.data.shards))
 
 
@@ -175,7 +175,7 @@ def validate_shard_step(
     config_path: str, manifest: str, shard: int, outputs: StageOutputs
 ) -> StageReport:
     """Validate one shard of the ingested manifest: per-row checks, images decoded once."""
-    _setup_logging()
+    setup_logging()
     from pairflow.validate.rows import validate_frame
 
     watch = Stopwatch()
@@ -183,8 +183,8 @@ def validate_shard_step(
     df = select_shard(read_manifest(manifest), shard, cfg.data.shards)
     log.info("validate shard %d/%d: %d rows", shard, cfg.data.shards, len(df))
     result = validate_frame(df, cfg.validate_, cfg.data.s3, progress=_log_progress("validate"))
-    report = _write_outputs("validate", len(df), result, outputs, watch, shard=shard)
-    return _finish(report, outputs)
+    report = write_stage_outputs("validate", len(df), result, outputs, watch, shard=shard)
+    return finish_stage(report, outputs)
 
 
 def _log_progress(stage: str, every: int = 10_000) -> Callable[[int, int], None]:
@@ -215,7 +215,7 @@ def contract_step(
     HTML page of the outcomes (``docs_html``) and GX's Data Docs site (``docs_site``, a
     directory); a failed critical expectation fails the step.
     """
-    _setup_logging()
+    setup_logging()
     from pairflow.validate.contract import ContractError, run_contract
 
     cfg = load_step_config(config_path)
@@ -234,7 +234,7 @@ def contract_step(
     report = merged.report.model_copy(
         update={"metrics": {**merged.report.metrics, "contract": result.to_json_dict()}}
     )
-    _finish(report, outputs, cfg, kfp_run_id)
+    finish_stage(report, outputs, cfg, kfp_run_id)
     if not result.passed:
         raise ContractError(result.message(), result)
     return report
@@ -244,15 +244,15 @@ def dedupe_step(
     config_path: str, manifest: str, outputs: StageOutputs, kfp_run_id: str = ""
 ) -> StageReport:
     """Drop exact, near and caption duplicates across all validated rows."""
-    _setup_logging()
+    setup_logging()
     from pairflow.dedupe.merge import dedupe_frame
 
     watch = Stopwatch()
     cfg = load_step_config(config_path)
     df = read_manifest(manifest)
     result = dedupe_frame(df, cfg.dedupe)
-    report = _write_outputs("dedupe", len(df), result, outputs, watch)
-    return _finish(report, outputs, cfg, kfp_run_id)
+    report = write_stage_outputs("dedupe", len(df), result, outputs, watch)
+    return finish_stage(report, outputs, cfg, kfp_run_id)
 
 
 class MergedShards:
@@ -323,11 +323,13 @@ def model_passthrough(
     kfp_run_id: str,
     **metrics: Any,
 ) -> StageReport:
-    _setup_logging()
+    setup_logging()
     watch = Stopwatch()
     cfg = load_step_config(config_path)
     df = read_manifest(manifest)
-    return _finish(_passthrough(stage, df, outputs, watch, **metrics), outputs, cfg, kfp_run_id)
+    return finish_stage(
+        _passthrough(stage, df, outputs, watch, **metrics), outputs, cfg, kfp_run_id
+    )
 
 
 def not_implemented_marker(path: str | Path, stage: str) -> None:
@@ -346,7 +348,7 @@ def finalize_step(
     tracking_uri: str, experiment: str, workdir: str, kfp_run_id: str, status: dict[str, Any]
 ) -> str:
     """Record the pipeline's final state (the ExitHandler step) in the log and MLflow."""
-    _setup_logging()
+    setup_logging()
     state = str(status.get("state", "UNKNOWN"))
     error = status.get("error") or {}
     message = str(error.get("message", "")) if isinstance(error, dict) else str(error)

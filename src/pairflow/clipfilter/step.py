@@ -31,7 +31,13 @@ from pairflow.data.schema import read_manifest, write_manifest
 from pairflow.errors import ConfigError
 from pairflow.report import StageOutputs, StageReport, Stopwatch
 from pairflow.sharding import select_shard
-from pairflow.steps import _finish, _setup_logging, _write_outputs, load_step_config, merge_shards
+from pairflow.steps import (
+    finish_stage,
+    load_step_config,
+    merge_shards,
+    setup_logging,
+    write_stage_outputs,
+)
 
 log = logging.getLogger("pairflow.clipfilter")
 
@@ -53,7 +59,7 @@ def filter_shard_step(
     artifacts: FilterOutputs,
 ) -> StageReport:
     """CLIP-score one shard and keep the pairs whose image and caption agree."""
-    _setup_logging()
+    setup_logging()
     watch = Stopwatch()
     cfg = load_step_config(config_path)
     if not cfg.clip_filter.model:
@@ -71,8 +77,8 @@ def filter_shard_step(
         tracking_uri=cfg.mlflow.tracking_uri or None,
         max_pixels=cfg.validate_.max_pixels,
     )
-    report = _write_outputs("clip_filter", len(df), result, outputs, watch, shard=shard)
-    return _finish(report, outputs)
+    report = write_stage_outputs("clip_filter", len(df), result, outputs, watch, shard=shard)
+    return finish_stage(report, outputs)
 
 
 def merge_embeddings(paths: list[str], out: str | Path) -> int:
@@ -100,7 +106,7 @@ def gather_filtered_step(
     kfp_run_id: str = "",
 ) -> StageReport:
     """Concatenate the filtered shards; global quantiles, histogram and ROC-AUC."""
-    _setup_logging()
+    setup_logging()
     cfg = load_step_config(config_path)
     merged = merge_shards(
         "clip_filter", shard_manifests, shard_reports, upstream_report, rejected=shard_rejected
@@ -151,4 +157,4 @@ def gather_filtered_step(
                     extra=[("shards", len(shard_reports))],
                 )
             )
-    return _finish(report, outputs, cfg, kfp_run_id)
+    return finish_stage(report, outputs, cfg, kfp_run_id)

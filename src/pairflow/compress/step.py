@@ -21,11 +21,11 @@ from pairflow.config import PairflowConfig
 from pairflow.data.schema import empty_rejected, read_manifest, write_manifest
 from pairflow.report import StageOutputs, StageReport, Stopwatch
 from pairflow.steps import (
-    _finish,
-    _setup_logging,
+    finish_stage,
     load_step_config,
     model_passthrough,
     not_implemented_marker,
+    setup_logging,
 )
 
 log = logging.getLogger("pairflow.compress")
@@ -88,7 +88,7 @@ def compress_step(
     kfp_run_id: str = "",
 ) -> StageReport:
     """Build, measure and select the compressed variants of the trained model."""
-    _setup_logging()
+    setup_logging()
     if (Path(model_dir) / UPSTREAM_MARKER).is_file():
         log.warning("compress: the train step produced no model (not implemented); pass-through")
         not_implemented_marker(compressed_dir, "compress")
@@ -115,6 +115,6 @@ def compress_step(
         metrics=_flat_metrics(result),
         notes=["latency measured on a possibly shared machine; variants timed interleaved"],
     )
-    _finish(report, outputs, cfg, kfp_run_id)
+    finish_stage(report, outputs, cfg, kfp_run_id)
     _log_artifacts(cfg, kfp_run_id, Path(compressed_dir))
     return report

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from pairflow.deploy.controller import StepRecord
 from pairflow.report import StageOutputs, StageReport, Stopwatch
-from pairflow.steps import _finish, _setup_logging, load_step_config
+from pairflow.steps import finish_stage, load_step_config, setup_logging
 
 log = logging.getLogger("pairflow.deploy.step")
 
@@ -33,7 +33,7 @@ def deploy_step(
     from pairflow.deploy.run import run_deploy
     from pairflow.deploy.summary import deploy_markdown
 
-    _setup_logging()
+    setup_logging()
     watch = Stopwatch()
     cfg = load_step_config(config_path)
     df = read_manifest(manifest)
@@ -51,7 +51,7 @@ def deploy_step(
         metrics=outcome.metrics or {"decision": outcome.decision, "reasons": outcome.reasons},
         notes=[f"{outcome.decision}: {r}" for r in outcome.reasons],
     )
-    _finish(report, outputs, cfg, kfp_run_id)
+    finish_stage(report, outputs, cfg, kfp_run_id)
     if summary_path is not None:
         Path(summary_path).parent.mkdir(parents=True, exist_ok=True)
         Path(summary_path).write_text(deploy_markdown(report))

@@ -17,7 +17,7 @@ from pairflow import tracking
 from pairflow.config import PairflowConfig
 from pairflow.data.schema import empty_rejected, read_manifest, write_manifest
 from pairflow.report import StageOutputs, StageReport, Stopwatch
-from pairflow.steps import _finish, _setup_logging, load_step_config, model_passthrough
+from pairflow.steps import finish_stage, load_step_config, model_passthrough, setup_logging
 
 log = logging.getLogger("pairflow.evaluate.step")
 
@@ -70,7 +70,7 @@ def evaluate_step(
     When train produced no model (its issue not landed: a ``NOT_IMPLEMENTED.json`` marker)
     nothing is measured and the gate is not enforced (``implemented: false``).
     """
-    _setup_logging()
+    setup_logging()
     cfg = load_step_config(config_path)
     if _untrained(model_dir):
         gate = {
@@ -159,7 +159,7 @@ def run_evaluation(
         metrics=result.report_metrics(),
         notes=list(result.gate.reasons),
     )
-    _finish(report, outputs, cfg, kfp_run_id)
+    finish_stage(report, outputs, cfg, kfp_run_id)
     if kfp_run_id:
         _log_gate(cfg, kfp_run_id, result.gate.to_dict(), files.drift_html)
     markdown = result_markdown(result)

@@ -22,7 +22,7 @@ from pairflow import tracking
 from pairflow.config import PairflowConfig
 from pairflow.data.schema import empty_rejected, read_manifest, write_manifest
 from pairflow.report import StageOutputs, StageReport, Stopwatch
-from pairflow.steps import _finish, _setup_logging, load_step_config
+from pairflow.steps import finish_stage, load_step_config, setup_logging
 from pairflow.train.data import TrainDataError
 from pairflow.train.launch import WorkerArgs, run_torchrun
 
@@ -136,7 +136,7 @@ def train_step(
     config_path: str, manifest: str, model_dir: str, outputs: StageOutputs, kfp_run_id: str = ""
 ) -> StageReport:
     """Train the configured model on the curated manifest; write model, kept, report."""
-    _setup_logging()
+    setup_logging()
     cfg = load_step_config(config_path)
     report = run_train(cfg, manifest, model_dir, outputs, kfp_run_id=kfp_run_id)
-    return _finish(report, outputs, cfg, kfp_run_id)
+    return finish_stage(report, outputs, cfg, kfp_run_id)
