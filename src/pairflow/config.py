@@ -130,9 +130,9 @@ class DedupeConfig(Section):
     exact: bool = ui(True, "Exact duplicates", "Drop byte-identical images.")
     near: bool = ui(True, "Near duplicates", "Drop perceptual-hash near duplicates.")
     phash_max_distance: int = ui(
-        6,
+        8,
         "Near-duplicate distance",
-        "Max Hamming distance of 64-bit perceptual hashes.",
+        "Max Hamming distance of 64-bit layout hashes (full frame or centre crop).",
         ge=0,
         le=16,
     )

@@ -18,20 +18,24 @@ chance (templates x attributes give ~3600 distinct captions).
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image, ImageOps, UnidentifiedImageError
 
 from pairflow.config import DedupeConfig
+from pairflow.data.decode import DecodeError, decode_image
 from pairflow.data.synthetic import generate_dataset
 from pairflow.dedupe.merge import DedupeResult, dedupe_frame
-from pairflow.dedupe.signatures import caption_key, content_hash, image_signature
+from pairflow.dedupe.signatures import (
+    caption_key,
+    content_hash,
+    image_signature,
+)
 from pairflow.sharding import shard_of
+from pairflow.validate.rows import DECODE_AT_LEAST
 
 IMAGE_REASONS = ("exact_duplicate", "near_duplicate")
 
@@ -48,11 +52,10 @@ def build_frame(root: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         path = root / str(row.image)
         try:
             data = path.read_bytes()
-            with Image.open(io.BytesIO(data)) as im:
-                im.load()
-                img = ImageOps.exif_transpose(im).convert("RGB")
-        except (OSError, UnidentifiedImageError, ValueError):
+            decoded = decode_image(data, at_least=DECODE_AT_LEAST)  # as validate decodes
+        except (OSError, DecodeError):
             continue
+        img = decoded.image
         records.append(
             {
                 "id": row.id,
@@ -60,8 +63,8 @@ def build_frame(root: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
                 "caption": row.caption,
                 "label": row.label,
                 "source": row.source,
-                "width": img.width,
-                "height": img.height,
+                "width": decoded.width,
+                "height": decoded.height,
                 "file_bytes": len(data),
                 "img_sha256": content_hash(data),
                 **image_signature(img),
@@ -205,6 +208,7 @@ def test_precision_recall_on_ground_truth(
     recall = near_found / near_pairs
     precision = (near_rejected - near_false) / near_rejected
     summary = f"near recall {recall:.3f}, precision {precision:.3f}\n" + "\n".join(lines)
+    print(summary)
     assert recall >= 0.95, summary
     assert precision >= 0.99, summary
     assert caption_found / caption_pairs >= 0.95, summary

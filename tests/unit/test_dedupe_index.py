@@ -13,7 +13,13 @@ from PIL import Image
 
 from pairflow.dedupe.captions import caption_labels, near_caption_pairs, shingles
 from pairflow.dedupe.groups import components, group_by_labels, survivor_rank
-from pairflow.dedupe.near import _choose_bands, brute_force_pairs, hamming_pairs, layout_distance
+from pairflow.dedupe.near import (
+    _choose_bands,
+    aligned_hamming_pairs,
+    brute_force_pairs,
+    hamming_pairs,
+    layout_distance,
+)
 from pairflow.dedupe.signatures import (
     IMAGE_HASH_COLUMNS,
     IMAGE_SIGNATURE_COLUMNS,
@@ -22,6 +28,8 @@ from pairflow.dedupe.signatures import (
     image_signature,
     layout_array,
     layout_phash,
+    signature_thumbnail,
+    signature_words,
 )
 
 
@@ -80,6 +88,48 @@ def test_index_small_inputs_and_bad_radius() -> None:
         hamming_pairs(np.zeros(3, dtype=np.int64), 64)
     with pytest.raises(TypeError):
         hamming_pairs(np.zeros(3, dtype=np.float64), 2)  # type: ignore[arg-type]
+
+
+def _aligned_reference(
+    full: npt.NDArray[np.uint64], crop: npt.NDArray[np.uint64], radius: int
+) -> dict[tuple[int, int], int]:
+    """O(n^2): min Hamming distance over full/full, crop/full, full/crop for every i < j."""
+    out: dict[tuple[int, int], int] = {}
+    for i in range(len(full)):
+        for j in range(i + 1, len(full)):
+            d = min(
+                int(np.bitwise_count(full[i] ^ full[j])),
+                int(np.bitwise_count(crop[i] ^ full[j])),
+                int(np.bitwise_count(full[i] ^ crop[j])),
+            )
+            if d <= radius:
+                out[(i, j)] = d
+    return out
+
+
+@pytest.mark.parametrize("radius", [0, 3, 6])
+def test_aligned_search_matches_brute_force_over_three_alignments(radius: int) -> None:
+    rng = np.random.default_rng(10 + radius)
+    n = 300
+    full = _clustered_hashes(rng, n, 12)
+    crop = full ^ _clustered_hashes(rng, n, 1) ^ _clustered_hashes(rng, 1, 1)[0]  # crops move
+    crop[::7] = full[rng.integers(0, n, len(crop[::7]))]  # some crops match another's frame
+    got = aligned_hamming_pairs(full, crop, radius)
+    expected = _aligned_reference(full, crop, radius)
+    keys = zip(got.left.tolist(), got.right.tolist(), strict=True)
+    pairs = dict(zip(keys, got.distance.tolist(), strict=True))
+    assert pairs == expected
+    assert len(pairs) == len(got)  # each row pair once, with its smallest distance
+    plain = brute_force_pairs(full, radius)
+    only_full = set(zip(plain.left.tolist(), plain.right.tolist(), strict=True))
+    assert only_full <= set(pairs)
+    if radius == 6:
+        assert len(set(pairs) - only_full) > 0  # found through a crop alignment only
+
+
+def test_aligned_search_rejects_mismatched_views() -> None:
+    with pytest.raises(ValueError, match="differ in length"):
+        aligned_hamming_pairs(np.zeros(3, dtype=np.int64), np.zeros(2, dtype=np.int64), 2)
 
 
 def test_cost_model_uses_few_wide_bands_at_scale() -> None:
@@ -154,6 +204,16 @@ def test_signature_columns_and_values() -> None:
     assert np.abs(luma - expected).max() <= 2.0
 
 
+def test_batched_signature_words_equal_per_image_signatures() -> None:
+    images = [_image(seed) for seed in range(20)] + [_image(3).resize((50, 37))]
+    thumbs = np.stack([np.frombuffer(signature_thumbnail(im), dtype=np.uint8) for im in images])
+    words = signature_words(thumbs)
+    assert words.shape == (len(images), len(IMAGE_HASH_COLUMNS)) and words.dtype == np.int64
+    for im, row in zip(images, words, strict=True):
+        assert row.tolist() == list(image_signature(im).values())
+    assert signature_words(np.empty((0, 768), dtype=np.uint8)).shape == (0, 24)
+
+
 @pytest.mark.parametrize("size", [(5, 5), (50, 37), (300, 200), (256, 256)])
 def test_signature_any_size(size: tuple[int, int]) -> None:
     img = _image(2).resize(size)
@@ -201,6 +261,7 @@ def test_content_hash_is_sha256() -> None:
         ("ＴＷＯ stars", "two stars"),
         ("«quoted»", "quoted"),
         ("Straße", "STRASSE"),
+        ("a\u200bred\x00circle\u2028", "a red circle"),  # format/control chars -> space
     ],
 )
 def test_caption_key_normalises(a: str, b: str) -> None:

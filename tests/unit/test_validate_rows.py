@@ -235,3 +235,49 @@ def test_missing_s3_object(tmp_path: Path, s3_config: S3Config, s3_bucket: str) 
     assert result.kept["id"].tolist() == ["ok"]
     assert result.rejected["reason"].tolist() == ["missing_file"]
     assert "gone.png" in result.rejected["detail"].iloc[0]
+
+
+def _smooth_photo(size: tuple[int, int]) -> Image.Image:
+    """A photo-like large image: smooth colour fields plus mild noise."""
+    rng = np.random.default_rng(5)
+    small = Image.fromarray(rng.integers(30, 225, (6, 8, 3), dtype=np.uint8), "RGB")
+    base = np.asarray(small.resize(size, Image.Resampling.BICUBIC), dtype=np.int16)
+    noise = rng.integers(-12, 13, base.shape, dtype=np.int16)
+    return Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8), "RGB")
+
+
+def test_large_jpeg_is_decoded_scaled_with_full_size_facts_and_same_signature() -> None:
+    """Validate decodes a large JPEG by DCT scaling; facts and signature match a full decode."""
+    from pairflow.dedupe.near import layout_distance
+    from pairflow.dedupe.signatures import IMAGE_HASH_COLUMNS, image_signature, layout_array
+
+    img = _smooth_photo((1024, 768))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise on display
+    for kw, size in (({}, (1024, 768)), ({"exif": exif.tobytes()}, (768, 1024))):
+        data = _encode(img, "JPEG", quality=90, **kw)
+        scaled = decode_image(data, at_least=64)
+        assert scaled.image.size[0] < 1024 / 4  # really decoded at a fraction of the size
+        assert (scaled.width, scaled.height) == size
+        reason, _, facts = check_image_bytes(data, RULES)
+        assert reason is None and facts is not None
+        assert (facts["width"], facts["height"]) == size
+        full = decode_image(data).image
+        assert full.size == size
+        words = np.array(
+            [[check_image_signature(data)[c] for c in IMAGE_HASH_COLUMNS]], dtype=np.int64
+        )
+        ref = np.array([list(image_signature(full).values())], dtype=np.int64)
+        assert layout_distance(layout_array(words), layout_array(ref))[0] < 1.0
+    truncated = _encode(img, "JPEG", quality=90)
+    assert _reason(truncated[: len(truncated) // 2]) == "corrupt_image"
+
+
+def check_image_signature(data: bytes) -> dict[str, int]:
+    """The signature validate stores for ``data`` (one row through the chunk path)."""
+    from pairflow.dedupe.signatures import IMAGE_HASH_COLUMNS, signature_words
+
+    reason, _, facts = check_image_bytes(data, RULES)
+    assert reason is None and facts is not None
+    thumb = np.frombuffer(facts["signature_thumbnail"], dtype=np.uint8)
+    return dict(zip(IMAGE_HASH_COLUMNS, signature_words(thumb[None])[0].tolist(), strict=True))

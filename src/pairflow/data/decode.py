@@ -83,15 +83,30 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
-    """Decode fully (once): header checks, pixels, EXIF orientation, RGB normalisation."""
+def decode_image(
+    data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, *, at_least: int | None = None
+) -> DecodedImage:
+    """Decode fully (once): header checks, pixels, EXIF orientation, RGB normalisation.
+
+    ``at_least``: the caller needs no more than ``at_least`` x ``at_least`` pixels (e.g. a
+    16x16 thumbnail), so a JPEG may be decoded at 1/2, 1/4 or 1/8 scale by libjpeg's DCT
+    scaling. Every entropy-coded byte is still decoded (truncation and corruption are still
+    caught); only the inverse transform runs at the smaller size. ``width``/``height`` stay
+    the image's full (upright) size.
+    """
     img = open_header(data, max_pixels)
     fmt, mode = str(img.format or "UNKNOWN"), img.mode
+    full_w, full_h = img.size
     try:
+        if at_least is not None and fmt == "JPEG":
+            img.draft(None, (at_least, at_least))
+        drafted = img.size
         img.load()
         if "exif" in img.info:  # orientation lives in EXIF; parsing absent EXIF costs ~5 us
             img = ImageOps.exif_transpose(img) or img
         rgb = to_rgb(img)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise DecodeError("corrupt_image", f"decode: {exc}") from exc
-    return DecodedImage(image=rgb, format=fmt, mode=mode, width=rgb.width, height=rgb.height)
+    if rgb.size != drafted:  # EXIF rotated by 90 or 270 degrees
+        full_w, full_h = full_h, full_w
+    return DecodedImage(image=rgb, format=fmt, mode=mode, width=full_w, height=full_h)

@@ -19,7 +19,7 @@ import pandas as pd
 from pairflow.config import DedupeConfig
 from pairflow.dedupe.captions import caption_keys, caption_labels, near_caption_pairs
 from pairflow.dedupe.groups import Groups, components, group_by_labels, survivor_rank
-from pairflow.dedupe.near import hamming_pairs, layout_distance
+from pairflow.dedupe.near import aligned_hamming_pairs, layout_distance
 from pairflow.dedupe.semantic import semantic_duplicates
 from pairflow.dedupe.signatures import IMAGE_HASH_COLUMNS, LAYOUT_BYTES, layout_phash
 from pairflow.errors import InputDataError
@@ -37,7 +37,6 @@ REASONS: tuple[str, ...] = (
 # Near-duplicate verification compares colour layouts (RMS over 0..255 levels, chroma
 # weighted 3x) against DedupeConfig.near_layout_max_rms.
 _VERIFY_CHUNK = 1 << 17
-_FULL_WORDS = LAYOUT_BYTES // 8  # int64 words of the full-frame view
 
 IntArray = npt.NDArray[np.int64]
 
@@ -173,21 +172,29 @@ class _Layouts:
             out[:, k] = self.columns[k][pos]
         return out
 
-    def phashes(self, rows: IntArray, chunk: int = 1 << 14) -> IntArray:
-        out = np.empty(len(rows), dtype=np.int64)
+    def phashes(self, rows: IntArray, chunk: int = 1 << 14) -> tuple[IntArray, IntArray]:
+        """(full-frame, centre-crop) 64-bit layout hashes of canonical ``rows``."""
+        full = np.empty(len(rows), dtype=np.int64)
+        crop = np.empty(len(rows), dtype=np.int64)
         for start in range(0, len(rows), chunk):
-            words = self.words(rows[start : start + chunk], _FULL_WORDS)
-            out[start : start + chunk] = layout_phash(words.view(np.uint8))
-        return out
+            words = self.words(rows[start : start + chunk])
+            views = words.view(np.uint8).reshape(len(words), 2, LAYOUT_BYTES)
+            full[start : start + chunk] = layout_phash(np.ascontiguousarray(views[:, 0]))
+            crop[start : start + chunk] = layout_phash(np.ascontiguousarray(views[:, 1]))
+        return full, crop
 
     def distance(self, a: IntArray, b: IntArray) -> npt.NDArray[np.float32]:
+        """:func:`layout_distance` of canonical row pairs ``(a[k], b[k])``."""
         out = np.empty(len(a), dtype=np.float32)
+        if len(a) == 0:
+            return out
+        # a row sits in many candidate pairs: gather each involved row's layout once
+        involved, inverse = np.unique(np.concatenate([a, b]), return_inverse=True)
+        layouts = self.words(involved).view(np.uint8).reshape(len(involved), 2, LAYOUT_BYTES)
+        ia, ib = inverse[: len(a)], inverse[len(a) :]
         for start in range(0, len(a), _VERIFY_CHUNK):
-            sa, sb = a[start : start + _VERIFY_CHUNK], b[start : start + _VERIFY_CHUNK]
-            shape = (len(sa), 2, LAYOUT_BYTES)
-            la = self.words(sa).view(np.uint8).reshape(shape)
-            lb = self.words(sb).view(np.uint8).reshape(shape)
-            out[start : start + len(sa)] = layout_distance(la, lb)
+            end = start + _VERIFY_CHUNK
+            out[start:end] = layout_distance(layouts[ia[start:end]], layouts[ib[start:end]])
         return out
 
 
@@ -243,12 +250,12 @@ def _near(state: _State, radius: int, max_rms: float) -> dict[str, Any]:
     t0 = time.perf_counter()
     layouts = _Layouts(state)
     rows = np.flatnonzero(state.alive & layouts.present).astype(np.int64)
-    hashes = layouts.phashes(rows)
+    hashes, crop_hashes = layouts.phashes(rows)
     same, same_rep = _identical_layouts(layouts, rows, hashes, state.rank)
     unique = ~np.isin(rows, same)
-    rows, hashes = rows[unique], hashes[unique]
+    rows, hashes, crop_hashes = rows[unique], hashes[unique], crop_hashes[unique]
     t1 = time.perf_counter()
-    pairs = hamming_pairs(hashes, radius)
+    pairs = aligned_hamming_pairs(hashes, crop_hashes, radius)
     t2 = time.perf_counter()
     a, b = rows[pairs.left], rows[pairs.right]
     rms = layouts.distance(a, b)

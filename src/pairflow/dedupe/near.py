@@ -6,6 +6,8 @@ band, so each band is searched for keys within that small radius (exact bucket j
 bit-flip probes), and every candidate is verified with a popcount. A pair is emitted only
 from the first band where it qualifies, so no global de-duplication is needed. ``m`` is
 picked by a cost model (many short bands for small inputs, 4 bands of 16 bits at 1M).
+:func:`aligned_hamming_pairs` runs it over full-frame and centre-crop hashes together, so
+pairs are found in the same three alignments the layout verification uses.
 
 :func:`layout_distance` is the verification distance of near-duplicate candidates: the
 RMS difference of two colour layouts (see :mod:`pairflow.dedupe.signatures`), minimised
@@ -27,6 +29,7 @@ from pairflow.dedupe.signatures import LAYOUT_BYTES
 __all__ = [
     "LAYOUT_CHROMA_WEIGHT",
     "HammingPairs",
+    "aligned_hamming_pairs",
     "brute_force_pairs",
     "hamming_pairs",
     "layout_distance",
@@ -227,6 +230,34 @@ def hamming_pairs(
     return HammingPairs(left[order], right[order], dist[order], examined, len(bands))
 
 
+def aligned_hamming_pairs(
+    full: npt.NDArray[np.int64] | npt.NDArray[np.uint64],
+    crop: npt.NDArray[np.int64] | npt.NDArray[np.uint64],
+    radius: int,
+) -> HammingPairs:
+    """Rows ``i < j`` whose hashes are within ``radius`` in some alignment.
+
+    ``full[i]``/``crop[i]`` hash row ``i``'s full frame and its centre crop. A pair qualifies
+    when full/full, crop(i)/full(j) or full(i)/crop(j) is within ``radius`` -- the same three
+    alignments :func:`layout_distance` verifies -- so a small crop or border needs no coarse
+    hash to stay in reach. ``distance`` is the smallest of the three; one self-join over the
+    ``2n`` hashes (crop/crop and same-row pairs are discarded).
+    """
+    f, c = _as_uint64(full), _as_uint64(crop)
+    if len(f) != len(c):
+        raise ValueError(f"full and crop hashes differ in length: {len(f)} != {len(c)}")
+    n = len(f)
+    both = hamming_pairs(np.concatenate([f, c]), radius)
+    left, right = both.left, both.right
+    keep = ((left < n) | (right < n)) & (left % n != right % n)
+    a, b = left[keep] % n, right[keep] % n
+    lo, hi, dist = np.minimum(a, b), np.maximum(a, b), both.distance[keep]
+    order = np.lexsort((dist, hi, lo))
+    lo, hi, dist = lo[order], hi[order], dist[order]
+    first = np.r_[True, (lo[1:] != lo[:-1]) | (hi[1:] != hi[:-1])] if len(lo) else np.ones(0, bool)
+    return HammingPairs(lo[first], hi[first], dist[first], both.candidates, both.bands)
+
+
 def brute_force_pairs(
     hashes: npt.NDArray[np.int64] | npt.NDArray[np.uint64], radius: int
 ) -> HammingPairs:
@@ -249,10 +280,10 @@ def layout_distance(
     """
     w = np.ones(LAYOUT_BYTES, dtype=np.float32)
     w[64:] = LAYOUT_CHROMA_WEIGHT if chroma_weight is None else chroma_weight
-    fa, ca = a[:, 0].astype(np.float32), a[:, 1].astype(np.float32)
-    fb, cb = b[:, 0].astype(np.float32), b[:, 1].astype(np.float32)
+    wa, wb = a.astype(np.float32) * w, b.astype(np.float32) * w  # weight once, not per view
     best = np.full(len(a), np.inf, dtype=np.float32)
-    for x, y in ((fa, fb), (ca, fb), (fa, cb)):
-        best = np.minimum(best, (((x - y) * w) ** 2).mean(axis=1))
-    out: npt.NDArray[np.float32] = np.sqrt(best)
+    for va, vb in ((0, 0), (1, 0), (0, 1)):
+        d = wa[:, va] - wb[:, vb]
+        best = np.minimum(best, np.einsum("ij,ij->i", d, d))
+    out: npt.NDArray[np.float32] = np.sqrt(best / np.float32(LAYOUT_BYTES))
     return out

@@ -16,7 +16,7 @@ Hamming <= 6 while ~2300 unrelated pairs per seed also fall within that radius. 
 descriptor keeps colour and absolute level, its cells line up with JPEG's 8x8 luma / 16x16
 chroma blocks (so heavy re-encoding barely moves them), and the crop copy aligns small crops.
 
-The 64-bit perceptual hash used by the Hamming index is derived from the full-frame layout
+The 64-bit perceptual hashes used by the Hamming index are derived from the two layouts
 (:func:`layout_phash`, vectorised, in the merge step), so signatures stay cheap to compute.
 """
 
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import struct
 import unicodedata
 
 import numpy as np
@@ -36,11 +35,14 @@ __all__ = [
     "IMAGE_HASH_COLUMNS",
     "IMAGE_SIGNATURE_COLUMNS",
     "LAYOUT_BYTES",
+    "SIGNATURE_SOURCE_PX",
     "caption_key",
     "content_hash",
     "image_signature",
     "layout_array",
     "layout_phash",
+    "signature_thumbnail",
+    "signature_words",
 ]
 
 LUMA_GRID = 8
@@ -50,6 +52,7 @@ CROP_FRACTION = 3 / 64  # the centre-crop view removes this share of each side
 _VIEWS = 2  # full frame, centre crop
 _WORDS = _VIEWS * LAYOUT_BYTES // 8  # 24 int64 words
 _SOURCE = 16  # images are box-averaged to 16x16 RGB before the (linear) descriptor map
+SIGNATURE_SOURCE_PX = _SOURCE  # a signature needs no more pixels than this per side
 
 IMAGE_HASH_COLUMNS: tuple[str, ...] = tuple(f"img_layout{k:02d}" for k in range(_WORDS))
 IMAGE_SIGNATURE_COLUMNS: tuple[str, ...] = ("img_sha256", *IMAGE_HASH_COLUMNS)
@@ -62,9 +65,13 @@ _YCC = np.array(
 
 # Index hash: random projections of the 4x4 luma + 2x2 chroma pooled layout with random
 # offsets, quantised with period 2 * _PHASH_STEP (a 64-bit locality-sensitive code: bits
-# flip rarely for small layout changes, like coin flips for unrelated images).
+# flip rarely for small layout changes, like coin flips for unrelated images). Both views
+# are hashed and searched in the verification's three alignments, so the step only has to
+# absorb re-encoding noise, not crops. Measured on 20k generated rows (457 near pairs the
+# layout check accepts): step 30 at Hamming <= 8 reaches all of them with 0.24M candidate
+# pairs; the full-frame hash alone needed step 80 and gave 5.3M candidates (10 s to verify).
 _PHASH_SEED = 20240611
-_PHASH_STEP = 80.0
+_PHASH_STEP = 30.0
 PHASH_CHROMA_WEIGHT = 3.0
 
 
@@ -102,7 +109,6 @@ def _descriptor_map() -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]
 
 
 _MAP, _MAP_OFFSET = _descriptor_map()
-_UNPACK = struct.Struct(f"<{_WORDS}q").unpack
 
 
 def content_hash(data: bytes) -> str:
@@ -118,17 +124,35 @@ def _thumbnail(img: Image.Image) -> Image.Image:
     return img.resize((_SOURCE, _SOURCE), Image.Resampling.BOX, reducing_gap=2.0)
 
 
+def signature_thumbnail(img: Image.Image) -> bytes:
+    """The 16x16 RGB box thumbnail (768 bytes) a signature is computed from.
+
+    ``img`` must already be EXIF-transposed and converted to RGB.
+    """
+    if img.mode != "RGB":
+        raise ValueError(f"image_signature needs an RGB image, got mode {img.mode!r}")
+    return _thumbnail(img).tobytes()
+
+
+def signature_words(thumbnails: npt.NDArray[np.uint8]) -> npt.NDArray[np.int64]:
+    """Signature words ``(k, 24)`` int64 of ``(k, 768)`` thumbnails, as one matrix product.
+
+    Batching a chunk of rows costs ~10 us per image instead of ~40 us one by one.
+    """
+    rgb = np.asarray(thumbnails, dtype=np.float32).reshape(-1, _SOURCE * _SOURCE * 3)
+    values = np.ascontiguousarray((rgb @ _MAP.T + _MAP_OFFSET).astype(np.uint8))
+    return values.view("<i8").astype(np.int64).reshape(len(rgb), _WORDS)
+
+
 def image_signature(img: Image.Image) -> dict[str, int]:
     """Colour-layout signature of a decoded RGB image: ``IMAGE_HASH_COLUMNS`` -> int64.
 
     ``img`` must already be EXIF-transposed and converted to RGB. One PIL box reduction to
-    16x16 and one 192x768 matrix product: ~25 us for a 64x64 image (decode: ~110 us).
+    16x16 and one 192x768 matrix product (see :func:`signature_words` for many images).
     """
-    if img.mode != "RGB":
-        raise ValueError(f"image_signature needs an RGB image, got mode {img.mode!r}")
-    rgb = np.frombuffer(_thumbnail(img).tobytes(), dtype=np.uint8).astype(np.float32)
-    values = (_MAP @ rgb + _MAP_OFFSET).astype(np.uint8)
-    return dict(zip(IMAGE_HASH_COLUMNS, _UNPACK(values.tobytes()), strict=True))
+    thumb = np.frombuffer(signature_thumbnail(img), dtype=np.uint8)
+    words = signature_words(thumb[None, :])[0]
+    return dict(zip(IMAGE_HASH_COLUMNS, words.tolist(), strict=True))
 
 
 def layout_array(words: npt.NDArray[np.int64]) -> npt.NDArray[np.uint8]:
@@ -184,7 +208,8 @@ def caption_key(caption: str) -> str:
     punctuation/symbols stripped at both ends ("A red  circle." == "a red circle").
     """
     text = unicodedata.normalize("NFKC", caption).casefold()
-    text = "".join(" " if unicodedata.category(ch)[0] == "C" else ch for ch in text)
+    if not text.isprintable():  # fast path: printable text has no category-C character
+        text = "".join(" " if unicodedata.category(ch)[0] == "C" else ch for ch in text)
     text = _SPACE.sub(" ", text)
     start, end = 0, len(text)
     while start < end and _edge_char(text[start]):
