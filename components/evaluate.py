@@ -29,12 +29,14 @@ def evaluate(
     classification: Output[ClassificationMetrics],
     drift: Output[HTML],
     reference: Output[Dataset],
+    plots: Output[HTML],
     embeddings: Input[Dataset] = None,
 ) -> bool:
     """Measure the candidate and the champion on held-out rows; return whether the gate passed.
 
     ``embeddings`` (optional): the clip-filter's embeddings of the curated rows, used for the
-    drift reference of this run. ``reference`` is that reference, for register to attach.
+    drift reference of this run. ``reference`` is that reference, for register to attach;
+    ``plots`` (recall@k, deltas with intervals, confusion matrices) goes to register too.
     """
     from pathlib import Path
 
@@ -42,7 +44,9 @@ def evaluate(
     from pairflow.report import StageOutputs
 
     out = StageOutputs(kept=kept.path, rejected=rejected.path, report=report.path)
-    files = EvaluateFiles(Path(drift.path), Path(reference.path), Path(summary.path))
+    files = EvaluateFiles(
+        Path(drift.path), Path(reference.path), Path(summary.path), Path(plots.path)
+    )
     result = evaluate_step(
         config.path,
         manifest.path,

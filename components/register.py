@@ -27,7 +27,7 @@ def register(
     compress_report: Input[Artifact] = None,
     data_docs: Input[Artifact] = None,
     drift_html: Input[HTML] = None,
-    eval_plots: Input[Artifact] = None,
+    eval_plots: Input[HTML] = None,
     drift_reference: Input[Dataset] = None,
 ) -> str:
     """Register the chosen variant; return its ``models:/`` URI (empty unless the gate passed)."""

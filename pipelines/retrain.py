@@ -137,6 +137,7 @@ def _dag(defaults_json: str, p: dict[str, Any]) -> None:
                 compress_report=cmp.outputs["report"],
                 data_docs=con.outputs["data_docs"],
                 drift_html=ev.outputs["drift"],
+                eval_plots=ev.outputs["plots"],
                 drift_reference=ev.outputs["reference"],
             )
             _no_cache(_io_bound(reg.set_display_name("register")))

@@ -182,7 +182,9 @@ def test_first_run_then_champion_gate(setup: dict[str, Path], mlflow_server: str
     arts = [
         a.path for a in MlflowClient(tracking_uri=mlflow_server).list_artifacts(run_id, "evaluate")
     ]
-    assert "evaluate/drift.html" in arts
+    assert "evaluate/drift.html" in arts and "evaluate/plots.html" in arts
+    first_page = files.plots.read_text() if files.plots is not None else ""
+    assert "Retrieval recall@k" in first_page and "Deltas against" not in first_page
 
     strict = _cfg(root, mlflow_server, name, "evaluate.min_recall_at_1=1.0")
     blocked, strict_metrics, _ = _run(setup, strict, setup["untrained"])
@@ -204,4 +206,6 @@ def test_first_run_then_champion_gate(setup: dict[str, Path], mlflow_server: str
     assert bad["deltas"]["i2t_recall_at_1"]["high"] < 0
     assert any(r.startswith("FAIL inferior i2t_recall_at_1") for r in bad["gate"]["reasons"])
     assert bad_files.summary is not None and "FAILED" in bad_files.summary.read_text()
+    page = bad_files.plots.read_text() if bad_files.plots is not None else ""
+    assert "Deltas against the champion" in page and "Retrieval recall@k" in page
     json.dumps(bad)  # the report is plain JSON (no NaN objects)

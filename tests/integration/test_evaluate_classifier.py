@@ -127,6 +127,7 @@ def _component(models: dict[str, Any], cfg: Path, model: Path) -> tuple[bool, di
         "classification": dsl.ClassificationMetrics(uri=str(out / "classification")),
         "drift": dsl.HTML(uri=str(out / "drift")),
         "reference": dsl.Dataset(uri=str(out / "reference")),
+        "plots": dsl.HTML(uri=str(out / "plots")),
     }
     passed = evaluate.python_func(
         config=dsl.Artifact(uri=str(cfg)),
@@ -198,6 +199,8 @@ def test_component_outputs_for_a_classifier_then_blocks_a_worse_one(
     assert any(r.startswith("FAIL inferior accuracy") for r in m["gate"]["reasons"])
     assert arts["metrics"].metadata["gate_passed"] == 0.0
     assert "gate **FAILED**" in Path(arts["summary"].path).read_text()
+    page = Path(arts["plots"].path).read_text()  # the KFP HTML artifact of the plots
+    assert "Deltas against the champion" in page and "Confusion matrix of the champion" in page
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -225,6 +228,9 @@ def test_cli_outputs_and_exit_codes(models: dict[str, Any], tmp_path: Path) -> N
     out = tmp_path / "eq"
     for f in ("kept.parquet", "rejected.parquet", "report.json", "drift.html", "summary.md"):
         assert (out / f).is_file(), f
+    page = (out / "plots.html").read_text()
+    assert "Confusion matrix of the candidate (classifier)" in page
+    assert "Confusion matrix of the champion (classifier)" in page
     rep = json.loads((out / "report.json").read_text())
     assert rep["rows_in"] == rep["rows_out"] == len(pd.read_parquet(out / "kept.parquet"))
     assert len(pd.read_parquet(out / "rejected.parquet")) == 0

@@ -115,8 +115,8 @@ def material(tmp_path_factory: pytest.TempPathFactory) -> Material:
     docs = root / "docs"
     (docs / "validations").mkdir(parents=True)
     (docs / "index.html").write_text("<html>data docs</html>")
-    plot = root / "pr_curve.png"
-    plot.write_bytes(b"\x89PNG\r\n\x1a\n")
+    plot = root / "plots"  # as KFP hands evaluate's plots page over: no extension
+    plot.write_text("<!doctype html><html><body><img alt='recall'></body></html>")
     return Material(
         root,
         manifest,
@@ -200,6 +200,8 @@ def test_version_carries_lineage_card_and_challenger(
     } <= files
     attached = {f.path for f in client.list_artifacts(run_id, "pairflow/variants/fp32_torch")}
     assert "pairflow/variants/fp32_torch/model.safetensors" in attached
+    plots = {f.path for f in client.list_artifacts(run_id, "pairflow/plots")}
+    assert plots == {"pairflow/plots/plots.html"}  # named so MLflow renders it as HTML
     reports = {f.path for f in client.list_artifacts(run_id, "pairflow/reports")}
     assert reports == {f"pairflow/reports/{s}.json" for s in ("ingest", "dedupe", "evaluate")}
 

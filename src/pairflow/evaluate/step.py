@@ -27,16 +27,20 @@ NOT_IMPLEMENTED_MARKER = "NOT_IMPLEMENTED.json"
 
 @dataclass
 class EvaluateFiles:
-    """Extra outputs: drift HTML, this run's drift reference Parquet, a Markdown summary."""
+    """Extra outputs: drift HTML, this run's drift reference Parquet, a Markdown summary and
+    the evaluation plots (one HTML page)."""
 
     drift_html: Path
     reference: Path
     summary: Path | None = None
+    plots: Path | None = None
 
     @classmethod
     def in_dir(cls, out_dir: str | Path) -> EvaluateFiles:
         d = Path(out_dir)
-        return cls(d / "drift.html", d / "drift_reference.parquet", d / "summary.md")
+        return cls(
+            d / "drift.html", d / "drift_reference.parquet", d / "summary.md", d / "plots.html"
+        )
 
 
 @dataclass
@@ -160,8 +164,13 @@ def run_evaluation(
         notes=list(result.gate.reasons),
     )
     finish_stage(report, outputs, cfg, kfp_run_id)
+    if files.plots is not None:
+        from pairflow.evaluate.plots import write_plots
+
+        margin = cfg.evaluate.non_inferiority_margin if result.champion is not None else None
+        write_plots(result, files.plots, margin)
     if kfp_run_id:
-        _log_gate(cfg, kfp_run_id, result.gate.to_dict(), files.drift_html)
+        _log_gate(cfg, kfp_run_id, result.gate.to_dict(), files.drift_html, files.plots)
     markdown = result_markdown(result)
     if files.summary is not None:
         files.summary.parent.mkdir(parents=True, exist_ok=True)
@@ -182,8 +191,14 @@ def run_evaluation(
     )
 
 
-def _log_gate(cfg: PairflowConfig, kfp_run_id: str, gate: dict[str, Any], html: Path) -> None:
-    """Gate tags and the drift HTML on the pipeline's MLflow run."""
+def _log_gate(
+    cfg: PairflowConfig,
+    kfp_run_id: str,
+    gate: dict[str, Any],
+    html: Path,
+    plots: Path | None = None,
+) -> None:
+    """Gate tags, the drift HTML and the plots page on the pipeline's MLflow run."""
     uri = cfg.mlflow.tracking_uri
     run_id = tracking.find_pipeline_run(uri, cfg.mlflow.experiment, kfp_run_id)
     if run_id is None:
@@ -197,8 +212,9 @@ def _log_gate(cfg: PairflowConfig, kfp_run_id: str, gate: dict[str, Any], html: 
     client.set_tag(run_id, "pairflow.gate.reasons", "\n".join(gate["reasons"])[:5000])
     client.log_metric(run_id, "evaluate.gate_passed", float(gate["passed"]))
     client.log_dict(run_id, gate, "evaluate/gate.json")
-    if html.is_file():
-        client.log_artifact(run_id, str(html), "evaluate")
+    for page in (html, plots):
+        if page is not None and page.is_file():
+            client.log_artifact(run_id, str(page), "evaluate")
 
 
 def _skipped_files(files: EvaluateFiles, reason: str) -> None:
@@ -211,3 +227,8 @@ def _skipped_files(files: EvaluateFiles, reason: str) -> None:
     if files.summary is not None:
         files.summary.parent.mkdir(parents=True, exist_ok=True)
         files.summary.write_text(f"## evaluate\n\n> {reason}\n")
+    if files.plots is not None:
+        from pairflow.evaluate.plots import plots_html
+
+        files.plots.parent.mkdir(parents=True, exist_ok=True)
+        files.plots.write_text(plots_html([], f"pairflow evaluate: {reason}"))

@@ -64,6 +64,13 @@ log = logging.getLogger("pairflow.registry")
 MAX_METRIC_TAGS = 20
 
 
+def _page_name(path: Path) -> str:
+    """Artifact name of a plot file: KFP artifact files have no extension, and evaluate's plot
+    artifact is an HTML page (``Input[HTML]``), so a bare name gets ``.html`` (MLflow renders
+    it by extension)."""
+    return path.name if path.suffix else f"{path.name}.html"
+
+
 @dataclass
 class RegisterInputs:
     """Files the register step reads; everything but the manifest and a model is optional."""
@@ -218,7 +225,7 @@ class _Registration:
             (inp.drift_reference, DRIFT_REFERENCE_ARTIFACT),
         ]
         for p in inp.eval_plots:
-            files.append((p, f"{root}/plots" if p.is_dir() else f"{root}/plots/{p.name}"))
+            files.append((p, f"{root}/plots" if p.is_dir() else f"{root}/plots/{_page_name(p)}"))
         if variants.index is not None:
             files.append((variants.index, f"{root}/compress/{variants.index.name}"))
             files.append((variants.index.parent / TABLE_FILE, f"{root}/compress/{TABLE_FILE}"))
@@ -422,7 +429,10 @@ def _planned_artifacts(
         out.append(f"{root}/drift.html")
     if inputs.drift_reference is not None:
         out.append(DRIFT_REFERENCE_ARTIFACT)
-    out += [f"{root}/plots" if p.is_dir() else f"{root}/plots/{p.name}" for p in inputs.eval_plots]
+    out += [
+        f"{root}/plots" if p.is_dir() else f"{root}/plots/{_page_name(p)}"
+        for p in inputs.eval_plots
+    ]
     if variants.index is not None:
         out += [f"{root}/compress/{variants.index.name}", f"{root}/compress/{TABLE_FILE}"]
     out += [f"{root}/variants/{v.name}" for v in variants.others]
