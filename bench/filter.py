@@ -1,15 +1,18 @@
 """CLIP filter throughput on demo pairs, side by side with a naive loop and the model alone.
 
-- pairflow: :func:`score_frame` (DataLoader workers read, decode and preprocess batches while
-  the main process runs the model as concurrent single-threaded streams; defaults: batch 64,
-  2 workers, model threads = CPUs).
-- pairflow without workers (``num_workers=0``): decoding in the main thread while the
-  model streams run; on very few cores this can beat worker processes.
-- naive baseline: one pair at a time in the main process: read, decode, processor, both
-  towers at batch size 1 (torch's default threads).
-- forward-only: the two towers alone on preprocessed tensors already in memory, same batch
-  size and CPUs, run both as the scorer runs them (concurrent streams) and as one stream with
-  every CPU as intra-op threads; the faster is the ceiling for any scorer of this model.
+- pairflow: :func:`score_frame` as planned for this machine (:func:`plan_threads`: on <= 2
+  CPUs with local images, decoding in-process while the model runs as two single-threaded
+  streams; with more CPUs, DataLoader workers). Both plans are measured
+  (``pairflow_no_workers``, ``pairflow_workers``); ``pairflow`` is the one planned.
+- naive baseline: one pair at a time in the main process: read, decode, processor, tokenizer,
+  both towers at batch size 1 (torch's default threads).
+- forward-only: the two towers alone on preprocessed float tensors already in memory, same
+  batch size and CPUs, run both as the scorer runs them (concurrent streams) and as one
+  stream with every CPU as intra-op threads; the faster is the ceiling for any scorer.
+
+Variants run interleaved, one of each per round (medians over rounds), so load from other
+processes on a shared machine hits all of them alike. ``profile_us_per_pair`` breaks one
+thread's time per pair down (read, decode, pixels, tokens, model) to show where it goes.
 
 The model is the demo's tiny reference architecture (64 px, patch 8, width 64, 2 layers per
 tower). Throughput does not depend on the weights, so a fresh random one is used unless
@@ -36,8 +39,10 @@ from pairflow.clipfilter.bootstrap import save_untrained_clip
 from pairflow.clipfilter.model import LoadedClip, load_clip
 from pairflow.clipfilter.scoring import (
     Batch,
+    CaptionTokens,
     Collate,
     PairDataset,
+    available_cpus,
     embed_batch,
     features,
     plan_streams,
@@ -48,23 +53,30 @@ from pairflow.clipfilter.scoring import (
 from pairflow.config import ClipFilterConfig
 from pairflow.data.decode import decode_image
 from pairflow.data.imageio import read_image_bytes
+from pairflow.data.pixels import SizedPixels
 from pairflow.data.sources import read_source
 from pairflow.data.synthetic import generate_dataset
 
 STAGE = "filter"
 
-REPEATS = 3
+ROUNDS = 3
 
 
-def _rate(fn: Callable[[], int], repeats: int = REPEATS) -> dict[str, float]:
-    """Pairs/s of ``fn`` (which returns pairs done): median and best of ``repeats`` runs."""
-    fn()  # warm-up: page cache, allocator, lazy init
-    rates = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        done = fn()
-        rates.append(done / (time.perf_counter() - start))
-    return {"pairs_per_s": statistics.median(rates), "best_pairs_per_s": max(rates)}
+def _rates(variants: dict[str, Callable[[], int]], rounds: int = ROUNDS) -> dict[str, Any]:
+    """Pairs/s of each variant (``fn`` returns pairs done): one warm-up round, then
+    ``rounds`` rounds running every variant once; median and best per variant."""
+    for fn in variants.values():
+        fn()  # warm-up: page cache, allocator, lazy init, imports
+    samples: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, fn in variants.items():
+            start = time.perf_counter()
+            done = fn()
+            samples[name].append(done / (time.perf_counter() - start))
+    return {
+        name: {"pairs_per_s": statistics.median(v), "best_pairs_per_s": max(v)}
+        for name, v in samples.items()
+    }
 
 
 def _naive(df: pd.DataFrame, loaded: LoadedClip) -> int:
@@ -90,10 +102,13 @@ def _naive(df: pd.DataFrame, loaded: LoadedClip) -> int:
 
 
 def _preloaded(df: pd.DataFrame, loaded: LoadedClip, batch_size: int) -> list[Batch]:
+    """Model-ready batches (float pixels, tokens) held in memory."""
     dataset = PairDataset(df["image"].tolist(), df["caption"].tolist())
     collate = Collate(loaded.processor, loaded.max_text_length)
     items = [dataset[i] for i in range(len(dataset))]
-    return [collate(items[i : i + batch_size]) for i in range(0, len(items), batch_size)]
+    batches = [collate(items[i : i + batch_size]) for i in range(0, len(items), batch_size)]
+    assert all(b.pixel_values is not None and b.pixel_values.is_floating_point() for b in batches)
+    return batches
 
 
 def _forward_only(batches: list[Batch], loaded: LoadedClip, streams: int, intra: int) -> int:
@@ -106,9 +121,65 @@ def _forward_only(batches: list[Batch], loaded: LoadedClip, streams: int, intra:
     return sum(len(b.indices) for b in batches)
 
 
-def run(n: int = 2000, naive_n: int = 500) -> dict[str, Any]:
+def _profile(df: pd.DataFrame, loaded: LoadedClip, batch_size: int) -> dict[str, float]:
+    """Microseconds per pair of each step, one thread, best of 3."""
+    uris = [str(u) for u in df["image"]]
+    captions = [str(c) for c in df["caption"]]
+    sized = SizedPixels.from_processor(loaded.processor.image_processor)
+    assert sized is not None
+    spans = [(i, min(i + batch_size, len(df))) for i in range(0, len(df), batch_size)]
+
+    def best(fn: Callable[[], object]) -> float:
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        return min(times) / len(df) * 1e6
+
+    with torch_threads(1):
+        data = [read_image_bytes(u) for u in uris]
+        images = [decode_image(d).image for d in data]
+        raws = [sized.raw(images[a:b]) for a, b in spans]
+        tensors = [torch.from_numpy(r) for r in raws if r is not None]
+        batches = _preloaded(df, loaded, batch_size)
+        return {
+            "read": best(lambda: [read_image_bytes(u) for u in uris]),
+            "decode": best(lambda: [decode_image(d) for d in data]),
+            "pixels_uint8_batch": best(lambda: [sized.raw(images[a:b]) for a, b in spans]),
+            "normalise": best(lambda: [sized.normalise_tensor(t) for t in tensors]),
+            "tokenise_once_per_frame": best(
+                lambda: CaptionTokens.build(
+                    loaded.processor.tokenizer, captions, loaded.max_text_length
+                )
+            ),
+            "tokenise_per_batch_before": best(
+                lambda: [
+                    loaded.processor.tokenizer(
+                        captions[a:b],
+                        padding=True,
+                        truncation=True,
+                        max_length=loaded.max_text_length,
+                        return_tensors="pt",
+                    )
+                    for a, b in spans
+                ]
+            ),
+            "processor_pixels_before": best(
+                lambda: [
+                    loaded.processor.image_processor(images=images[a:b], return_tensors="pt")
+                    for a, b in spans[:4]
+                ]
+            )
+            * len(spans)
+            / min(4, len(spans)),
+            "model_forward_one_thread": best(lambda: _forward_only(batches, loaded, 1, 1)),
+        }
+
+
+def run(n: int = 2000, naive_n: int = 500, rounds: int = ROUNDS) -> dict[str, Any]:
     cfg = ClipFilterConfig()
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cpus = available_cpus()
     with tempfile.TemporaryDirectory() as tmp:
         gen = generate_dataset(Path(tmp) / "data", n, seed=7, defects=False)
         df = read_source(str(gen.manifest), "parquet")
@@ -117,17 +188,32 @@ def run(n: int = 2000, naive_n: int = 500) -> dict[str, Any]:
         )
         loaded = load_clip(model_dir, device="cpu")
         workers, threads = plan_threads(cfg, n)
-        ours = _rate(lambda: int(score_frame(df, loaded, cfg).scored.sum()))
-        inline_cfg = cfg.model_copy(update={"num_workers": 0})
-        inline = _rate(lambda: int(score_frame(df, loaded, inline_cfg).scored.sum()))
-        naive = _rate(lambda: _naive(df.head(naive_n), loaded), repeats=1)
+        with_workers = max(1, cfg.num_workers)
         batches = _preloaded(df, loaded, cfg.batch_size)
         streams, intra = plan_streams(threads, loaded.device)
-        fwd_streams = _rate(lambda: _forward_only(batches, loaded, streams, intra))
-        fwd_intra = _rate(lambda: _forward_only(batches, loaded, 1, threads))
+        naive_df = df.head(naive_n)
+        rates = _rates(
+            {
+                "pairflow_no_workers": lambda: int(
+                    score_frame(df, loaded, cfg, workers=0).scored.sum()
+                ),
+                "pairflow_workers": lambda: int(
+                    score_frame(df, loaded, cfg, workers=with_workers).scored.sum()
+                ),
+                "naive_baseline": lambda: _naive(naive_df, loaded),
+                "forward_only": lambda: _forward_only(batches, loaded, streams, intra),
+                "forward_only_one_stream": lambda: _forward_only(batches, loaded, 1, threads),
+            },
+            rounds,
+        )
+        profile = _profile(df.head(512), loaded, cfg.batch_size)
+    ours = rates["pairflow_workers" if workers else "pairflow_no_workers"]
+    naive = rates["naive_baseline"]
+    fwd_streams, fwd_intra = rates["forward_only"], rates["forward_only_one_stream"]
     return {
         "rows": n,
         "naive_rows": naive_n,
+        "rounds": rounds,
         "cpus": cpus,
         "batch_size": cfg.batch_size,
         "workers": workers,
@@ -135,11 +221,13 @@ def run(n: int = 2000, naive_n: int = 500) -> dict[str, Any]:
         "model": "env PAIRFLOW_BENCH_CLIP_MODEL"
         if os.environ.get("PAIRFLOW_BENCH_CLIP_MODEL")
         else "demo architecture, random weights",
-        "pairflow": ours,
-        "pairflow_no_workers": inline,
+        "pairflow": {**ours, "workers": workers},
+        "pairflow_no_workers": rates["pairflow_no_workers"],
+        "pairflow_workers": {**rates["pairflow_workers"], "workers": with_workers},
         "naive_baseline": naive,
         "forward_only": {**fwd_streams, "streams": streams, "intra_op_threads": intra},
         "forward_only_one_stream": {**fwd_intra, "streams": 1, "intra_op_threads": threads},
+        "profile_us_per_pair": {k: round(v, 1) for k, v in profile.items()},
         "speedup_vs_naive": ours["pairs_per_s"] / naive["pairs_per_s"],
         # against the faster of the two ways to run the model alone on these CPUs
         "fraction_of_forward_only": ours["pairs_per_s"]
@@ -152,7 +240,9 @@ def main() -> None:
     out = write_result("filter", result)
     print(
         f"clip filter {result['rows']} pairs: pairflow {result['pairflow']['pairs_per_s']:.0f}/s "
-        f"({result['pairflow_no_workers']['pairs_per_s']:.0f}/s without workers), "
+        f"({result['workers']} workers; "
+        f"{result['pairflow_no_workers']['pairs_per_s']:.0f}/s without workers, "
+        f"{result['pairflow_workers']['pairs_per_s']:.0f}/s with), "
         f"naive {result['naive_baseline']['pairs_per_s']:.0f}/s, forward-only "
         f"{result['forward_only']['pairs_per_s']:.0f}/s "
         f"(one stream: {result['forward_only_one_stream']['pairs_per_s']:.0f}/s) → "

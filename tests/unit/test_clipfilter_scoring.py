@@ -14,13 +14,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pairflow.clipfilter import bootstrap, scoring
+from pairflow.clipfilter import batches, bootstrap, scoring
 from pairflow.clipfilter.artifacts import read_embeddings
 from pairflow.clipfilter.model import LoadedClip, load_clip
 from pairflow.clipfilter.run import FilterOutputs, run_filter
 from pairflow.clipfilter.scoring import (
+    CaptionTokens,
     Collate,
-    FastPixels,
+    RawCollate,
     plan_streams,
     plan_threads,
     score_frame,
@@ -28,6 +29,7 @@ from pairflow.clipfilter.scoring import (
 from pairflow.config import ClipFilterConfig
 from pairflow.data import imageio
 from pairflow.data.decode import decode_image
+from pairflow.data.pixels import SizedPixels
 from pairflow.data.sources import read_source
 from pairflow.data.synthetic import GenerateSummary
 from pairflow.errors import InputDataError
@@ -95,7 +97,7 @@ def test_workers_and_streams_give_the_same_scores(frame: pd.DataFrame, loaded: L
     inline = score_frame(frame, loaded, serial)
     assert plan_streams(inline.torch_threads, loaded.device) == (1, 1)
     parallel = ClipFilterConfig(batch_size=16, num_workers=2, torch_threads=2)
-    workers = score_frame(frame, loaded, parallel)
+    workers = score_frame(frame, loaded, parallel, workers=2)
     assert plan_streams(workers.torch_threads, loaded.device) == (2, 1)
     assert workers.workers == 2 and inline.workers == 0
     np.testing.assert_allclose(workers.scores, inline.scores, atol=1e-5, equal_nan=True)
@@ -103,27 +105,71 @@ def test_workers_and_streams_give_the_same_scores(frame: pd.DataFrame, loaded: L
     assert workers.failures == inline.failures
 
 
-def test_fast_pixels_match_the_processor(
+def test_sized_pixels_match_the_processor(
     frame: pd.DataFrame, truth: pd.DataFrame, loaded: LoadedClip
 ) -> None:
     rows = _clean(frame, truth).head(8)
     images = [decode_image(Path(p).read_bytes()).image for p in rows["image"]]
-    fast = FastPixels.from_processor(loaded.processor.image_processor)
-    assert fast is not None
-    pixels = fast(images)
-    assert pixels is not None
+    sized = SizedPixels.from_processor(loaded.processor.image_processor)
+    assert sized is not None
     reference = loaded.processor.image_processor(images=images, return_tensors="pt")
-    torch.testing.assert_close(pixels, reference["pixel_values"], atol=1e-5, rtol=0)
+    raw = sized.raw(images)
+    assert raw is not None and raw.dtype == np.uint8
+    torch.testing.assert_close(
+        sized.normalise_tensor(torch.from_numpy(raw)), reference["pixel_values"], atol=1e-5, rtol=0
+    )
+    numpy_pixels = sized(images)
+    assert numpy_pixels is not None
+    np.testing.assert_allclose(numpy_pixels, reference["pixel_values"].numpy(), atol=1e-5)
+    # the scorer's batches carry uint8 pixels; embed_batch normalises them like the processor
+    items = [batches._Item(i, "a caption", im, None) for i, im in enumerate(images)]
+    raw_batch = RawCollate(loaded.processor.image_processor)(items)
+    assert raw_batch.pixel_values is not None and raw_batch.pixel_values.dtype == torch.uint8
+    float_batch = Collate(loaded.processor, 77)(items)
+    assert float_batch.pixel_values is not None
+    torch.testing.assert_close(
+        float_batch.pixel_values, reference["pixel_values"], atol=1e-5, rtol=0
+    )
+    raw_batch.input_ids, raw_batch.attention_mask = (
+        float_batch.input_ids,
+        float_batch.attention_mask,
+    )
+    for got, want in zip(
+        scoring.embed_batch(loaded, raw_batch),
+        scoring.embed_batch(loaded, float_batch),
+        strict=True,
+    ):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
     # other sizes go through the processor itself (resize + crop), in the same batch
     images[3] = images[3].resize((80, 96))
-    assert fast(images) is None
-    collated = Collate(loaded.processor, 77)(
-        [scoring._Item(i, "a caption", im, None) for i, im in enumerate(images)]
-    )
+    assert sized(images) is None and sized.raw(images) is None
+    items = [batches._Item(i, "a caption", im, None) for i, im in enumerate(images)]
     expected = loaded.processor.image_processor(images=images, return_tensors="pt")
-    assert collated.pixel_values is not None
-    torch.testing.assert_close(collated.pixel_values, expected["pixel_values"])
-    assert FastPixels.from_processor(object()) is None
+    for collated in (
+        Collate(loaded.processor, 77)(items),
+        RawCollate(loaded.processor.image_processor)(items),
+    ):
+        assert collated.pixel_values is not None
+        torch.testing.assert_close(collated.pixel_values, expected["pixel_values"])
+    assert SizedPixels.from_processor(object()) is None
+
+
+def test_caption_tokens_pad_like_the_tokenizer(frame: pd.DataFrame, loaded: LoadedClip) -> None:
+    tok = loaded.processor.tokenizer
+    captions = [*(str(c) for c in frame["caption"].head(40)), "", "a b " * 200, "dup", "dup"]
+    tokens = CaptionTokens.build(tok, captions, max_length=16)
+    assert len(tokens.table) < len(captions)  # distinct captions are tokenised once
+    for rows in ([0, 1, 2], [40, 41, 42, 43], list(range(len(captions)))[::-3]):
+        ids, mask = tokens.for_rows(np.asarray(rows))
+        enc = tok(
+            [captions[i] for i in rows],
+            padding=True,
+            truncation=True,
+            max_length=16,
+            return_tensors="pt",
+        )
+        torch.testing.assert_close(ids, enc["input_ids"])
+        torch.testing.assert_close(mask, enc["attention_mask"])
 
 
 def test_bad_images_are_failures_not_crashes(
@@ -157,7 +203,7 @@ def test_transient_read_errors_are_retried(
         return real(uri, None)
 
     monkeypatch.setattr(imageio, "read_image_bytes", read)
-    monkeypatch.setattr(scoring, "_BACKOFF_S", 0.0)
+    monkeypatch.setattr(batches, "_BACKOFF_S", 0.0)
     ok = score_frame(rows, loaded, ClipFilterConfig(num_workers=0, read_retries=3))
     assert calls["n"] == 3 and ok.scored.all()
     calls["n"] = 0
@@ -198,12 +244,18 @@ def test_run_filter_rejects_bad_rows_and_writes_artifacts(
     assert "keep top 50.0%" in outputs.summary.read_text()
 
 
-def test_plan_threads() -> None:
+def test_plan_threads(monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = ClipFilterConfig(batch_size=64, num_workers=2)
+    monkeypatch.setattr(scoring, "available_cpus", lambda: 8)
     assert plan_threads(cfg, 10)[0] == 0  # one batch: decoded in-process
-    workers, threads = plan_threads(cfg, 1000)
-    assert workers == 2 and threads == scoring.available_cpus()
+    assert plan_threads(cfg, 1000) == (2, 8)
     assert plan_threads(ClipFilterConfig(torch_threads=3), 1000)[1] == 3
+    # two CPUs: the model's two streams fill them; local reads decode in-process
+    monkeypatch.setattr(scoring, "available_cpus", lambda: 2)
+    assert plan_threads(cfg, 1000) == (0, 2)
+    assert plan_threads(cfg, 1000, remote_reads=True) == (2, 2)  # S3 reads still overlap
+    assert scoring.reads_remote(["/a.jpg", "s3://b/k.jpg"])
+    assert not scoring.reads_remote(["/a.jpg", "s3://b/shard.tar#k.jpg", None])
     cpu = torch.device("cpu")
     assert plan_streams(1, cpu) == (1, 1)
     assert plan_streams(2, cpu) == (2, 1)

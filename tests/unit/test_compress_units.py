@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 import torch
 
-from pairflow.compress.distill import build_student, kd_kl, student_config
+from pairflow.compress.distill import build_student, kd_kl, kept_layers, student_config
 from pairflow.compress.errors import CalibrationError, CompressError, StudentConfigError
-from pairflow.compress.measure import recall_at_1
+from pairflow.compress.measure import fair_latency_env, recall_at_1
 from pairflow.compress.quantize import quantize_static_vision
 from pairflow.compress.select import choose_variant
 from pairflow.compress.settings import CompressConfig, StudentConfig
@@ -69,7 +69,7 @@ def teacher() -> object:
     return CLIPModel(cfg)
 
 
-def test_default_student_is_half_width_and_depth_and_under_half_the_params(
+def test_default_student_keeps_width_and_vision_depth_and_has_under_half_the_params(
     teacher: object,
 ) -> None:
     from pairflow.compress.towers import count_parameters
@@ -77,16 +77,85 @@ def test_default_student_is_half_width_and_depth_and_under_half_the_params(
     s = student_config(teacher.config, StudentConfig())  # type: ignore[attr-defined]
     vision: Any = s.vision_config
     text: Any = s.text_config
-    assert vision.hidden_size == 32 and vision.num_hidden_layers == 1
-    assert text.hidden_size == 32 and text.vocab_size == 300
+    assert vision.hidden_size == 64 and vision.num_hidden_layers == 2
+    assert text.hidden_size == 64 and text.num_hidden_layers == 1 and text.vocab_size == 300
+    assert vision.intermediate_size == text.intermediate_size == 32
     assert s.projection_dim == 32
     student = build_student(teacher, StudentConfig())  # type: ignore[arg-type]
     assert count_parameters(student) <= 0.5 * count_parameters(teacher)  # type: ignore[arg-type]
 
 
+def test_kept_layers_are_spread_and_end_with_the_last() -> None:
+    assert kept_layers(12, 6) == [0, 2, 4, 7, 9, 11]
+    assert kept_layers(4, 2) == [0, 3]
+    assert kept_layers(2, 1) == [1]
+    assert kept_layers(3, 3) == [0, 1, 2]
+
+
+def test_student_inherits_the_teachers_weights_and_most_important_mlp_neurons(
+    teacher: object,
+) -> None:
+    t: Any = teacher
+    student: Any = build_student(t, StudentConfig(mlp_factor=0.25))
+    t_layer, s_layer = t.text_model.encoder.layers[1], student.text_model.encoder.layers[0]
+    assert torch.equal(s_layer.self_attn.q_proj.weight, t_layer.self_attn.q_proj.weight)
+    assert torch.equal(s_layer.mlp.fc2.bias, t_layer.mlp.fc2.bias)
+    score = t_layer.mlp.fc1.weight.norm(dim=1) * t_layer.mlp.fc2.weight.norm(dim=0)
+    top = torch.sort(torch.topk(score, 64).indices).values
+    assert torch.equal(s_layer.mlp.fc1.weight, t_layer.mlp.fc1.weight[top])
+    assert torch.equal(s_layer.mlp.fc1.bias, t_layer.mlp.fc1.bias[top])
+    assert torch.equal(s_layer.mlp.fc2.weight, t_layer.mlp.fc2.weight[:, top])
+    for name in ("text_projection", "visual_projection"):
+        assert torch.equal(getattr(student, name).weight, getattr(t, name).weight)
+    emb = "text_model.embeddings.token_embedding.weight"
+    assert torch.equal(student.state_dict()[emb], t.state_dict()[emb])
+    random_init: Any = build_student(t, StudentConfig(mlp_factor=0.25, init_from_teacher=False))
+    assert not torch.equal(random_init.visual_projection.weight, t.visual_projection.weight)
+
+
+def test_inherited_student_computes_the_teacher_when_the_dropped_layer_is_a_no_op(
+    teacher: object,
+) -> None:
+    """Zero the residual branches of teacher layer 0: the 1-layer student built from layer 1
+    must then give the teacher's embeddings exactly (the copy is exact, not approximate)."""
+    import copy
+
+    t: Any = copy.deepcopy(teacher)
+    with torch.no_grad():
+        for tower in (t.text_model, t.vision_model):
+            layer = tower.encoder.layers[0]
+            for lin in (layer.self_attn.out_proj, layer.mlp.fc2):
+                lin.weight.zero_()
+                lin.bias.zero_()
+    t.train(False)
+    student: Any = build_student(t, StudentConfig(mlp_factor=1.0, vision_layer_factor=0.5))
+    student.train(False)
+    pixels = torch.randn(3, 3, 32, 32)
+    ids = torch.randint(1, 299, (3, 7))
+    mask = torch.ones_like(ids)
+    with torch.inference_mode():
+        for a, b in (
+            (
+                student.get_image_features(pixel_values=pixels),
+                t.get_image_features(pixel_values=pixels),
+            ),
+            (
+                student.get_text_features(input_ids=ids, attention_mask=mask),
+                t.get_text_features(input_ids=ids, attention_mask=mask),
+            ),
+        ):
+            a = a if isinstance(a, torch.Tensor) else a.pooler_output
+            b = b if isinstance(b, torch.Tensor) else b.pooler_output
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize(
     ("shape", "problem"),
-    [({"hidden_size": 128}, "hidden size 128 is larger"), ({"num_layers": 3}, "3 layers")],
+    [
+        ({"hidden_size": 128}, "hidden size 128 is larger"),
+        ({"num_layers": 3}, "3 layers"),
+        ({"intermediate_size": 512}, "MLP size 512 is larger"),
+    ],
 )
 def test_student_larger_than_teacher_is_refused(
     teacher: object, shape: dict[str, int], problem: str
@@ -96,7 +165,7 @@ def test_student_larger_than_teacher_is_refused(
 
 
 def test_student_as_large_as_teacher_is_refused(teacher: object) -> None:
-    same = StudentConfig(hidden_size=64, num_layers=2)
+    same = StudentConfig(hidden_size=64, num_layers=2, mlp_factor=1.0)
     with pytest.raises(StudentConfigError, match="not fewer than the teacher"):
         build_student(teacher, same)  # type: ignore[arg-type]
 
@@ -152,3 +221,9 @@ def test_unsupported_fusion_kind_is_a_clear_error() -> None:
 
 def test_default_int8_op_types_quantize_the_token_embedding() -> None:
     assert "Gather" in CompressConfig().int8_op_types
+
+
+def test_latency_process_env_gives_torch_the_threads_and_no_spinning() -> None:
+    env = fair_latency_env(2)
+    assert env["OMP_NUM_THREADS"] == "2" and env["MKL_NUM_THREADS"] == "2"
+    assert env["OMP_WAIT_POLICY"] == "PASSIVE"

@@ -24,7 +24,7 @@ from pairflow.compress import classifier as cl
 from pairflow.compress import export as ex
 from pairflow.compress import quantize as qz
 from pairflow.compress.errors import CalibrationError, CompressError
-from pairflow.compress.measure import HeldOut, embed_all, load_held_out, measure_latency
+from pairflow.compress.measure import HeldOut, embed_all, load_held_out, measure_saved_latency
 from pairflow.compress.measure import recall_at_1 as recall
 from pairflow.compress.select import BASELINE, choose_variant, delta_name
 from pairflow.compress.settings import CompressConfig
@@ -68,6 +68,7 @@ class CompressResult:
     held_out_rows: int
     calibration_rows: int
     distill: dict[str, Any] | None
+    latency_setup: dict[str, Any] | None = None
 
 
 def _size(directory: Path, files: list[str]) -> int:
@@ -315,8 +316,14 @@ def compress_model(
                 img, txt = embed_all(runner, held)
                 value = recall(img, txt, held.captions)
             metrics[name] = {"metric": metric_name, metric_name: round(value, 4)}
-    latency = measure_latency(
-        runners, held, cfg.latency_batch_sizes, threads, cfg.latency_repeats, progress=say
+    del runners  # the latency process loads its own copies
+    latency, latency_setup = measure_saved_latency(
+        {name: (out / name, kind) for name, kind in kinds.items()},
+        held,
+        cfg.latency_batch_sizes,
+        threads,
+        cfg.latency_repeats,
+        progress=say,
     )
     delta_key = delta_name(metric_name)
     base = metrics[BASELINE][metric_name]
@@ -367,7 +374,9 @@ def compress_model(
     table = variants_markdown(index, held_out_rows=held.rows)
     (out / "variants.md").write_text(table)
     say(f"chosen variant: {choice.name} ({choice.reason})")
-    return CompressResult(index, table, held.rows, calibration_rows, distill_info)
+    return CompressResult(
+        index, table, held.rows, calibration_rows, distill_info, dict(latency_setup)
+    )
 
 
 def _distill(

@@ -2,16 +2,23 @@
 :func:`pairflow.train.loop.fit` (the train step's loop: DDP when a process group is up,
 checkpoints, AMP, best-weights keeping) and a KD objective plugged into it.
 
-CLIP loss: ``alpha * KD + (1 - alpha) * contrastive``, KD being the KL divergence between the
-teacher's and the student's in-batch similarity logits softened by ``T`` (rows: image ->
-text, and columns: text -> image), scaled by ``T**2``. Classifier loss: the same mix of KD on
-the class logits and cross-entropy on the labels.
+The student starts from the teacher's weights (:func:`inherit_from_teacher`: a spread subset
+of its layers, its most important MLP neurons, its embeddings and projections), so on a few
+hundred rows it only has to relearn what the dropped layers did; a randomly initialised
+student would have to learn the task from those rows alone.
+
+CLIP loss: ``alpha * KD + (1 - alpha) * contrastive + embedding_weight * (2 - cos_img -
+cos_txt)``, KD being the KL divergence between the teacher's and the student's in-batch
+similarity logits softened by ``T`` (rows: image -> text, and columns: text -> image), scaled
+by ``T**2``, and ``cos_*`` the mean cosine of the student's embeddings to the teacher's.
+Classifier loss: the same mix of KD on the class logits and cross-entropy on the labels.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+import re
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,9 +51,11 @@ def _tower_shape(teacher: Any, s: StudentConfig, tower: str) -> tuple[int, int, 
     t_hidden = int(teacher.hidden_size)
     t_layers = int(teacher.num_hidden_layers)
     t_heads = int(teacher.num_attention_heads)
+    t_inter = int(teacher.intermediate_size)
     head_dim = max(1, t_hidden // t_heads)
     hidden = s.hidden_size or max(8, round(t_hidden * s.width_factor / 8) * 8)
-    layers = s.num_layers or max(1, round(t_layers * s.layer_factor))
+    factor = getattr(s, f"{tower}_layer_factor") or s.layer_factor
+    layers = s.num_layers or max(1, round(t_layers * factor))
     heads = s.num_heads or max(1, hidden // head_dim)
     if hidden > t_hidden:
         raise StudentConfigError(
@@ -63,13 +72,19 @@ def _tower_shape(teacher: Any, s: StudentConfig, tower: str) -> tuple[int, int, 
             f"compress.student: {tower} hidden size {hidden} is not divisible by "
             f"{heads} attention heads"
         )
-    intermediate = max(hidden, int(teacher.intermediate_size) * hidden // t_hidden)
+    mlp = getattr(s, f"{tower}_mlp_factor") or s.mlp_factor
+    intermediate = s.intermediate_size or max(8, round(t_inter * hidden / t_hidden * mlp))
+    if intermediate > t_inter:
+        raise StudentConfigError(
+            f"compress.student: {tower} MLP size {intermediate} is larger than the teacher's "
+            f"{t_inter}; a student must be smaller"
+        )
     return hidden, layers, heads, intermediate
 
 
 def student_config(teacher: CLIPConfig, s: StudentConfig) -> CLIPConfig:
     """The student's ``CLIPConfig``: the teacher's vocabulary, context, image size, patch size
-    and joint embedding size with narrower/shallower towers."""
+    and joint embedding size with shallower (and, if asked, narrower) towers and MLPs."""
     from transformers import CLIPConfig
 
     towers: dict[str, dict[str, Any]] = {}
@@ -92,21 +107,93 @@ def student_config(teacher: CLIPConfig, s: StudentConfig) -> CLIPConfig:
     )
 
 
+def kept_layers(n_teacher: int, n_student: int) -> list[int]:
+    """Teacher layers the student's layers start from: spread evenly, the last one always kept
+    (it feeds the final norm and the projection); one layer keeps the last."""
+    if n_student >= n_teacher:
+        return list(range(n_teacher))
+    if n_student == 1:
+        return [n_teacher - 1]
+    return [round(i * (n_teacher - 1) / (n_student - 1)) for i in range(n_student)]
+
+
+_LAYER = re.compile(r"^(?P<tower>text_model|vision_model)\.encoder\.layers\.(?P<i>\d+)\.")
+
+
+_MLP_KEYS = ("mlp.fc1.weight", "mlp.fc1.bias", "mlp.fc2.weight")
+
+
+def _mlp_neurons(teacher_sd: dict[str, torch.Tensor], prefix: str, keep: int) -> torch.Tensor:
+    """The ``keep`` most important MLP neurons of a teacher layer (``|fc1 row| * |fc2 col|``),
+    in their original order."""
+    fc1 = teacher_sd[f"{prefix}mlp.fc1.weight"].float()
+    fc2 = teacher_sd[f"{prefix}mlp.fc2.weight"].float()
+    score = fc1.norm(dim=1) * fc2.norm(dim=0)
+    return torch.sort(torch.topk(score, keep).indices).values
+
+
+def inherit_from_teacher(student: CLIPModel, teacher: CLIPModel) -> dict[str, int]:
+    """Initialise ``student`` from ``teacher`` (weight inheritance, DistilBERT/TinyCLIP style).
+
+    Student layer ``i`` of each tower copies teacher layer :func:`kept_layers` ``[i]``; an MLP
+    narrower than the teacher's keeps the teacher's most important neurons (by
+    ``|fc1 row| * |fc2 col|``); embeddings, norms, projections and the logit scale are copied.
+    Same width: exact copies. A narrower hidden size keeps the leading dimensions of every
+    tensor (an approximate start that distillation then corrects). Returns tensors copied.
+    """
+    t_sd = {k: v.detach() for k, v in teacher.state_dict().items()}
+    maps = {
+        tower: kept_layers(
+            int(getattr(teacher.config, cfg).num_hidden_layers),
+            int(getattr(student.config, cfg).num_hidden_layers),
+        )
+        for tower, cfg in (("text_model", "text_config"), ("vision_model", "vision_config"))
+    }
+    neurons: dict[str, torch.Tensor] = {}
+    copied = 0
+    with torch.no_grad():
+        for key, dst in student.state_dict().items():
+            src_key = key
+            m = _LAYER.match(key)
+            if m is not None:
+                layer = maps[m["tower"]][int(m["i"])]
+                src_key = f"{m['tower']}.encoder.layers.{layer}." + key[m.end() :]
+            src = t_sd.get(src_key)
+            if src is None or src.dim() != dst.dim():
+                continue
+            if m is not None and src_key.endswith(_MLP_KEYS):
+                prefix = src_key[: src_key.index("mlp.fc")]
+                n_inter = dst.shape[0] if ".fc1." in src_key else dst.shape[-1]
+                if prefix not in neurons:
+                    neurons[prefix] = _mlp_neurons(t_sd, prefix, n_inter)
+                idx = neurons[prefix]
+                src = src.index_select(0, idx) if ".fc1." in src_key else src[..., idx]
+            if any(s < d for s, d in zip(src.shape, dst.shape, strict=True)):
+                continue
+            dst.copy_(src[tuple(slice(0, d) for d in dst.shape)])
+            copied += 1
+    return {"copied": copied, "total": len(student.state_dict())}
+
+
 def build_student(teacher: CLIPModel, s: StudentConfig, seed: int = 0) -> CLIPModel:
-    """A randomly initialised student; :class:`StudentConfigError` unless it has fewer
-    parameters than ``teacher``."""
+    """The student CLIP, initialised from the teacher (``s.init_from_teacher``, the default)
+    or randomly; :class:`StudentConfigError` unless it has fewer parameters than
+    ``teacher``."""
     from transformers import CLIPModel
 
     torch.manual_seed(seed)
     student = CLIPModel(student_config(teacher.config, s))
-    # the token and position tables have the teacher's vocabulary and context: start the
-    # student's from a projection of the teacher's (same rows, fewer columns)
-    with torch.no_grad():
-        for name in ("token_embedding", "position_embedding"):
-            src = getattr(teacher.text_model.embeddings, name).weight
-            dst = getattr(student.text_model.embeddings, name).weight
-            dst.copy_(src[:, : dst.shape[1]])
-        student.logit_scale.copy_(teacher.logit_scale)
+    if s.init_from_teacher:
+        inherit_from_teacher(student, teacher)
+    else:
+        # the token and position tables have the teacher's vocabulary and context: start
+        # the student's from the teacher's leading columns
+        with torch.no_grad():
+            for name in ("token_embedding", "position_embedding"):
+                src = getattr(teacher.text_model.embeddings, name).weight
+                dst = getattr(student.text_model.embeddings, name).weight
+                dst.copy_(src[:, : dst.shape[1]])
+            student.logit_scale.copy_(teacher.logit_scale)
     n_student, n_teacher = count_parameters(student), count_parameters(teacher)
     if n_student >= n_teacher:
         raise StudentConfigError(
@@ -131,17 +218,22 @@ def kd_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, t: float) 
 
 
 class ClipKDObjective:
-    """KD on in-batch similarity logits (both directions) + the contrastive loss.
+    """KD on in-batch similarity logits (both directions) + the contrastive loss, plus
+    ``embedding_weight`` x the mean cosine distance of the student's embeddings to the
+    teacher's (image and text: a per-row target the in-batch logits alone do not give).
 
     Holds the frozen teacher (a ``ClipTowers``-like module returning normalised ``image``,
-    ``text`` and ``logit_scale``) and computes its logits from the batch.
+    ``text`` and ``logit_scale``) and computes its outputs from the batch.
     """
 
-    def __init__(self, teacher: nn.Module, temperature: float, alpha: float) -> None:
+    def __init__(
+        self, teacher: nn.Module, temperature: float, alpha: float, embedding_weight: float = 0.0
+    ) -> None:
         teacher.train(False)
         self.teacher = teacher
         self.t = temperature
         self.alpha = alpha
+        self.embedding_weight = embedding_weight
 
     def __call__(self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> Any:
         from pairflow.train.objectives import contrastive_loss
@@ -152,7 +244,12 @@ class ClipKDObjective:
         s_logits = outputs["logit_scale"] * outputs["image"].float() @ outputs["text"].float().T
         kd = 0.5 * (kd_kl(s_logits, t_logits, self.t) + kd_kl(s_logits.T, t_logits.T, self.t))
         hard = contrastive_loss(outputs["image"], outputs["text"], outputs["logit_scale"])
-        return self.alpha * kd + (1 - self.alpha) * hard
+        loss = self.alpha * kd + (1 - self.alpha) * hard
+        if self.embedding_weight:
+            cos_i = (outputs["image"].float() * teach["image"].float()).sum(-1).mean()
+            cos_t = (outputs["text"].float() * teach["text"].float()).sum(-1).mean()
+            loss = loss + self.embedding_weight * (2 - cos_i - cos_t)
+        return loss
 
 
 class ClassifierKDObjective:
@@ -308,7 +405,7 @@ def distill_clip(
     teacher_towers = _frozen(ClipTowers(copy.deepcopy(teacher)))
     fit = _run_fit(
         ClipTowers(student),
-        ClipKDObjective(teacher_towers, temperature, alpha),
+        ClipKDObjective(teacher_towers, temperature, alpha, s.embedding_weight),
         processor,
         teacher,
         train_rows,

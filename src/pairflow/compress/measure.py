@@ -4,16 +4,24 @@ Latency is one *pair request*: embed a batch of B images and their B captions (b
 timed at a fixed thread count (torch ``set_num_threads`` and ORT ``intra_op_num_threads``).
 Variants are timed interleaved (round-robin, one call each per round), so load from other
 processes on a shared machine hits every variant alike; absolute numbers stay noisy, ratios
-much less so.
+much less so. :func:`measure_saved_latency` does this in a fresh process
+(:mod:`pairflow.compress.latency_worker`) where torch's OpenMP threads do not spin
+(``OMP_WAIT_POLICY=PASSIVE``, like the ONNX Runtime sessions): the fair torch baseline.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -22,7 +30,7 @@ import torch
 from pairflow.clipfilter.scoring import Collate, PairDataset
 from pairflow.compress.variants import ClipRunner
 from pairflow.config import S3Config
-from pairflow.errors import InputDataError
+from pairflow.errors import InputDataError, PairflowError
 
 Batch = tuple[np.ndarray, np.ndarray, np.ndarray]  # pixel_values, input_ids, attention_mask
 
@@ -164,7 +172,7 @@ def measure_latency(
     ``torch.set_num_threads(threads)`` here.
     """
     out: dict[str, dict[str, dict[str, float]]] = {name: {} for name in runners}
-    with torch_threads(threads):
+    with torch_threads(threads), torch.inference_mode():
         for size in batch_sizes:
             batch = held.batch_of(size)
             calls = {name: _pair_call(r, batch) for name, r in runners.items()}
@@ -187,3 +195,70 @@ def measure_latency(
             if progress is not None:
                 progress(f"latency batch {size}: done")
     return out
+
+
+Latency = dict[str, dict[str, dict[str, float]]]
+
+
+def fair_latency_env(threads: int) -> dict[str, str]:
+    """The environment of a latency process: ``threads`` OpenMP/MKL threads that sleep
+    instead of spinning when idle (what ORT's ``allow_spinning=0`` does for its pool)."""
+    env = dict(os.environ)
+    env.update(
+        OMP_NUM_THREADS=str(threads),
+        MKL_NUM_THREADS=str(threads),
+        OMP_WAIT_POLICY="PASSIVE",
+    )
+    return env
+
+
+def measure_saved_latency(
+    variants: Mapping[str, tuple[Path, str]],
+    held: HeldOut,
+    batch_sizes: Sequence[int],
+    threads: int,
+    repeats: int,
+    warmup: int = 2,
+    progress: Callable[[str], None] | None = None,
+) -> tuple[Latency, dict[str, object]]:
+    """:func:`measure_latency` of saved variants (``name -> (folder, kind)``) in a fresh
+    process with :func:`fair_latency_env`; returns (latency, the worker's thread setup)."""
+    batch = held.batch_of(max(batch_sizes))
+    with tempfile.TemporaryDirectory(prefix="pairflow-latency-") as tmp:
+        inputs, out, spec_path = (
+            Path(tmp) / "inputs.npz",
+            Path(tmp) / "out.json",
+            Path(tmp) / "spec.json",
+        )
+        np.savez(inputs, pixels=batch[0], ids=batch[1], mask=batch[2])
+        spec = {
+            "variants": {name: [str(path), kind] for name, (path, kind) in variants.items()},
+            "inputs": str(inputs),
+            "batch_sizes": list(batch_sizes),
+            "threads": threads,
+            "repeats": repeats,
+            "warmup": warmup,
+            "out": str(out),
+        }
+        spec_path.write_text(json.dumps(spec))
+        cmd = [sys.executable, "-m", "pairflow.compress.latency_worker", str(spec_path)]
+        proc = subprocess.Popen(
+            cmd,
+            env=fair_latency_env(threads),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        lines: list[str] = []
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line.rstrip())
+            if progress is not None and line.startswith("latency batch"):
+                progress(line.strip())
+        if proc.wait() != 0 or not out.is_file():
+            tail = "\n".join(lines[-15:])
+            raise PairflowError(
+                f"latency measurement process failed (exit {proc.returncode}):\n{tail}"
+            )
+        result = json.loads(out.read_text())
+    return result["latency"], result["setup"]

@@ -61,6 +61,7 @@ def _flat_metrics(result: CompressResult) -> dict[str, Any]:
         "held_out_rows": result.held_out_rows,
         "calibration_rows": result.calibration_rows,
         "distill": result.distill or {},
+        "latency_setup": result.latency_setup or {},
         "variants": variants,
     }
 

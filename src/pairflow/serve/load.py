@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from pairflow.clipfilter.model import ModelLoadError, dir_digest, find_hf_dir, model_cache_dir
+from pairflow.data.pixels import sized_pixels as sized_pixels  # re-exported
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -72,54 +73,6 @@ def _normalise(x: np.ndarray) -> np.ndarray:
     norm = np.linalg.norm(x, axis=-1, keepdims=True)
     out: np.ndarray = x / np.maximum(norm, 1e-12)
     return out
-
-
-def _side(value: object) -> int | None:
-    """An image processor's size as one side: an int, ``shortest_edge``, or equal height and
-    width (a plain dict or transformers' ``SizeDict``)."""
-    if isinstance(value, int):
-        return value
-    if value is None:
-        return None
-
-    def get(key: str) -> object:
-        return value.get(key) if isinstance(value, dict) else getattr(value, key, None)
-
-    edge, height, width = get("shortest_edge"), get("height"), get("width")
-    if isinstance(edge, int):
-        return edge
-    if isinstance(height, int) and height == width:
-        return height
-    return None
-
-
-def sized_pixels(processor: Any, images: Sequence[Image.Image]) -> np.ndarray | None:
-    """CLIP pixel values [N, 3, S, S] of RGB images already S x S, without the processor.
-
-    For such images the processor's resize (shortest edge S) and centre crop (S x S) leave
-    the pixels unchanged, so rescale + normalise in numpy give the same values at a fraction
-    of the cost (PIL round trips per image). ``None`` when any image or setting differs:
-    the caller then uses the processor.
-    """
-    crop = _side(getattr(processor, "crop_size", None))
-    size = _side(getattr(processor, "size", None))
-    if crop is None or size != crop or not images:
-        return None
-    if not getattr(processor, "do_resize", False) or not getattr(
-        processor, "do_center_crop", False
-    ):
-        return None
-    if any(im.mode != "RGB" or im.size != (crop, crop) for im in images):
-        return None
-    raw = np.stack([np.asarray(im, dtype=np.uint8) for im in images])
-    scale = float(processor.rescale_factor) if getattr(processor, "do_rescale", False) else 1.0
-    mean, std = np.zeros(3), np.ones(3)
-    if getattr(processor, "do_normalize", False):
-        mean, std = np.asarray(processor.image_mean), np.asarray(processor.image_std)
-    # (x * scale - mean) / std as one subtract and one multiply per pixel
-    x = np.subtract(raw, (mean / scale).astype(np.float32), dtype=np.float32)
-    x *= (scale / std).astype(np.float32)
-    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
 
 
 def _no_head(variant: str) -> NotImplementedError:
