@@ -19,7 +19,11 @@ import pandas as pd
 from pairflow.config import DedupeConfig
 from pairflow.dedupe.captions import caption_keys, caption_labels, near_caption_pairs
 from pairflow.dedupe.groups import Groups, components, group_by_labels, survivor_rank
-from pairflow.dedupe.near import aligned_hamming_pairs, layout_distance
+from pairflow.dedupe.near import (
+    aligned_hamming_pairs,
+    weighted_layout_distance,
+    weighted_layouts,
+)
 from pairflow.dedupe.semantic import semantic_duplicates
 from pairflow.dedupe.signatures import IMAGE_HASH_COLUMNS, LAYOUT_BYTES, layout_phash
 from pairflow.errors import InputDataError
@@ -36,7 +40,7 @@ REASONS: tuple[str, ...] = (
 )
 # Near-duplicate verification compares colour layouts (RMS over 0..255 levels, chroma
 # weighted 3x) against DedupeConfig.near_layout_max_rms.
-_VERIFY_CHUNK = 1 << 17
+_VERIFY_CHUNK = 1 << 15  # pairs per verification chunk (fits in cache)
 
 IntArray = npt.NDArray[np.int64]
 
@@ -188,13 +192,16 @@ class _Layouts:
         out = np.empty(len(a), dtype=np.float32)
         if len(a) == 0:
             return out
-        # a row sits in many candidate pairs: gather each involved row's layout once
+        # a row sits in many candidate pairs: gather and weight each involved row once
         involved, inverse = np.unique(np.concatenate([a, b]), return_inverse=True)
         layouts = self.words(involved).view(np.uint8).reshape(len(involved), 2, LAYOUT_BYTES)
+        weighted = weighted_layouts(layouts)
         ia, ib = inverse[: len(a)], inverse[len(a) :]
         for start in range(0, len(a), _VERIFY_CHUNK):
             end = start + _VERIFY_CHUNK
-            out[start:end] = layout_distance(layouts[ia[start:end]], layouts[ib[start:end]])
+            out[start:end] = weighted_layout_distance(
+                weighted[ia[start:end]], weighted[ib[start:end]]
+            )
         return out
 
 

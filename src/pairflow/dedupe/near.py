@@ -33,6 +33,8 @@ __all__ = [
     "brute_force_pairs",
     "hamming_pairs",
     "layout_distance",
+    "weighted_layout_distance",
+    "weighted_layouts",
 ]
 
 IntArray = npt.NDArray[np.int64]
@@ -214,15 +216,16 @@ def hamming_pairs(
         for a, c in _band_candidates(h, band):
             examined += len(a)
             x = h[a] ^ h[c]
+            d = np.bitwise_count(x)
+            close = np.flatnonzero(d <= radius)  # few candidates survive: test bands on those
+            x, d, a, c = x[close], d[close].astype(np.int64), a[close], c[close]
             first = np.ones(len(x), dtype=bool)
             for earlier in bands[:b]:
                 part = (x >> np.uint64(earlier.shift)) & earlier.mask
                 first &= np.bitwise_count(part) > earlier.radius
-            d = np.bitwise_count(x).astype(np.int64)
-            ok = first & (d <= radius)
-            lefts.append(np.minimum(a[ok], c[ok]))
-            rights.append(np.maximum(a[ok], c[ok]))
-            dists.append(d[ok])
+            lefts.append(np.minimum(a[first], c[first]))
+            rights.append(np.maximum(a[first], c[first]))
+            dists.append(d[first])
     if not lefts:
         return HammingPairs(empty, empty, empty, examined, len(bands))
     left, right, dist = np.concatenate(lefts), np.concatenate(rights), np.concatenate(dists)
@@ -270,6 +273,29 @@ def brute_force_pairs(
     return HammingPairs(left[ok].astype(np.int64), right[ok].astype(np.int64), d[ok], len(left), 1)
 
 
+def weighted_layouts(
+    layouts: npt.NDArray[np.uint8], chroma_weight: float | None = None
+) -> npt.NDArray[np.float32]:
+    """``(k, 2, 96)`` uint8 layouts as float32 with chroma cells weighted (default
+    :data:`LAYOUT_CHROMA_WEIGHT`): the space :func:`weighted_layout_distance` measures in."""
+    w = np.ones(LAYOUT_BYTES, dtype=np.float32)
+    w[64:] = LAYOUT_CHROMA_WEIGHT if chroma_weight is None else chroma_weight
+    out: npt.NDArray[np.float32] = layouts.astype(np.float32) * w
+    return out
+
+
+def weighted_layout_distance(
+    wa: npt.NDArray[np.float32], wb: npt.NDArray[np.float32]
+) -> npt.NDArray[np.float32]:
+    """Per-pair RMS difference of weighted layouts (see :func:`layout_distance`)."""
+    best = np.full(len(wa), np.inf, dtype=np.float32)
+    for va, vb in ((0, 0), (1, 0), (0, 1)):
+        d = wa[:, va] - wb[:, vb]
+        best = np.minimum(best, np.einsum("ij,ij->i", d, d))
+    out: npt.NDArray[np.float32] = np.sqrt(best / np.float32(LAYOUT_BYTES))
+    return out
+
+
 def layout_distance(
     a: npt.NDArray[np.uint8], b: npt.NDArray[np.uint8], chroma_weight: float | None = None
 ) -> npt.NDArray[np.float32]:
@@ -278,12 +304,6 @@ def layout_distance(
     Chroma cells are weighted by ``chroma_weight`` (default :data:`LAYOUT_CHROMA_WEIGHT`);
     the result is the minimum over the alignments full/full, crop(a)/full(b), full(a)/crop(b).
     """
-    w = np.ones(LAYOUT_BYTES, dtype=np.float32)
-    w[64:] = LAYOUT_CHROMA_WEIGHT if chroma_weight is None else chroma_weight
-    wa, wb = a.astype(np.float32) * w, b.astype(np.float32) * w  # weight once, not per view
-    best = np.full(len(a), np.inf, dtype=np.float32)
-    for va, vb in ((0, 0), (1, 0), (0, 1)):
-        d = wa[:, va] - wb[:, vb]
-        best = np.minimum(best, np.einsum("ij,ij->i", d, d))
-    out: npt.NDArray[np.float32] = np.sqrt(best / np.float32(LAYOUT_BYTES))
-    return out
+    return weighted_layout_distance(
+        weighted_layouts(a, chroma_weight), weighted_layouts(b, chroma_weight)
+    )
