@@ -14,9 +14,12 @@ Variants run interleaved, one of each per round (medians over rounds), so load f
 processes on a shared machine hits all of them alike. ``profile_us_per_pair`` breaks one
 thread's time per pair down (read, decode, pixels, tokens, model) to show where it goes.
 
-The model is the demo's tiny reference architecture (64 px, patch 8, width 64, 2 layers per
-tower). Throughput does not depend on the weights, so a fresh random one is used unless
-``$PAIRFLOW_BENCH_CLIP_MODEL`` names a model directory (e.g. the pretrained demo model).
+Two scenarios: the demo's tiny reference architecture (64 px, patch 8, width 64, 2 layers per
+tower), where decoding weighs most against the model, and a ViT-B/32-sized CLIP (random
+weights, local tokenizer), where batching gains least (large models run as one stream with
+every thread, see :func:`plan_streams`). Throughput does not depend on the weights, so the
+demo scenario uses a fresh random model unless ``$PAIRFLOW_BENCH_CLIP_MODEL`` names a model
+directory (e.g. the pretrained demo model).
 """
 
 from __future__ import annotations
@@ -35,7 +38,14 @@ import torch
 import torch.nn.functional as F
 
 from bench.common import write_result
-from pairflow.clipfilter.bootstrap import save_untrained_clip
+from pairflow.clipfilter.bootstrap import (
+    BOS_TOKEN,
+    CONTEXT_LENGTH,
+    EOS_TOKEN,
+    build_processor,
+    save_clip,
+    save_untrained_clip,
+)
 from pairflow.clipfilter.model import LoadedClip, load_clip
 from pairflow.clipfilter.scoring import (
     Batch,
@@ -177,15 +187,55 @@ def _profile(df: pd.DataFrame, loaded: LoadedClip, batch_size: int) -> dict[str,
         }
 
 
-def run(n: int = 2000, naive_n: int = 500, rounds: int = ROUNDS) -> dict[str, Any]:
+def _vit_b32_clip(out: Path, captions: list[str]) -> Path:
+    """A ViT-B/32-shaped CLIP (224 px, patch 32, 12 layers, widths 768/512) with random
+    weights and the local tokenizer: the production model's cost, nothing downloaded."""
+    from transformers import CLIPConfig, CLIPModel
+
+    processor = build_processor(captions, image_size=224)
+    tok = processor.tokenizer
+    eos = tok.convert_tokens_to_ids(EOS_TOKEN)
+
+    def tower(width: int, heads: int) -> dict[str, int]:
+        return {
+            "hidden_size": width,
+            "intermediate_size": 4 * width,
+            "num_hidden_layers": 12,
+            "num_attention_heads": heads,
+        }
+
+    config = CLIPConfig(
+        text_config={
+            **tower(512, 8),
+            "vocab_size": len(tok),
+            "max_position_embeddings": CONTEXT_LENGTH,
+            "bos_token_id": tok.convert_tokens_to_ids(BOS_TOKEN),
+            "eos_token_id": eos,
+            "pad_token_id": eos,
+        },
+        vision_config={**tower(768, 12), "image_size": 224, "patch_size": 32},
+        projection_dim=512,
+    )
+    torch.manual_seed(0)
+    return save_clip(out, CLIPModel(config), processor)
+
+
+def run(
+    n: int = 2000, naive_n: int = 500, rounds: int = ROUNDS, shape: str = "demo"
+) -> dict[str, Any]:
+    """One scenario: ``shape`` "demo" (the demo's tiny CLIP) or "vit-b32" (its real size)."""
     cfg = ClipFilterConfig()
     cpus = available_cpus()
     with tempfile.TemporaryDirectory() as tmp:
         gen = generate_dataset(Path(tmp) / "data", n, seed=7, defects=False)
         df = read_source(str(gen.manifest), "parquet")
-        model_dir = os.environ.get("PAIRFLOW_BENCH_CLIP_MODEL") or str(
-            save_untrained_clip(Path(tmp) / "clip", [str(c) for c in df["caption"]])
-        )
+        captions = [str(c) for c in df["caption"]]
+        if shape == "vit-b32":
+            model_dir = str(_vit_b32_clip(Path(tmp) / "clip", captions))
+        else:
+            model_dir = os.environ.get("PAIRFLOW_BENCH_CLIP_MODEL") or str(
+                save_untrained_clip(Path(tmp) / "clip", captions)
+            )
         loaded = load_clip(model_dir, device="cpu")
         workers, threads = plan_threads(cfg, n)
         with_workers = max(1, cfg.num_workers)
@@ -206,7 +256,8 @@ def run(n: int = 2000, naive_n: int = 500, rounds: int = ROUNDS) -> dict[str, An
             },
             rounds,
         )
-        profile = _profile(df.head(512), loaded, cfg.batch_size)
+        # the per-step profile runs the model on one thread: minutes at ViT-B/32 size
+        profile = _profile(df.head(512), loaded, cfg.batch_size) if shape == "demo" else {}
     ours = rates["pairflow_workers" if workers else "pairflow_no_workers"]
     naive = rates["naive_baseline"]
     fwd_streams, fwd_intra = rates["forward_only"], rates["forward_only_one_stream"]
@@ -218,7 +269,9 @@ def run(n: int = 2000, naive_n: int = 500, rounds: int = ROUNDS) -> dict[str, An
         "batch_size": cfg.batch_size,
         "workers": workers,
         "torch_threads": threads,
-        "model": "env PAIRFLOW_BENCH_CLIP_MODEL"
+        "model": "ViT-B/32 architecture, random weights"
+        if shape == "vit-b32"
+        else "env PAIRFLOW_BENCH_CLIP_MODEL"
         if os.environ.get("PAIRFLOW_BENCH_CLIP_MODEL")
         else "demo architecture, random weights",
         "pairflow": {**ours, "workers": workers},
@@ -235,20 +288,28 @@ def run(n: int = 2000, naive_n: int = 500, rounds: int = ROUNDS) -> dict[str, An
     }
 
 
-def main() -> None:
-    result = run()
-    out = write_result("filter", result)
-    print(
-        f"clip filter {result['rows']} pairs: pairflow {result['pairflow']['pairs_per_s']:.0f}/s "
-        f"({result['workers']} workers; "
-        f"{result['pairflow_no_workers']['pairs_per_s']:.0f}/s without workers, "
-        f"{result['pairflow_workers']['pairs_per_s']:.0f}/s with), "
-        f"naive {result['naive_baseline']['pairs_per_s']:.0f}/s, forward-only "
-        f"{result['forward_only']['pairs_per_s']:.0f}/s "
-        f"(one stream: {result['forward_only_one_stream']['pairs_per_s']:.0f}/s) → "
+def _line(result: dict[str, Any]) -> str:
+    return (
+        f"clip filter {result['rows']} pairs ({result['model']}): pairflow "
+        f"{result['pairflow']['pairs_per_s']:.1f}/s ({result['workers']} workers; "
+        f"{result['pairflow_no_workers']['pairs_per_s']:.1f}/s without workers, "
+        f"{result['pairflow_workers']['pairs_per_s']:.1f}/s with), "
+        f"naive {result['naive_baseline']['pairs_per_s']:.1f}/s, forward-only "
+        f"{result['forward_only']['pairs_per_s']:.1f}/s "
+        f"(one stream: {result['forward_only_one_stream']['pairs_per_s']:.1f}/s) → "
         f"{result['speedup_vs_naive']:.1f}x naive, {result['fraction_of_forward_only']:.2f} of "
-        f"forward-only → {out}"
+        "forward-only"
     )
+
+
+def main() -> None:
+    """The demo model (where decoding weighs most against the model) and a ViT-B/32-sized
+    one (where batching gains least), side by side."""
+    result = run()
+    result["vit_b32"] = run(n=192, naive_n=48, rounds=2, shape="vit-b32")
+    out = write_result("filter", result)
+    print(_line(result))
+    print(_line(result["vit_b32"]), "→", out)
 
 
 if __name__ == "__main__":

@@ -261,3 +261,7 @@ def test_plan_threads(monkeypatch: pytest.MonkeyPatch) -> None:
     assert plan_streams(2, cpu) == (2, 1)
     assert plan_streams(16, cpu) == (scoring.MAX_STREAMS, 16 // scoring.MAX_STREAMS)
     assert plan_streams(8, torch.device("cuda")) == (1, 8)
+    big = scoring.STREAM_MAX_PARAMS + 1
+    assert plan_streams(2, cpu, params=big, batches=10) == (1, 2)  # ViT-B/32-sized: one stream
+    assert plan_streams(2, cpu, params=300_000, batches=10) == (2, 1)  # the demo's tiny CLIP
+    assert plan_streams(2, cpu, params=300_000, batches=1) == (1, 2)  # nothing to overlap

@@ -65,6 +65,7 @@ __all__ = [
 ]
 
 MAX_STREAMS = 2
+STREAM_MAX_PARAMS = 20_000_000  # larger models run as one stream with every thread
 
 
 @dataclass
@@ -124,14 +125,26 @@ def reads_remote(images: Sequence[object]) -> bool:
     )
 
 
-def plan_streams(threads: int, device: torch.device) -> tuple[int, int]:
+def plan_streams(
+    threads: int,
+    device: torch.device,
+    *,
+    params: int | None = None,
+    batches: int | None = None,
+) -> tuple[int, int]:
     """(concurrent model streams, intra-op threads each) for ``threads`` CPU threads.
 
     On CPU, up to :data:`MAX_STREAMS` batches run through the model at once from Python
     threads (torch releases the GIL inside ops); for a small model this uses cores much
-    better than intra-op threads alone. On CUDA one stream runs.
+    better than intra-op threads alone. A model of more than :data:`STREAM_MAX_PARAMS`
+    parameters keeps every core busy inside each op, so it runs as one stream with all
+    threads (ViT-B/32 on 2 cores: 13.8 vs 8.3 pairs/s), as does a single batch. On CUDA one
+    stream runs.
     """
-    if device.type != "cpu" or threads < 2:
+    single = (params is not None and params > STREAM_MAX_PARAMS) or (
+        batches is not None and batches < 2
+    )
+    if device.type != "cpu" or threads < 2 or single:
         return 1, max(1, threads)
     streams = min(threads, MAX_STREAMS)
     return streams, max(1, threads // streams)
@@ -250,7 +263,9 @@ def score_frame(
         image_emb[idx] = img.numpy().astype(np.float16)
         text_emb[idx] = txt.numpy().astype(np.float16)
 
-    streams, intra = plan_streams(threads, loaded.device)
+    params = sum(p.numel() for p in loaded.model.parameters())
+    n_batches = -(-len(df) // max(1, cfg.batch_size))
+    streams, intra = plan_streams(threads, loaded.device, params=params, batches=n_batches)
     with torch_threads(intra), ThreadPoolExecutor(streams) as pool:
         pending: dict[Future[tuple[torch.Tensor, torch.Tensor]], Batch] = {}
         for batch in batches:
