@@ -18,8 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pairflow.clipfilter.scoring import Collate, PairDataset
+from pairflow.clipfilter.scoring import Collate, PairDataset, torch_threads
 from pairflow.compress.variants import ClipRunner
 from pairflow.config import S3Config
 from pairflow.errors import InputDataError, PairflowError
@@ -123,16 +122,6 @@ def recall_at_1(image_emb: np.ndarray, text_emb: np.ndarray, captions: Sequence[
     best = np.argmax(sims, axis=1)
     hits = [captions[int(j)] == captions[i] for i, j in enumerate(best)]
     return float(np.mean(hits))
-
-
-@contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _pair_call(runner: ClipRunner, batch: Batch) -> Callable[[], None]:
