@@ -9,8 +9,9 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -71,3 +72,37 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def register_gated_versions(
+    tracking_uri: str, prefix: str, loggers: Sequence[Callable[[Any, str], None]]
+) -> list[str]:
+    """Register one version per ``loggers`` entry under a fresh model name ``prefix-<hex>``.
+
+    Each logger gets ``(client, run_id)`` of a new run in the Default experiment and logs the
+    model under ``model/``; every version is tagged gate passed and complete (what deploy
+    requires), and version 1 becomes ``champion``. Returns the ``models:/NAME/V`` URIs.
+    """
+    from mlflow.tracking import MlflowClient
+
+    from pairflow.registry.names import TAG_COMPLETE, TAG_GATE
+
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    name = f"{prefix}-{os.urandom(4).hex()}"
+    client.create_registered_model(name)
+    exp = client.get_experiment_by_name("Default")
+    assert exp is not None
+    uris = []
+    for log_model in loggers:
+        run = client.create_run(exp.experiment_id)
+        log_model(client, run.info.run_id)
+        client.set_terminated(run.info.run_id)
+        mv = client.create_model_version(
+            name,
+            f"runs:/{run.info.run_id}/model",
+            run_id=run.info.run_id,
+            tags={TAG_GATE: "passed", TAG_COMPLETE: "true"},
+        )
+        uris.append(f"models:/{name}/{mv.version}")
+    client.set_registered_model_alias(name, "champion", "1")
+    return uris

@@ -66,29 +66,12 @@ def _serve(model: str, port: int) -> None:
 
 
 def _register_versions(tracking_uri: str, n: int) -> list[str]:
-    from mlflow.tracking import MlflowClient
+    from tests.fixtures_mlflow import register_gated_versions  # not at import: runs as a script
 
-    from pairflow.registry.names import TAG_COMPLETE, TAG_GATE
+    def logger(client: Any, run_id: str) -> None:
+        client.log_dict(run_id, {"weights": "none"}, "model/model.json")
 
-    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-    name = f"{NAME}-{os.urandom(4).hex()}"
-    client.create_registered_model(name)
-    exp = client.get_experiment_by_name("Default")
-    assert exp is not None
-    versions = []
-    for _ in range(n):
-        run = client.create_run(exp.experiment_id)
-        client.log_dict(run.info.run_id, {"weights": "none"}, "model/model.json")
-        client.set_terminated(run.info.run_id)
-        mv = client.create_model_version(
-            name,
-            f"runs:/{run.info.run_id}/model",
-            run_id=run.info.run_id,
-            tags={TAG_GATE: "passed", TAG_COMPLETE: "true"},
-        )
-        versions.append(f"models:/{name}/{mv.version}")
-    client.set_registered_model_alias(name, "champion", "1")
-    return versions
+    return register_gated_versions(tracking_uri, NAME, [logger] * n)
 
 
 def _config(tracking_uri: str, tmp_path: Path, **deploy: Any) -> PairflowConfig:

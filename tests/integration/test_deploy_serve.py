@@ -12,15 +12,16 @@ sent it, under the MLflow version number as ``model_version``.
 
 from __future__ import annotations
 
-import os
 import shutil
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
 import yaml
+from tests.fixtures_mlflow import register_gated_versions
 
 from pairflow.config import PairflowConfig
 from pairflow.data.synthetic import GenerateSummary
@@ -29,35 +30,20 @@ pytestmark = pytest.mark.slow
 
 
 def _register(tracking_uri: str, clip_dir: Path, tmp_path: Path) -> tuple[str, str]:
-    from mlflow.tracking import MlflowClient
-
-    from pairflow.registry.names import TAG_COMPLETE, TAG_GATE
-
-    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-    name = f"serve-canary-{os.urandom(4).hex()}"
-    client.create_registered_model(name)
-    exp = client.get_experiment_by_name("Default")
-    assert exp is not None
     pyfunc = tmp_path / "pyfunc"
     shutil.copytree(clip_dir, pyfunc / "artifacts" / "hf")
     conf = {"variant": "fp32_torch", "kind": "torch"}
     (pyfunc / "MLmodel").write_text(
         yaml.safe_dump({"flavors": {"python_function": {"config": conf}}})
     )
-    uris = []
-    for local in (clip_dir, pyfunc):
-        run = client.create_run(exp.experiment_id)
-        client.log_artifacts(run.info.run_id, str(local), "model")
-        client.set_terminated(run.info.run_id)
-        mv = client.create_model_version(
-            name,
-            f"runs:/{run.info.run_id}/model",
-            run_id=run.info.run_id,
-            tags={TAG_GATE: "passed", TAG_COMPLETE: "true"},
-        )
-        uris.append(f"models:/{name}/{mv.version}")
-    client.set_registered_model_alias(name, "champion", "1")
-    return uris[0], uris[1]
+
+    def logger(local: Path) -> Callable[[Any, str], None]:
+        return lambda client, run_id: client.log_artifacts(run_id, str(local), "model")
+
+    stable, candidate = register_gated_versions(
+        tracking_uri, "serve-canary", [logger(clip_dir), logger(pyfunc)]
+    )
+    return stable, candidate
 
 
 def _metric(text: str, name: str, **labels: str) -> float:
