@@ -13,7 +13,6 @@ dominates and validate's DCT-scaled JPEG decode (see ``pairflow.validate.rows``)
 
 from __future__ import annotations
 
-import os
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -29,6 +28,7 @@ from pairflow.config import DedupeConfig, ValidateConfig
 from pairflow.data.sources import read_source
 from pairflow.data.synthetic import generate_dataset
 from pairflow.dedupe.merge import dedupe_frame
+from pairflow.parallel import available_cpus
 from pairflow.validate.rows import CHUNK_ROWS, validate_frame, worker_count
 
 STAGE = "curate"
@@ -101,7 +101,7 @@ def run(n: int = 20_000, image_size: int = 64) -> dict[str, Any]:
         "rows": n,
         "image_size": image_size,
         "workers": workers,
-        "cpus": os.cpu_count(),
+        "cpus": available_cpus(),
         "pairflow": {
             "seconds": t_ours,
             "pairs_per_s": n / t_ours,

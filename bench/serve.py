@@ -40,6 +40,7 @@ from PIL import Image
 
 from bench.common import write_result
 from pairflow.clipfilter.bootstrap import save_untrained_clip
+from pairflow.parallel import available_cpus
 
 STAGE = "serve"
 
@@ -274,7 +275,7 @@ def main() -> None:
         "slo_p99_ms": SLO_S * 1000,
         "seconds_per_level": seconds,
         "threads": threads,
-        "cpus": os.cpu_count(),
+        "cpus": available_cpus(),
         "model": "tiny CLIP (64 px, width 64, 2+2 layers), one pair per request",
         "servers": results,
         "batched_vs_unbatched": ratio("pairflow_batched", "pairflow_unbatched"),

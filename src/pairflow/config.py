@@ -153,6 +153,12 @@ class DedupeConfig(Section):
     )
     embedding_epsilon: float = Field(0.05, gt=0, lt=1, description="Drop cosine > 1 - eps.")
     embedding_clusters: int = Field(16, ge=1)
+    threads: int = Field(
+        0,
+        ge=0,
+        description="Threads for the near-duplicate index and its verification "
+        "(0: every CPU the step may use).",
+    )
 
 
 class ClipFilterConfig(Section):

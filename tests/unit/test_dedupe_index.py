@@ -61,6 +61,9 @@ def test_index_matches_brute_force(radius: int, kind: str) -> None:
     expected = brute_force_pairs(h, radius)
     got = hamming_pairs(h, radius)
     _same(got, expected)
+    threaded = hamming_pairs(h, radius, threads=3)  # probes on threads: the same pairs
+    _same(threaded, expected)
+    assert threaded.candidates == got.candidates
     if kind == "clustered":
         assert len(got) > 0
     assert got.candidates <= n * (n - 1) // 2 * got.bands
@@ -115,6 +118,7 @@ def test_aligned_search_matches_brute_force_over_three_alignments(radius: int) -
     crop = full ^ _clustered_hashes(rng, n, 1) ^ _clustered_hashes(rng, 1, 1)[0]  # crops move
     crop[::7] = full[rng.integers(0, n, len(crop[::7]))]  # some crops match another's frame
     got = aligned_hamming_pairs(full, crop, radius)
+    _same(aligned_hamming_pairs(full, crop, radius, threads=2), got)
     expected = _aligned_reference(full, crop, radius)
     keys = zip(got.left.tolist(), got.right.tolist(), strict=True)
     pairs = dict(zip(keys, got.distance.tolist(), strict=True))

@@ -14,7 +14,6 @@ Score = cosine similarity of the L2-normalised image and text embeddings (``[-1,
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -44,6 +43,7 @@ from pairflow.data import s3 as s3io
 from pairflow.data.decode import DEFAULT_MAX_PIXELS
 from pairflow.data.imageio import split_tar_member
 from pairflow.data.pixels import SizedPixels
+from pairflow.parallel import available_cpus
 
 __all__ = [
     "MAX_STREAMS",
@@ -88,13 +88,6 @@ class ScoreResult:
     @property
     def rows_per_s(self) -> float:
         return len(self.scores) / self.seconds if self.seconds > 0 else 0.0
-
-
-def available_cpus() -> int:
-    """CPUs this process may run on."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
 
 
 def plan_threads(

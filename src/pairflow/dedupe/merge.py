@@ -27,6 +27,7 @@ from pairflow.dedupe.near import (
 from pairflow.dedupe.semantic import semantic_duplicates
 from pairflow.dedupe.signatures import IMAGE_HASH_COLUMNS, LAYOUT_BYTES, layout_phash
 from pairflow.errors import InputDataError
+from pairflow.parallel import resolve_threads, thread_map
 
 __all__ = ["REASONS", "STAGE", "DedupeResult", "dedupe_frame"]
 
@@ -187,8 +188,9 @@ class _Layouts:
             crop[start : start + chunk] = layout_phash(np.ascontiguousarray(views[:, 1]))
         return full, crop
 
-    def distance(self, a: IntArray, b: IntArray) -> npt.NDArray[np.float32]:
-        """:func:`layout_distance` of canonical row pairs ``(a[k], b[k])``."""
+    def distance(self, a: IntArray, b: IntArray, threads: int = 1) -> npt.NDArray[np.float32]:
+        """:func:`layout_distance` of canonical row pairs ``(a[k], b[k])``; chunks of pairs
+        run on ``threads`` threads (each writes its own slice of the result)."""
         out = np.empty(len(a), dtype=np.float32)
         if len(a) == 0:
             return out
@@ -197,11 +199,14 @@ class _Layouts:
         layouts = self.words(involved).view(np.uint8).reshape(len(involved), 2, LAYOUT_BYTES)
         weighted = weighted_layouts(layouts)
         ia, ib = inverse[: len(a)], inverse[len(a) :]
-        for start in range(0, len(a), _VERIFY_CHUNK):
+
+        def chunk(start: int) -> None:
             end = start + _VERIFY_CHUNK
             out[start:end] = weighted_layout_distance(
                 weighted[ia[start:end]], weighted[ib[start:end]]
             )
+
+        thread_map(chunk, range(0, len(a), _VERIFY_CHUNK), threads)
         return out
 
 
@@ -253,7 +258,7 @@ def _identical_layouts(
     return shared[member], shared[groups.survivor[member]]
 
 
-def _near(state: _State, radius: int, max_rms: float) -> dict[str, Any]:
+def _near(state: _State, radius: int, max_rms: float, threads: int) -> dict[str, Any]:
     t0 = time.perf_counter()
     layouts = _Layouts(state)
     rows = np.flatnonzero(state.alive & layouts.present).astype(np.int64)
@@ -262,10 +267,10 @@ def _near(state: _State, radius: int, max_rms: float) -> dict[str, Any]:
     unique = ~np.isin(rows, same)
     rows, hashes, crop_hashes = rows[unique], hashes[unique], crop_hashes[unique]
     t1 = time.perf_counter()
-    pairs = aligned_hamming_pairs(hashes, crop_hashes, radius)
+    pairs = aligned_hamming_pairs(hashes, crop_hashes, radius, threads=threads)
     t2 = time.perf_counter()
     a, b = rows[pairs.left], rows[pairs.right]
-    rms = layouts.distance(a, b)
+    rms = layouts.distance(a, b, threads)
     ok = rms <= max_rms
     a, b, ham, rms = a[ok], b[ok], pairs.distance[ok], rms[ok]
     t3 = time.perf_counter()
@@ -400,7 +405,9 @@ def dedupe_frame(
         if name == "exact":
             stage = _exact(state)
         elif name == "near":
-            stage = _near(state, cfg.phash_max_distance, cfg.near_layout_max_rms)
+            stage = _near(
+                state, cfg.phash_max_distance, cfg.near_layout_max_rms, resolve_threads(cfg.threads)
+            )
         elif name in ("captions", "near_captions"):
             stage = _captions(state, name == "near_captions", cfg)
         else:

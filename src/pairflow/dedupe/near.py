@@ -25,6 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from pairflow.dedupe.signatures import LAYOUT_BYTES
+from pairflow.parallel import thread_map
 
 __all__ = [
     "LAYOUT_CHROMA_WEIGHT",
@@ -125,10 +126,15 @@ def _expand(
         if hi <= lo:
             continue
         c = count[lo:hi]
-        total = int(c.sum())
-        starts = np.repeat(np.cumsum(c) - c, c)
-        pos = np.repeat(base[lo:hi], c) + (np.arange(total, dtype=np.int64) - starts)
-        yield np.repeat(src[lo:hi], c), order[pos]
+        starts = np.cumsum(c) - c
+        total = int(starts[-1] + c[-1])
+        # segment of each output slot, by a cumsum of segment starts instead of np.repeat:
+        # ufuncs and gathers release the GIL (np.repeat does not), so probes scale on threads
+        seg = np.zeros(total, dtype=np.int64)
+        seg[starts[1:]] = 1
+        np.cumsum(seg, out=seg)
+        pos = base[lo:hi][seg] + (np.arange(total, dtype=np.int64) - starts[seg])
+        yield src[lo:hi][seg], order[pos]
 
 
 class _BucketTable:
@@ -167,16 +173,18 @@ class _BucketTable:
         return self.order, pos + 1, ends - pos - 1
 
 
-def _band_candidates(h: npt.NDArray[np.uint64], band: _Band) -> Iterator[tuple[IntArray, IntArray]]:
-    keys = band.keys(h)
-    table = _BucketTable(keys, band.bits)
-    yield from _expand(*table.within(), table.order)
-    rows = np.arange(len(h), dtype=np.int64)
-    for mask in _flip_masks(band.bits, band.radius):
-        partner = keys ^ mask
-        lower = keys < partner  # each unordered bucket pair is joined once
-        start, count = table.lookup(partner[lower])
-        yield from _expand(rows[lower], start, count, table.order)
+def _probe_candidates(
+    keys: IntArray, table: _BucketTable, band: _Band, mask: int
+) -> Iterator[tuple[IntArray, IntArray]]:
+    """Candidate pairs of one probe of a band: ``mask`` 0 joins each bucket with itself,
+    another mask joins bucket ``k`` with bucket ``k ^ mask`` (each unordered pair once)."""
+    if mask == 0:
+        yield from _expand(*table.within(), table.order)
+        return
+    partner = keys ^ mask
+    lower = keys < partner  # each unordered bucket pair is joined once
+    start, count = table.lookup(partner[lower])
+    yield from _expand(np.flatnonzero(lower).astype(np.int64), start, count, table.order)
 
 
 def _as_uint64(hashes: npt.NDArray[np.int64] | npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
@@ -192,10 +200,12 @@ def hamming_pairs(
     radius: int,
     *,
     num_bands: int | None = None,
+    threads: int = 1,
 ) -> HammingPairs:
     """All pairs of positions whose 64-bit hashes differ in at most ``radius`` bits.
 
-    ``num_bands`` overrides the cost model's band count (1..64).
+    ``num_bands`` overrides the cost model's band count (1..64). ``threads`` > 1 runs the
+    band probes on that many threads (numpy releases the GIL; the result is the same).
     """
     if not 0 <= radius <= 63:
         raise ValueError(f"radius must be in [0, 63], got {radius}")
@@ -208,35 +218,54 @@ def hamming_pairs(
     bands = _choose_bands(len(h), radius) if num_bands is None else _bands(num_bands, radius)
     if max(_ball(b.bits, b.radius) for b in bands) > _MAX_PROBES:
         raise ValueError(f"{num_bands} band(s) at radius {radius} need too many bit-flip probes")
-    lefts: list[IntArray] = []
-    rights: list[IntArray] = []
-    dists: list[IntArray] = []
-    examined = 0
-    for b, band in enumerate(bands):
-        for a, c in _band_candidates(h, band):
+    keys = [band.keys(h) for band in bands]
+    tables = thread_map(lambda b: _BucketTable(keys[b], bands[b].bits), range(len(bands)), threads)
+    # one task per (band, probe): enough tasks to balance threads, each independent
+    tasks = [
+        (b, mask)
+        for b, band in enumerate(bands)
+        for mask in (0, *_flip_masks(band.bits, band.radius))
+    ]
+
+    def probe(task: tuple[int, int]) -> tuple[IntArray, IntArray, int]:
+        b, mask = task
+        lefts: list[IntArray] = []
+        rights: list[IntArray] = []
+        examined = 0
+        for a, c in _probe_candidates(keys[b], tables[b], bands[b], mask):
             examined += len(a)
             x = h[a] ^ h[c]
             d = np.bitwise_count(x)
             close = np.flatnonzero(d <= radius)  # few candidates survive: test bands on those
-            x, d, a, c = x[close], d[close].astype(np.int64), a[close], c[close]
+            x, a, c = x[close], a[close], c[close]
             first = np.ones(len(x), dtype=bool)
-            for earlier in bands[:b]:
+            for earlier in bands[:b]:  # a pair is emitted by the first band it qualifies in
                 part = (x >> np.uint64(earlier.shift)) & earlier.mask
                 first &= np.bitwise_count(part) > earlier.radius
             lefts.append(np.minimum(a[first], c[first]))
             rights.append(np.maximum(a[first], c[first]))
-            dists.append(d[first])
-    if not lefts:
-        return HammingPairs(empty, empty, empty, examined, len(bands))
-    left, right, dist = np.concatenate(lefts), np.concatenate(rights), np.concatenate(dists)
-    order = np.lexsort((right, left))
-    return HammingPairs(left[order], right[order], dist[order], examined, len(bands))
+        return _concat(lefts), _concat(rights), examined
+
+    found = thread_map(probe, tasks, threads)
+    examined = sum(f[2] for f in found)
+    # sorting one int64 key (left * n + right) is several times faster than a lexsort
+    key = np.concatenate([f[0] * len(h) + f[1] for f in found])
+    key.sort()
+    left, right = np.divmod(key, len(h))
+    dist = np.bitwise_count(h[left] ^ h[right]).astype(np.int64)
+    return HammingPairs(left, right, dist, examined, len(bands))
+
+
+def _concat(parts: list[IntArray]) -> IntArray:
+    return np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
 
 
 def aligned_hamming_pairs(
     full: npt.NDArray[np.int64] | npt.NDArray[np.uint64],
     crop: npt.NDArray[np.int64] | npt.NDArray[np.uint64],
     radius: int,
+    *,
+    threads: int = 1,
 ) -> HammingPairs:
     """Rows ``i < j`` whose hashes are within ``radius`` in some alignment.
 
@@ -250,15 +279,18 @@ def aligned_hamming_pairs(
     if len(f) != len(c):
         raise ValueError(f"full and crop hashes differ in length: {len(f)} != {len(c)}")
     n = len(f)
-    both = hamming_pairs(np.concatenate([f, c]), radius)
+    both = hamming_pairs(np.concatenate([f, c]), radius, threads=threads)
     left, right = both.left, both.right
     keep = ((left < n) | (right < n)) & (left % n != right % n)
     a, b = left[keep] % n, right[keep] % n
-    lo, hi, dist = np.minimum(a, b), np.maximum(a, b), both.distance[keep]
-    order = np.lexsort((dist, hi, lo))
-    lo, hi, dist = lo[order], hi[order], dist[order]
-    first = np.r_[True, (lo[1:] != lo[:-1]) | (hi[1:] != hi[:-1])] if len(lo) else np.ones(0, bool)
-    return HammingPairs(lo[first], hi[first], dist[first], both.candidates, both.bands)
+    # one int64 key per pair, distance in the low digits: sorted, the first key of each pair
+    # carries its smallest distance over the alignments
+    key = (np.minimum(a, b) * n + np.maximum(a, b)) * 65 + both.distance[keep]
+    key.sort()
+    pair, dist = np.divmod(key, 65)
+    first = np.r_[True, pair[1:] != pair[:-1]] if len(pair) else np.ones(0, bool)
+    lo, hi = np.divmod(pair[first], n)
+    return HammingPairs(lo, hi, dist[first], both.candidates, both.bands)
 
 
 def brute_force_pairs(

@@ -36,6 +36,7 @@ import numpy as np
 
 from pairflow.clipfilter.model import ModelLoadError, dir_digest, find_hf_dir, model_cache_dir
 from pairflow.data.pixels import sized_pixels as sized_pixels  # re-exported
+from pairflow.parallel import available_cpus
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -353,7 +354,7 @@ def load_servable(
 ) -> Loaded:
     """Load ``uri`` as ``variant``; the version label defaults to the MLflow version number
     (aliases resolved) or ``local-<first 12 hex of the loaded folder's digest>``."""
-    threads = threads or os.cpu_count() or 1
+    threads = threads or available_cpus()
     ref = uri.strip()
     if ref.startswith("models:/"):
         ref, version = resolve_mlflow(ref, tracking_uri)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import os
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +29,7 @@ from kserve.model import InferenceVerb
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 from PIL import Image
 
+from pairflow.parallel import available_cpus
 from pairflow.serve.batching import DirectRunner, MicroBatcher, Runner
 from pairflow.serve.limits import (
     Pair,
@@ -92,7 +92,7 @@ def auto_threads() -> int:
     descheduled team thread stalls each forward pass (measured: 1.1 s vs 24 ms per request
     on 2 busy cores).
     """
-    return max(1, (os.cpu_count() or 1) - 1)
+    return max(1, available_cpus() - 1)
 
 
 def freeze_heap() -> None:

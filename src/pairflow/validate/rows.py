@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
-import os
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator
@@ -35,6 +34,7 @@ from pairflow.dedupe.signatures import (
     signature_words,
 )
 from pairflow.errors import InputDataError
+from pairflow.parallel import available_cpus
 from pairflow.validate.captions import CaptionRules, check_caption
 
 log = logging.getLogger(__name__)
@@ -196,8 +196,7 @@ def _chunks(df: pd.DataFrame, size: int) -> Iterator[list[tuple[object, object, 
 
 def worker_count(requested: int, rows: int) -> int:
     """Processes to use: ``requested`` or the CPUs this process may run on, never idle ones."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    n = requested or cpus or 1
+    n = requested or available_cpus()
     return max(1, min(n, -(-rows // CHUNK_ROWS)))
 
 
