@@ -41,7 +41,7 @@ REASONS: tuple[str, ...] = (
 )
 # Near-duplicate verification compares colour layouts (RMS over 0..255 levels, chroma
 # weighted 3x) against DedupeConfig.near_layout_max_rms.
-_VERIFY_CHUNK = 1 << 15  # pairs per verification chunk (fits in cache)
+_VERIFY_CHUNK = 1 << 12  # pairs per verification chunk: its arrays stay in cache (measured best)
 
 IntArray = npt.NDArray[np.int64]
 
