@@ -131,9 +131,13 @@ def test_aligned_search_matches_brute_force_over_three_alignments(radius: int) -
         assert len(set(pairs) - only_full) > 0  # found through a crop alignment only
 
 
-def test_aligned_search_rejects_mismatched_views() -> None:
+def test_aligned_search_rejects_mismatched_views_and_bad_radius() -> None:
     with pytest.raises(ValueError, match="differ in length"):
         aligned_hamming_pairs(np.zeros(3, dtype=np.int64), np.zeros(2, dtype=np.int64), 2)
+    with pytest.raises(ValueError, match="radius"):
+        aligned_hamming_pairs(np.zeros(3, dtype=np.int64), np.zeros(3, dtype=np.int64), 64)
+    one = np.zeros(1, dtype=np.int64)
+    assert len(aligned_hamming_pairs(one, one, 4)) == 0
 
 
 def test_cost_model_uses_few_wide_bands_at_scale() -> None:

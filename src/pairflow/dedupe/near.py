@@ -174,10 +174,19 @@ class _BucketTable:
 
 
 def _probe_candidates(
-    keys: IntArray, table: _BucketTable, band: _Band, mask: int
+    keys: IntArray, table: _BucketTable, mask: int, query: IntArray | None
 ) -> Iterator[tuple[IntArray, IntArray]]:
-    """Candidate pairs of one probe of a band: ``mask`` 0 joins each bucket with itself,
-    another mask joins bucket ``k`` with bucket ``k ^ mask`` (each unordered pair once)."""
+    """Candidate pairs of one probe of a band, as (query row, table row).
+
+    Self-join (``query`` None, ``keys`` are the table's): ``mask`` 0 joins each bucket with
+    itself, another mask joins bucket ``k`` with ``k ^ mask``, each unordered pair once.
+    Cross join (``query`` holds the query rows' keys): every query row meets the table
+    rows in bucket ``key ^ mask``.
+    """
+    if query is not None:
+        start, count = table.lookup(query ^ mask)
+        yield from _expand(np.arange(len(query), dtype=np.int64), start, count, table.order)
+        return
     if mask == 0:
         yield from _expand(*table.within(), table.order)
         return
@@ -207,8 +216,7 @@ def hamming_pairs(
     ``num_bands`` overrides the cost model's band count (1..64). ``threads`` > 1 runs the
     band probes on that many threads (numpy releases the GIL; the result is the same).
     """
-    if not 0 <= radius <= 63:
-        raise ValueError(f"radius must be in [0, 63], got {radius}")
+    _check_radius(radius)
     if num_bands is not None and not 1 <= num_bands <= 64:
         raise ValueError(f"num_bands must be in [1, 64], got {num_bands}")
     h = _as_uint64(hashes)
@@ -218,9 +226,35 @@ def hamming_pairs(
     bands = _choose_bands(len(h), radius) if num_bands is None else _bands(num_bands, radius)
     if max(_ball(b.bits, b.radius) for b in bands) > _MAX_PROBES:
         raise ValueError(f"{num_bands} band(s) at radius {radius} need too many bit-flip probes")
-    keys = [band.keys(h) for band in bands]
+    left, right, examined = _join(h, None, radius, bands, threads)
+    # sorting one int64 key (left * n + right) is several times faster than a lexsort
+    key = np.minimum(left, right) * len(h) + np.maximum(left, right)
+    key.sort()
+    left, right = np.divmod(key, len(h))
+    dist = np.bitwise_count(h[left] ^ h[right]).astype(np.int64)
+    return HammingPairs(left, right, dist, examined, len(bands))
+
+
+def _check_radius(radius: int) -> None:
+    if not 0 <= radius <= 63:
+        raise ValueError(f"radius must be in [0, 63], got {radius}")
+
+
+def _join(
+    table_hashes: npt.NDArray[np.uint64],
+    query_hashes: npt.NDArray[np.uint64] | None,
+    radius: int,
+    bands: list[_Band],
+    threads: int,
+) -> tuple[IntArray, IntArray, int]:
+    """(query rows, table rows, pairs examined) within ``radius``: a self-join of
+    ``table_hashes`` (each unordered pair once) when ``query_hashes`` is None, else every
+    query row against every table row. One task per (band, probe), on ``threads``."""
+    t = table_hashes
+    q = t if query_hashes is None else query_hashes
+    keys = [band.keys(t) for band in bands]
+    qkeys = None if query_hashes is None else [band.keys(query_hashes) for band in bands]
     tables = thread_map(lambda b: _BucketTable(keys[b], bands[b].bits), range(len(bands)), threads)
-    # one task per (band, probe): enough tasks to balance threads, each independent
     tasks = [
         (b, mask)
         for b, band in enumerate(bands)
@@ -232,28 +266,24 @@ def hamming_pairs(
         lefts: list[IntArray] = []
         rights: list[IntArray] = []
         examined = 0
-        for a, c in _probe_candidates(keys[b], tables[b], bands[b], mask):
+        query = None if qkeys is None else qkeys[b]
+        for a, c in _probe_candidates(keys[b], tables[b], mask, query):
             examined += len(a)
-            x = h[a] ^ h[c]
-            d = np.bitwise_count(x)
-            close = np.flatnonzero(d <= radius)  # few candidates survive: test bands on those
+            x = q[a] ^ t[c]
+            close = np.flatnonzero(np.bitwise_count(x) <= radius)  # few survive
             x, a, c = x[close], a[close], c[close]
             first = np.ones(len(x), dtype=bool)
             for earlier in bands[:b]:  # a pair is emitted by the first band it qualifies in
                 part = (x >> np.uint64(earlier.shift)) & earlier.mask
                 first &= np.bitwise_count(part) > earlier.radius
-            lefts.append(np.minimum(a[first], c[first]))
-            rights.append(np.maximum(a[first], c[first]))
+            lefts.append(a[first])
+            rights.append(c[first])
         return _concat(lefts), _concat(rights), examined
 
     found = thread_map(probe, tasks, threads)
-    examined = sum(f[2] for f in found)
-    # sorting one int64 key (left * n + right) is several times faster than a lexsort
-    key = np.concatenate([f[0] * len(h) + f[1] for f in found])
-    key.sort()
-    left, right = np.divmod(key, len(h))
-    dist = np.bitwise_count(h[left] ^ h[right]).astype(np.int64)
-    return HammingPairs(left, right, dist, examined, len(bands))
+    left = np.concatenate([f[0] for f in found])
+    right = np.concatenate([f[1] for f in found])
+    return left, right, sum(f[2] for f in found)
 
 
 def _concat(parts: list[IntArray]) -> IntArray:
@@ -272,25 +302,37 @@ def aligned_hamming_pairs(
     ``full[i]``/``crop[i]`` hash row ``i``'s full frame and its centre crop. A pair qualifies
     when full/full, crop(i)/full(j) or full(i)/crop(j) is within ``radius`` -- the same three
     alignments :func:`layout_distance` verifies -- so a small crop or border needs no coarse
-    hash to stay in reach. ``distance`` is the smallest of the three; one self-join over the
-    ``2n`` hashes (crop/crop and same-row pairs are discarded).
+    hash to stay in reach. ``distance`` is the smallest of the three. The frames are
+    self-joined and the crops cross-joined against the frames, so crop/crop pairs (most of
+    the pairs a self-join over all ``2n`` hashes would find) are never formed.
     """
+    _check_radius(radius)
     f, c = _as_uint64(full), _as_uint64(crop)
     if len(f) != len(c):
         raise ValueError(f"full and crop hashes differ in length: {len(f)} != {len(c)}")
     n = len(f)
-    both = hamming_pairs(np.concatenate([f, c]), radius, threads=threads)
-    left, right = both.left, both.right
-    keep = ((left < n) | (right < n)) & (left % n != right % n)
-    a, b = left[keep] % n, right[keep] % n
+    empty = np.empty(0, dtype=np.int64)
+    if n < 2:
+        return HammingPairs(empty, empty, empty, 0, 0)
+    bands = _choose_bands(2 * n, radius)
+    # full/full as a self-join; crop(i)/full(j) and full(i)/crop(j) as one cross join of
+    # the crops against the frames (crop/crop pairs are never formed)
+    fa, fb, seen_full = _join(f, None, radius, bands, threads)
+    ca, cb, seen_cross = _join(f, c, radius, bands, threads)
+    other = ca != cb
+    a = np.concatenate([fa, ca[other]])
+    b = np.concatenate([fb, cb[other]])
+    dist = np.concatenate(
+        [np.bitwise_count(f[fa] ^ f[fb]), np.bitwise_count(c[ca[other]] ^ f[cb[other]])]
+    ).astype(np.int64)
     # one int64 key per pair, distance in the low digits: sorted, the first key of each pair
     # carries its smallest distance over the alignments
-    key = (np.minimum(a, b) * n + np.maximum(a, b)) * 65 + both.distance[keep]
+    key = (np.minimum(a, b) * n + np.maximum(a, b)) * 65 + dist
     key.sort()
     pair, dist = np.divmod(key, 65)
     first = np.r_[True, pair[1:] != pair[:-1]] if len(pair) else np.ones(0, bool)
     lo, hi = np.divmod(pair[first], n)
-    return HammingPairs(lo, hi, dist[first], both.candidates, both.bands)
+    return HammingPairs(lo, hi, dist[first], seen_full + seen_cross, len(bands))
 
 
 def brute_force_pairs(
