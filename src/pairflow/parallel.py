@@ -45,9 +45,10 @@ def cgroup_cpu_limit(root: Path = CGROUP_ROOT) -> int | None:
 def available_cpus() -> int:
     """CPUs this process may use: its affinity mask, capped by a cgroup CPU quota (on
     Kubernetes the affinity mask lists the node's CPUs, the quota is the pod's limit)."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    affinity = hasattr(os, "sched_getaffinity")
+    cpus = len(os.sched_getaffinity(0)) if affinity else (os.cpu_count() or 1)
     limit = cgroup_cpu_limit()
-    return max(1, min(cpus or 1, limit or cpus or 1))
+    return max(1, min(cpus, limit) if limit else cpus)
 
 
 def resolve_threads(requested: int) -> int:

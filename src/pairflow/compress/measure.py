@@ -145,6 +145,9 @@ def _quantile(samples: list[float], q: float) -> float:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
 
 
+Latency = dict[str, dict[str, dict[str, float]]]  # variant -> batch size -> figure -> value
+
+
 def measure_latency(
     runners: Mapping[str, ClipRunner],
     held: HeldOut,
@@ -153,14 +156,14 @@ def measure_latency(
     repeats: int,
     warmup: int = 2,
     progress: Callable[[str], None] | None = None,
-) -> dict[str, dict[str, dict[str, float]]]:
+) -> Latency:
     """Per variant, per batch size: p50/p95 ms of a pair request (a classify request for
     classifier runners) and pairs/s at p50.
 
     ONNX runners must have been created with ``threads`` intra-op threads; torch runs under
     ``torch.set_num_threads(threads)`` here.
     """
-    out: dict[str, dict[str, dict[str, float]]] = {name: {} for name in runners}
+    out: Latency = {name: {} for name in runners}
     with torch_threads(threads), torch.inference_mode():
         for size in batch_sizes:
             batch = held.batch_of(size)
@@ -184,9 +187,6 @@ def measure_latency(
             if progress is not None:
                 progress(f"latency batch {size}: done")
     return out
-
-
-Latency = dict[str, dict[str, dict[str, float]]]
 
 
 def fair_latency_env(threads: int) -> dict[str, str]:

@@ -226,7 +226,7 @@ def hamming_pairs(
     bands = _choose_bands(len(h), radius) if num_bands is None else _bands(num_bands, radius)
     if max(_ball(b.bits, b.radius) for b in bands) > _MAX_PROBES:
         raise ValueError(f"{num_bands} band(s) at radius {radius} need too many bit-flip probes")
-    left, right, examined = _join(h, None, radius, bands, threads)
+    left, right, examined = _join(_BandIndex(h, bands, threads), None, radius, threads)
     # sorting one int64 key (left * n + right) is several times faster than a lexsort
     key = np.minimum(left, right) * len(h) + np.maximum(left, right)
     key.sort()
@@ -240,21 +240,30 @@ def _check_radius(radius: int) -> None:
         raise ValueError(f"radius must be in [0, 63], got {radius}")
 
 
+class _BandIndex:
+    """Bucket tables of ``hashes`` for each band, built once and probed by any join."""
+
+    def __init__(self, hashes: npt.NDArray[np.uint64], bands: list[_Band], threads: int) -> None:
+        self.hashes = hashes
+        self.bands = bands
+        self.keys = [band.keys(hashes) for band in bands]
+        self.tables = thread_map(
+            lambda b: _BucketTable(self.keys[b], bands[b].bits), range(len(bands)), threads
+        )
+
+
 def _join(
-    table_hashes: npt.NDArray[np.uint64],
+    index: _BandIndex,
     query_hashes: npt.NDArray[np.uint64] | None,
     radius: int,
-    bands: list[_Band],
     threads: int,
 ) -> tuple[IntArray, IntArray, int]:
-    """(query rows, table rows, pairs examined) within ``radius``: a self-join of
-    ``table_hashes`` (each unordered pair once) when ``query_hashes`` is None, else every
-    query row against every table row. One task per (band, probe), on ``threads``."""
-    t = table_hashes
+    """(query rows, indexed rows, pairs examined) within ``radius``: a self-join of the
+    indexed hashes (each unordered pair once) when ``query_hashes`` is None, else every
+    query row against every indexed row. One task per (band, probe), on ``threads``."""
+    t, bands, keys, tables = index.hashes, index.bands, index.keys, index.tables
     q = t if query_hashes is None else query_hashes
-    keys = [band.keys(t) for band in bands]
     qkeys = None if query_hashes is None else [band.keys(query_hashes) for band in bands]
-    tables = thread_map(lambda b: _BucketTable(keys[b], bands[b].bits), range(len(bands)), threads)
     tasks = [
         (b, mask)
         for b, band in enumerate(bands)
@@ -317,8 +326,9 @@ def aligned_hamming_pairs(
     bands = _choose_bands(2 * n, radius)
     # full/full as a self-join; crop(i)/full(j) and full(i)/crop(j) as one cross join of
     # the crops against the frames (crop/crop pairs are never formed)
-    fa, fb, seen_full = _join(f, None, radius, bands, threads)
-    ca, cb, seen_cross = _join(f, c, radius, bands, threads)
+    index = _BandIndex(f, bands, threads)  # both joins probe the frames' tables
+    fa, fb, seen_full = _join(index, None, radius, threads)
+    ca, cb, seen_cross = _join(index, c, radius, threads)
     other = ca != cb
     a = np.concatenate([fa, ca[other]])
     b = np.concatenate([fb, cb[other]])
