@@ -59,3 +59,99 @@ def find_object(objs: list[dict[str, Any]], kind: str, name: str | None = None) 
     hits = [o for o in objs if o["kind"] == kind and name in (None, o["metadata"]["name"])]
     assert len(hits) == 1, f"{kind}/{name}: {len(hits)} objects"
     return hits[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# validation against the real schemas
+
+K8S_VERSION = "1.31.0"
+CORE_API = {"v1", "apps/v1", "rbac.authorization.k8s.io/v1", "batch/v1", "networking.k8s.io/v1"}
+SCHEMAS = MANIFESTS / "schemas"
+# KServe pkg/apis/serving/v1beta1/predictor.go PredictorSpec.GetImplementations (v0.20.0)
+KSERVE_PREDICTOR_IMPLEMENTATIONS = (
+    "xgboost", "pytorch", "triton", "sklearn", "tensorflow", "onnx", "pmml", "lightgbm",
+    "paddle", "huggingface", "model",
+)  # fmt: skip
+
+
+def _strict(node: Any) -> Any:
+    """An OpenAPI v3 structural schema as JSON Schema with the API server's strict field
+    validation: unknown fields are errors unless ``x-kubernetes-preserve-unknown-fields``;
+    ``nullable`` allows null."""
+    if isinstance(node, list):
+        return [_strict(n) for n in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: _strict(v) for k, v in node.items()}
+    if (
+        "properties" in out
+        and "additionalProperties" not in out
+        and not out.get("x-kubernetes-preserve-unknown-fields")
+    ):
+        out["additionalProperties"] = False
+    if out.get("nullable") and isinstance(out.get("type"), str):
+        out["type"] = [out["type"], "null"]
+    return out
+
+
+def crd_schemas() -> dict[tuple[str, str], dict[str, Any]]:
+    """``(apiVersion, kind)`` → the stored upstream CRD document (``source`` recorded)."""
+    import gzip
+    import json
+
+    out: dict[tuple[str, str], dict[str, Any]] = {}
+    for path in sorted(SCHEMAS.glob("*.json.gz")):
+        doc = json.loads(gzip.decompress(path.read_bytes()))
+        out[(f"{doc['group']}/{doc['version']}", doc["kind"])] = doc
+    return out
+
+
+_VALIDATORS: dict[tuple[str, str], Any] = {}
+
+
+def crd_errors(obj: dict[str, Any]) -> list[str]:
+    """Schema errors of a custom resource against its stored upstream CRD (strict fields)."""
+    import jsonschema
+
+    key = (str(obj.get("apiVersion")), str(obj.get("kind")))
+    if key not in _VALIDATORS:
+        docs = crd_schemas()
+        if key not in docs:
+            return [f"no stored CRD schema for {key}"]
+        schema = _strict(docs[key]["openAPIV3Schema"])
+        _VALIDATORS[key] = jsonschema.Draft7Validator(schema)
+    return [
+        f"{'/'.join(str(p) for p in e.absolute_path)}: {e.message}"
+        for e in _VALIDATORS[key].iter_errors(obj)
+    ]
+
+
+def predictor_implementations(isvc: dict[str, Any]) -> list[str]:
+    """KServe's predictor implementations of an InferenceService (exactly one is valid)."""
+    pred = isvc["spec"]["predictor"]
+    found = [k for k in KSERVE_PREDICTOR_IMPLEMENTATIONS if pred.get(k) is not None]
+    containers = pred.get("containers") or []
+    named = [c for c in containers if c.get("name") == "kserve-container"]
+    found += ["containers"] * len(named)
+    if containers and not found:
+        found.append("containers")
+    return found
+
+
+def validate_object(obj: dict[str, Any]) -> None:
+    """Core kinds: kubernetes-validate (strict); custom resources: the stored CRD schemas,
+    plus KServe's one-predictor rule for an InferenceService. Raises AssertionError."""
+    import kubernetes_validate
+
+    where = f"{obj.get('kind')}/{(obj.get('metadata') or {}).get('name')}"
+    if obj.get("apiVersion") in CORE_API:
+        try:
+            kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            raise AssertionError(f"{where}: {exc}") from exc
+        return
+    errors = crd_errors(obj)
+    assert not errors, f"{where}: " + "; ".join(errors[:5])
+    if obj.get("kind") == "InferenceService":
+        impls = predictor_implementations(obj)
+        assert len(impls) == 1, f"{where}: exactly one predictor implementation, got {impls}"
