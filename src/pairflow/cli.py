@@ -420,12 +420,17 @@ _register_stage_clis()
 
 
 def main() -> None:
-    """Console entry point: user errors are one line and exit code 2."""
+    """Console entry point: user errors (bad input, bad usage) are one line and exit code 2."""
+    from typer._click.exceptions import ClickException, UsageError
+
+    from pairflow.cli_errors import is_help_screen, usage_line
+
+    debug = "--debug" in sys.argv[1:]
     try:
         # Without standalone mode click returns typer.Exit's code instead of exiting.
-        code = app(standalone_mode=False)
+        code = app(prog_name="pairflow", standalone_mode=False)
     except PairflowError as exc:
-        if _State.debug:
+        if debug or _State.debug:
             raise
         err_console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
@@ -434,13 +439,25 @@ def main() -> None:
     except (typer.Abort, KeyboardInterrupt):
         err_console.print("aborted")
         sys.exit(130)
-    except Exception as exc:  # click usage errors carry their own exit code
-        import click
-
-        if isinstance(exc, click.ClickException):
+    except UsageError as exc:
+        if debug:
+            raise
+        if is_help_screen(exc):
             exc.show()
-            sys.exit(exc.exit_code)
-        raise
+        else:
+            line = f"error: {usage_line(exc)}"
+            err_console.print(line, markup=False, highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except ClickException as exc:
+        if debug:
+            raise
+        err_console.print(
+            f"error: {' '.join(exc.format_message().split())}",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+        sys.exit(exc.exit_code)
     sys.exit(code if isinstance(code, int) else 0)
 
 
