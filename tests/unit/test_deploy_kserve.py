@@ -1,9 +1,15 @@
-"""The kserve backend's API calls against a fake Kubernetes API and a fake Prometheus.
+"""The kserve backend's patches against the real InferenceService and CRD; a fake API server.
 
-No cluster exists here, so ``FakeCustomObjects`` is an in-memory stand-in for
-``kubernetes.client.CustomObjectsApi`` (it applies JSON patches to one InferenceService and
-reports its Ready condition), and Prometheus is a real HTTP server on 127.0.0.1 (started in
-the test) that answers ``/api/v1/query`` from canned per-version series.
+No cluster exists here. ``FakeCustomObjects`` stands in for the Kubernetes API server's custom
+objects endpoint (``kubernetes.client.CustomObjectsApi``): it holds the InferenceService that
+the real kustomize renders from manifests/, applies each JSON patch as the API server does
+(RFC 6902 with ``test`` ops, k8s.io/apiserver ``pkg/endpoints/handlers/patch.go`` via
+evanphx/json-patch; here the ``jsonpatch`` package), and, like the API server with KServe's
+CRD and validating webhook installed, rejects any result that fails the upstream CRD schema
+(KServe v0.20.0, stored in manifests/schemas) or KServe's exactly-one-predictor rule
+(``pkg/apis/serving/v1beta1/component.go`` ``validateExactlyOneImplementation``).
+Prometheus here is a real HTTP server on 127.0.0.1 answering ``/api/v1/query`` from canned
+per-version series (tests/integration/test_kserve_prometheus.py uses a real Prometheus).
 """
 
 from __future__ import annotations
@@ -17,8 +23,10 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import jsonpatch
 import numpy as np
 import pytest
+from tests.manifests_render import find_object, render_overlay, validate_object
 
 from pairflow.deploy.aliases import Rollout
 from pairflow.deploy.backend import MetricsUnavailable
@@ -30,54 +38,68 @@ from pairflow.deploy.kserve import (
     KServeBackend,
     KServeError,
     Prometheus,
+    check_windows,
     histogram_samples,
+    start_patch,
 )
 from pairflow.deploy.settings import DeployConfig
+from pairflow.kubeflow import names
 
 ROLL = Rollout(name="pairflow-clip", stable="1", candidate="2")
 
 
-class FakeCustomObjects:
-    """In-memory CustomObjectsApi for one InferenceService; applies add/remove JSON patches."""
+def rendered_isvc(overlay: str = "prod") -> dict[str, Any]:
+    return find_object(render_overlay(overlay), "InferenceService", names.INFERENCE_SERVICE)
 
-    def __init__(self) -> None:
-        self.obj: dict[str, Any] = {
-            "spec": {"predictor": {"model": {"storageUri": "models:/pairflow-clip/1"}}},
-            "status": {
-                "conditions": [{"type": "Ready", "status": "True"}],
-                "components": {
-                    "predictor": {"latestCreatedRevision": "r2", "latestReadyRevision": "r2"}
-                },
+
+class FakeCustomObjects:
+    """The API server's custom-object endpoints for one InferenceService (see module doc)."""
+
+    def __init__(self, obj: dict[str, Any] | None = None) -> None:
+        self.obj: dict[str, Any] = copy.deepcopy(obj or rendered_isvc())
+        self.ns = self.obj["metadata"]["namespace"]
+        self.name = self.obj["metadata"]["name"]
+        self.obj["status"] = {
+            "conditions": [{"type": "Ready", "status": "True"}],
+            "components": {
+                "predictor": {"latestCreatedRevision": "r2", "latestReadyRevision": "r2"}
             },
         }
         self.patches: list[list[dict[str, Any]]] = []
+        self.history: list[dict[str, Any]] = []
 
     def get_namespaced_custom_object(
         self, group: str, version: str, namespace: str, plural: str, name: str
     ) -> Any:
-        assert (group, version, plural, namespace, name) == (GROUP, VERSION, PLURAL, "ml", "clip")
+        assert (group, version, plural, namespace, name) == (
+            GROUP, VERSION, PLURAL, self.ns, self.name,
+        )  # fmt: skip
         return copy.deepcopy(self.obj)
 
     def patch_namespaced_custom_object(
         self, group: str, version: str, namespace: str, plural: str, name: str, body: Any
     ) -> Any:
-        assert (group, version, plural) == (GROUP, VERSION, PLURAL)
-        assert isinstance(body, list)  # JSON patch
+        assert (group, version, plural, namespace, name) == (
+            GROUP, VERSION, PLURAL, self.ns, self.name,
+        )  # fmt: skip
+        assert isinstance(body, list)  # a list body: the client sends application/json-patch
+        new = jsonpatch.apply_patch(self.obj, body)  # raises on a failed test / missing path
+        status = new.pop("status")
+        validate_object(new)  # the CRD schema and the one-predictor rule, or a 422
+        new["status"] = status
+        self.obj = new
         self.patches.append(body)
-        for op in body:
-            *parents, leaf = op["path"].strip("/").split("/")
-            node = self.obj
-            for p in parents:
-                node = node.setdefault(p, {})
-            if op["op"] == "add":
-                node[leaf] = op["value"]
-            elif op["op"] == "remove":
-                del node[leaf]  # KeyError like a 422 when the field is missing
-        return copy.deepcopy(self.obj)
+        self.history.append(copy.deepcopy(new))
+        return copy.deepcopy(new)
 
     @property
     def canary(self) -> Any:
         return self.obj["spec"]["predictor"].get("canaryTrafficPercent", "absent")
+
+    @property
+    def model_uri(self) -> str:
+        (container,) = self.obj["spec"]["predictor"]["containers"]
+        return str({e["name"]: e.get("value") for e in container["env"]}["MODEL_URI"])
 
 
 def _served_metric_names() -> set[str]:
@@ -94,7 +116,7 @@ def _served_metric_names() -> set[str]:
 def _series(version_data: dict[str, dict[str, Any]]) -> Any:
     def answer(query: str) -> list[dict[str, Any]]:
         version = re.search(r'model_version="(\w+)"', query)
-        assert version is not None and 'namespace="ml"' in query
+        assert version is not None and f'namespace="{names.NAMESPACE}"' in query
         # the predictor labels its series with its served name (serve.model_name)
         assert 'model_name="pairflow"' in query, query
         metric = re.search(r"(pairflow_\w+?)(?:_bucket)?\{", query)
@@ -142,7 +164,7 @@ def prometheus() -> Iterator[tuple[str, dict[str, Any]]]:
 
 def _cfg() -> DeployConfig:
     cfg = DeployConfig(steps=[20, 100], bake_s=0.2, check_interval_s=0.1, min_requests=50)
-    cfg.kserve.namespace, cfg.kserve.inference_service = "ml", "clip"
+    cfg.kserve.scrape_interval_s = 0.04  # 4 scrapes = 0.16 s < bake_s
     cfg.analysis.warmup_s = 0
     return cfg
 
@@ -163,7 +185,7 @@ def test_promotion_patches_percent_then_removes_it(
     api = FakeCustomObjects()
     backend = KServeBackend(api, Prometheus(url), ROLL, _cfg(), poll_s=0.01)
     backend.start()
-    assert api.obj["spec"]["predictor"]["model"]["storageUri"] == "models:/pairflow-clip/2"
+    assert api.model_uri == "models:/pairflow-clip/2" and api.canary == 0
     result = run_canary(backend, _cfg())
     assert result.decision == PROMOTED, result.reasons
     assert [p[0]["value"] for p in api.patches[1:-1]] == [20]
@@ -179,9 +201,11 @@ def test_regression_sets_percent_to_zero(prometheus: tuple[str, dict[str, Any]])
     state["answer"] = _series({"1": _good(400), "2": _good(100, errors=9, slow=True)})
     api = FakeCustomObjects()
     backend = KServeBackend(api, Prometheus(url), ROLL, _cfg(), poll_s=0.01)
+    backend.start()
     result = run_canary(backend, _cfg())
     assert result.decision == ROLLED_BACK
     assert api.canary == 0
+    assert api.model_uri == "models:/pairflow-clip/1"  # the spec names stable again
     text = " ".join(result.reasons)
     assert "error_rate" in text and "latency_p95" in text
 
@@ -224,3 +248,105 @@ def test_histogram_expansion() -> None:
     s = histogram_samples({0.1: 2.0, 0.5: 5.0, float("inf"): 6.0})
     assert np.array_equal(s, [0.1, 0.1, 0.5, 0.5, 0.5, 1.0])
     assert histogram_samples({}).size == 0
+
+
+def test_every_patch_leaves_a_valid_inference_service(
+    prometheus: tuple[str, dict[str, Any]],
+) -> None:
+    """start, each step, promote; and start, a step, rollback: on each overlay's rendered
+    InferenceService, each result passes the CRD schema and the one-predictor rule."""
+    url, state = prometheus
+    for overlay in ("dev", "prod"):
+        for candidate, decision in (("2", PROMOTED), ("3", ROLLED_BACK)):
+            bad = candidate == "3"
+            errors = 9 if bad else 0
+            state["answer"] = _series({"1": _good(400), candidate: _good(100, errors, bad)})
+            api = FakeCustomObjects(rendered_isvc(overlay))
+            cfg = _cfg()
+            cfg.steps = [10, 50, 100]
+            roll = Rollout("pairflow-clip", candidate=candidate, stable="1")
+            backend = KServeBackend(api, Prometheus(url), roll, cfg, poll_s=0.01)
+            backend.start()
+            result = run_canary(backend, cfg)
+            assert result.decision == decision, result.reasons
+            canaries = [h["spec"]["predictor"].get("canaryTrafficPercent") for h in api.history]
+            uris = [
+                {e["name"]: e.get("value") for e in h["spec"]["predictor"]["containers"][0]["env"]}[
+                    "MODEL_URI"
+                ]
+                for h in api.history
+            ]
+            if decision == PROMOTED:
+                assert canaries == [0, 10, 50, None]
+                assert set(uris) == {"models:/pairflow-clip/2"}
+            else:
+                assert canaries == [0, 10, 0]
+                assert uris == ["models:/pairflow-clip/3"] * 2 + ["models:/pairflow-clip/1"]
+
+
+def test_fake_api_server_rejects_what_kserve_rejects() -> None:
+    """The fake refuses a storageUri on a custom container (two implementations) and the old
+    backend's ``add /spec/predictor/model/storageUri`` onto a predictor without ``model``."""
+    api = FakeCustomObjects()
+    with pytest.raises(AssertionError, match="exactly one predictor implementation"):
+        api.patch_namespaced_custom_object(
+            GROUP, VERSION, api.ns, PLURAL, api.name,
+            [{"op": "add", "path": "/spec/predictor/model", "value": {"storageUri": "s3://m"}}],
+        )  # fmt: skip
+    with pytest.raises(jsonpatch.JsonPointerException):
+        api.patch_namespaced_custom_object(
+            GROUP, VERSION, api.ns, PLURAL, api.name,
+            [{"op": "add", "path": "/spec/predictor/model/storageUri", "value": "s3://m"}],
+        )  # fmt: skip
+    with pytest.raises(AssertionError, match="canaryTrafficPercent"):
+        api.patch_namespaced_custom_object(
+            GROUP, VERSION, api.ns, PLURAL, api.name,
+            [{"op": "add", "path": "/spec/predictor/canaryTrafficPercent", "value": "10%"}],
+        )  # fmt: skip
+    moved = copy.deepcopy(api.obj)
+    moved["spec"]["predictor"]["containers"][0]["env"].reverse()
+    ops = start_patch(api.obj, "models:/pairflow-clip/2")
+    with pytest.raises(jsonpatch.JsonPatchTestFailed):
+        jsonpatch.apply_patch(moved, ops)  # the test ops guard against a moved env var
+
+
+def test_alias_candidates_and_thin_windows_are_refused() -> None:
+    with pytest.raises(KServeError, match="alias"):
+        start_patch(rendered_isvc(), "models:/pairflow-clip@champion")
+    no_env = rendered_isvc()
+    no_env["spec"]["predictor"]["containers"][0]["env"] = []
+    with pytest.raises(KServeError, match="MODEL_URI"):
+        start_patch(no_env, "models:/pairflow-clip/2")
+    cfg = DeployConfig()  # bake 20 s < 4 scrapes of 15 s
+    assert cfg.kserve.scrape_interval_s == names.SCRAPE_INTERVAL_S
+    with pytest.raises(KServeError, match=r"bake_s >= 60"):
+        check_windows(cfg)
+    cfg.bake_s = 60
+    check_windows(cfg)
+
+
+def test_windows_under_four_scrapes_are_not_analysed(
+    prometheus: tuple[str, dict[str, Any]],
+) -> None:
+    url, state = prometheus
+    state["answer"] = _series({"1": _good(400), "2": _good(100)})
+    cfg = _cfg()
+    backend = KServeBackend(FakeCustomObjects(), Prometheus(url), ROLL, cfg)
+    thin = backend.samples("2", 100.0, 100.0 + 3.9 * cfg.kserve.scrape_interval_s)
+    assert thin.requests == 0 and not state["queries"]
+    assert backend.samples("2", 100.0, 100.0 + 4.01 * cfg.kserve.scrape_interval_s).requests == 100
+
+
+def test_names_match_the_manifests() -> None:
+    objs = render_overlay("prod")
+    isvc = rendered_isvc()
+    cfg = DeployConfig()
+    assert (isvc["metadata"]["namespace"], isvc["metadata"]["name"]) == (
+        cfg.kserve.namespace, cfg.kserve.inference_service,
+    )  # fmt: skip
+    (container,) = isvc["spec"]["predictor"]["containers"]
+    assert container["name"] == names.PREDICTOR_CONTAINER
+    assert container["args"][container["args"].index("--host") + 1] == "0.0.0.0"
+    monitor = find_object(objs, "PodMonitor")
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    assert endpoint["interval"] == f"{names.SCRAPE_INTERVAL_S:g}s"

@@ -1,16 +1,28 @@
-"""The ``kserve`` backend: an InferenceService (serverless mode) and Prometheus.
+"""The ``kserve`` backend: an InferenceService (Serverless mode) and Prometheus.
 
-KServe's canary in serverless (Knative) mode: changing the predictor's ``storageUri`` with
-``spec.predictor.canaryTrafficPercent`` set creates a new revision that gets that share of
-traffic while the previous ready revision keeps the rest. Setting the percent to 0 rolls
-back; removing the field sends everything to the latest revision (promotion).
+The InferenceService (``manifests/base/inferenceservice.yaml``) has one custom predictor
+container (``kserve-container``) that runs ``pairflow serve --model $(MODEL_URI) --host 0.0.0.0``;
+KServe allows exactly one predictor implementation, so there is no ``model``/``storageUri`` key
+(KServe v0.20 ``pkg/apis/serving/v1beta1/predictor.go`` ``GetImplementations``). Every change is
+a JSON patch (RFC 6902, what ``kubectl patch --type=json`` sends) computed against the live
+object, with ``test`` ops that make it fail if the container or env var moved:
 
-Per-version samples come from the predictor's Prometheus metrics (labelled
-``model_version``) over the same window for both revisions: request and error counters,
-and the latency and pair-score histograms, expanded to one sample per observation at its
-bucket's upper bound, so the same rank tests as the local backend apply. A failed or
-malformed Prometheus answer raises :class:`MetricsUnavailable` (a failed step, never a
-pass).
+- start: the ``MODEL_URI`` env of the container is set to the candidate pinned as
+  ``models:/NAME/VERSION`` (never an alias, which can move while the revision runs) and
+  ``spec.predictor.canaryTrafficPercent`` to 0: Knative creates a new revision that gets 0%
+  while the last rolled-out revision (stable) keeps 100%;
+- each step: ``canaryTrafficPercent`` = the step's percent;
+- rollback: ``canaryTrafficPercent`` 0 and ``MODEL_URI`` back to the stable version, so the
+  spec again describes what serves all traffic;
+- promote: ``canaryTrafficPercent`` removed: the latest revision (candidate) gets 100%.
+
+Per-version samples come from the predictor's Prometheus metrics (labelled ``model_version``)
+over the same window for both revisions: request and error counters, and the latency and
+pair-score histograms, expanded to one sample per observation at its bucket's upper bound.
+``increase()`` needs several scrapes inside its range: a window shorter than
+``kserve.min_window_scrapes`` × ``kserve.scrape_interval_s`` yields no samples (inconclusive,
+never a pass), and a bake shorter than that is refused. A failed or malformed Prometheus answer
+raises :class:`MetricsUnavailable` (a failed step, never a pass).
 """
 
 from __future__ import annotations
@@ -31,6 +43,7 @@ from pairflow.deploy.analysis import Samples
 from pairflow.deploy.backend import MetricsUnavailable
 from pairflow.deploy.settings import DeployConfig
 from pairflow.errors import PairflowError
+from pairflow.kubeflow import names
 
 log = logging.getLogger("pairflow.deploy.kserve")
 
@@ -109,6 +122,71 @@ def histogram_samples(buckets: dict[float, float]) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros(0)
 
 
+def check_windows(cfg: DeployConfig) -> None:
+    """A step's bake must span ``min_window_scrapes`` scrape intervals, or nothing is judged."""
+    k = cfg.kserve
+    need = k.min_window_scrapes * k.scrape_interval_s
+    if cfg.bake_s < need:
+        raise KServeError(
+            f"deploy.bake_s={cfg.bake_s} s is shorter than {k.min_window_scrapes} scrapes of "
+            f"{k.scrape_interval_s} s (deploy.kserve.scrape_interval_s): set deploy.bake_s >= "
+            f"{need:g}"
+        )
+
+
+def _container_index(obj: dict[str, Any]) -> tuple[int, int]:
+    """(container index, MODEL_URI env index) of the predictor container in ``obj``."""
+    name = (obj.get("metadata") or {}).get("name", "?")
+    containers = ((obj.get("spec") or {}).get("predictor") or {}).get("containers") or []
+    for i, c in enumerate(containers):
+        if c.get("name") == names.PREDICTOR_CONTAINER:
+            for j, env in enumerate(c.get("env") or []):
+                if env.get("name") == names.MODEL_URI_ENV:
+                    return i, j
+            raise KServeError(
+                f"InferenceService {name}: container {names.PREDICTOR_CONTAINER} has no "
+                f"{names.MODEL_URI_ENV} env var (see manifests/base/inferenceservice.yaml)"
+            )
+    raise KServeError(
+        f"InferenceService {name}: no predictor container named {names.PREDICTOR_CONTAINER} "
+        "(see manifests/base/inferenceservice.yaml)"
+    )
+
+
+def _model_uri_ops(obj: dict[str, Any], model_uri: str) -> list[dict[str, Any]]:
+    i, j = _container_index(obj)
+    env = f"/spec/predictor/containers/{i}/env/{j}"
+    return [
+        {"op": "test", "path": f"/spec/predictor/containers/{i}/name",
+         "value": names.PREDICTOR_CONTAINER},
+        {"op": "test", "path": f"{env}/name", "value": names.MODEL_URI_ENV},
+        {"op": "replace", "path": f"{env}/value", "value": model_uri},
+    ]  # fmt: skip
+
+
+def start_patch(obj: dict[str, Any], candidate_uri: str) -> list[dict[str, Any]]:
+    """Candidate revision at 0%: pin its model URI, set canaryTrafficPercent 0."""
+    if "@" in candidate_uri.removeprefix("models:/"):
+        raise KServeError(f"candidate {candidate_uri!r}: an alias moves; pin a version")
+    return [*_model_uri_ops(obj, candidate_uri), *weight_patch(0)]
+
+
+def weight_patch(percent: int) -> list[dict[str, Any]]:
+    if not 0 <= int(percent) <= 100:
+        raise KServeError(f"canary percent {percent} is not in [0, 100]")
+    return [{"op": "add", "path": CANARY_PATH, "value": int(percent)}]
+
+
+def rollback_patch(obj: dict[str, Any], stable_uri: str) -> list[dict[str, Any]]:
+    """All traffic back to stable, and the spec names the stable version again."""
+    return [*weight_patch(0), *_model_uri_ops(obj, stable_uri)]
+
+
+def promote_patch() -> list[dict[str, Any]]:
+    """The latest revision (the candidate) takes all traffic."""
+    return [{"op": "remove", "path": CANARY_PATH}]
+
+
 class KServeBackend:
     """Canary through ``canaryTrafficPercent`` of one InferenceService; samples from Prometheus.
 
@@ -142,6 +220,7 @@ class KServeBackend:
             config.load_incluster_config()
         except config.ConfigException:
             config.load_kube_config()
+        check_windows(cfg)
         prom = Prometheus(cfg.kserve.prometheus_url, cfg.kserve.query_timeout_s)
         return cls(client.CustomObjectsApi(), prom, rollout, cfg)
 
@@ -166,23 +245,15 @@ class KServeBackend:
             ) from exc
         log.info("patched %s/%s: %s", self.ns, self.isvc, ops)
 
-    def storage_uri(self) -> str:
-        return self.cfg.kserve.storage_uri_template.format(
-            model_uri=self.rollout.uri(self.rollout.candidate), version=self.rollout.candidate
+    def pinned_uri(self, version: str) -> str:
+        """The model URI a revision serves: ``models:/NAME/VERSION`` (or the template's)."""
+        return self.cfg.kserve.model_uri_template.format(
+            model_uri=self.rollout.uri(version), version=version
         )
 
     def start(self) -> None:
         """Roll the candidate's revision out at 0% and wait until it is ready."""
-        self._patch(
-            [
-                {"op": "add", "path": CANARY_PATH, "value": 0},
-                {
-                    "op": "add",
-                    "path": "/spec/predictor/model/storageUri",
-                    "value": self.storage_uri(),
-                },
-            ]
-        )
+        self._patch(start_patch(self._get(), self.pinned_uri(self.rollout.candidate)))
         deadline = time.monotonic() + self.cfg.kserve.ready_timeout_s
         while True:
             problem = self._not_ready(self._get())
@@ -206,13 +277,14 @@ class KServeBackend:
         return None
 
     def set_weight(self, percent: int) -> None:
-        self._patch([{"op": "add", "path": CANARY_PATH, "value": int(percent)}])
+        self._patch(weight_patch(percent))
 
     def rollback(self) -> None:
-        self.set_weight(0)
+        assert self.rollout.stable is not None
+        self._patch(rollback_patch(self._get(), self.pinned_uri(self.rollout.stable)))
 
     def promote(self) -> None:
-        self._patch([{"op": "remove", "path": CANARY_PATH}])
+        self._patch(promote_patch())
 
     def health(self) -> str | None:
         problem = self._not_ready(self._get())
@@ -229,7 +301,8 @@ class KServeBackend:
             "backend": self.name,
             "inference_service": f"{self.ns}/{self.isvc}",
             "prometheus": self.prom.url,
-            "storage_uri": self.storage_uri(),
+            "candidate_model_uri": self.pinned_uri(self.rollout.candidate),
+            "window_min_s": self.min_window_s,
         }
 
     # -- Prometheus --------------------------------------------------------------------------
@@ -254,8 +327,17 @@ class KServeBackend:
                 raise MetricsUnavailable(f"prometheus: bucket without le in {s}") from exc
         return histogram_samples(buckets)
 
+    @property
+    def min_window_s(self) -> float:
+        k = self.cfg.kserve
+        return k.min_window_scrapes * k.scrape_interval_s
+
     def samples(self, version: str, start: float, end: float) -> Samples:
-        rng = f"{max(1, round(end - start))}s"
+        """Samples of ``version`` in ``[start, end]``; none while the window holds fewer than
+        ``min_window_scrapes`` scrapes (``increase`` over fewer points is mostly empty)."""
+        if end - start < self.min_window_s:
+            return Samples(requests=0, errors=0, latencies=np.zeros(0), scores=np.zeros(0))
+        rng = f"{max(1, round((end - start) * 1000))}ms"
         requests = round(self._sum("pairflow_predictor_requests_total", version, rng, end))
         errors = round(self._sum("pairflow_predictor_errors_total", version, rng, end))
         return Samples(

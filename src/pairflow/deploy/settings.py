@@ -7,6 +7,7 @@ from typing import Literal, get_args
 from pydantic import Field, model_validator
 
 from pairflow.config_fields import Section, ui
+from pairflow.kubeflow import names
 
 MetricName = Literal["error_rate", "latency_p95", "quality"]
 
@@ -97,19 +98,29 @@ class LocalBackendConfig(Section):
 class KServeConfig(Section):
     """The kserve backend: an InferenceService in serverless mode and Prometheus."""
 
-    namespace: str = ui("pairflow", "KServe namespace", "Namespace of the InferenceService.")
+    namespace: str = ui(names.NAMESPACE, "KServe namespace", "Namespace of the InferenceService.")
     inference_service: str = ui(
-        "pairflow-clip", "InferenceService name", "The InferenceService the canary patches."
+        names.INFERENCE_SERVICE,
+        "InferenceService name",
+        "The InferenceService the canary patches (manifests/base/inferenceservice.yaml).",
     )
     prometheus_url: str = ui(
         "http://prometheus-operated.monitoring:9090",
         "Prometheus URL",
         "Prometheus HTTP API queried for per-version predictor metrics.",
     )
-    storage_uri_template: str = Field(
+    model_uri_template: str = Field(
         "{model_uri}",
-        description="spec.predictor.model.storageUri for the candidate ({model_uri}, "
-        "{version} substituted).",
+        description="MODEL_URI env of the predictor container for a revision ({model_uri} = "
+        "models:/NAME/VERSION, {version} substituted); never an alias.",
+    )
+    scrape_interval_s: float = Field(
+        names.SCRAPE_INTERVAL_S,
+        gt=0,
+        description="Prometheus scrape interval of the predictor (manifests' PodMonitor).",
+    )
+    min_window_scrapes: int = Field(
+        4, ge=4, description="A window shorter than this many scrapes is not analysed."
     )
     served_model_name: str = Field(
         "pairflow",
