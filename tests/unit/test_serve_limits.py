@@ -66,7 +66,8 @@ def test_v2_columns_become_instances_and_shapes_are_checked() -> None:
         [("image", "BYTES", [2], ["QUJD", b"REVG"]), ("caption", "BYTES", [2], ["a", "b"])],
         {"task": "score"},
     )
-    assert [r.image_b64 for r in req.instances] == ["QUJD", "REVG"]
+    assert [r.image_b64 for r in req.instances] == ["QUJD", None]
+    assert [r.image_bytes for r in req.instances] == [None, b"REVG"]  # told apart when decoding
     assert [r.caption for r in req.instances] == ["a", "b"]
     with pytest.raises(RequestError, match="shape must be"):
         parse_v2([("caption", "BYTES", [3], ["a", "b"])], None)

@@ -4,17 +4,17 @@ Logged as *models from code* (:mod:`pairflow.registry.pyfunc_entry`): the model 
 holds this code's entry file, the Hugging Face directory (safetensors), the chosen ONNX
 variant when that is what ships, and ``labels.json``; never a pickle.
 
-Input columns: ``image`` (a path, ``file://`` URI, ``data:`` URI or raw bytes) and
-``caption``; either may be missing for embeddings. The mode comes from the ``mode`` param
-or a ``mode`` column: ``embeddings``, ``scores`` (default) or ``labels``. A classifier
-artifact from ``pairflow.train`` (``pairflow_model.json`` kind ``classifier``) answers
-``labels`` with its fusion head (image and caption needed); a CLIP answers zero-shot over
-the label set in ``labels.json``.
+Input columns: ``image`` (a path, ``file://`` URI, ``data:`` URI, base64 text, or raw
+bytes: the same forms ``pairflow serve`` takes, told apart the same way, see
+:func:`pairflow.serve.limits.image_payload`) and ``caption``; either may be missing for
+embeddings. The mode comes from the ``mode`` param or a ``mode`` column: ``embeddings``,
+``scores`` (default) or ``labels``. A classifier artifact from ``pairflow.train``
+(``pairflow_model.json`` kind ``classifier``) answers ``labels`` with its fusion head (image
+and caption needed); a CLIP answers zero-shot over the label set in ``labels.json``.
 """
 
 from __future__ import annotations
 
-import base64
 import io
 import json
 from pathlib import Path
@@ -33,20 +33,40 @@ TRAINED_META = "pairflow_model.json"  # pairflow.train.artifact.META_FILE
 
 
 def decode_image(value: Any) -> Any:
-    """A PIL RGB image from a path, ``file://`` or ``data:`` URI, or bytes."""
+    """A PIL RGB image from a path, ``file://`` or ``data:`` URI, base64 text, or bytes
+    (raw image bytes, or base64 text as bytes)."""
     from PIL import Image
 
+    from pairflow.serve.limits import RequestError, image_payload
+
     if isinstance(value, bytes | bytearray):
-        return Image.open(io.BytesIO(value)).convert("RGB")
+        try:
+            return Image.open(io.BytesIO(image_payload(bytes(value), "image"))).convert("RGB")
+        except RequestError as exc:
+            raise ValueError(str(exc)) from exc
     if not isinstance(value, str) or not value:
-        raise ValueError(f"image: expected a path, data: URI or bytes, got {type(value).__name__}")
-    if value.startswith("data:"):
-        _, _, payload = value.partition(",")
-        return Image.open(io.BytesIO(base64.b64decode(payload))).convert("RGB")
+        raise ValueError(
+            f"image: expected a path, data: URI, base64 text or bytes, got {type(value).__name__}"
+        )
     path = Path(value.removeprefix("file://"))
-    if not path.is_file():
-        raise ValueError(f"image: {value!r} is not a readable file")
-    return Image.open(path).convert("RGB")
+    if not value.startswith("data:") and (value.startswith("file://") or _is_file(path)):
+        if not _is_file(path):
+            raise ValueError(f"image: {value!r} is not a readable file")
+        return Image.open(path).convert("RGB")
+    try:
+        data = image_payload(value, "image")
+    except RequestError as exc:
+        raise ValueError(f"image: {value[:60]!r} is neither a readable file nor {exc}") from exc
+    return Image.open(io.BytesIO(data)).convert("RGB")
+
+
+def _is_file(path: Path) -> bool:
+    """``path.is_file()``, False for strings no file system takes (base64 is often longer
+    than a file name may be)."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
 
 
 def _present(value: Any) -> bool:

@@ -6,8 +6,10 @@ Protocols (both carry the same instance fields):
   "caption": "..."}, ...]}``; ``image`` may also be ``{"b64": B64}``; ``image_path`` instead
   of ``image`` names a file under ``serve.allowed_image_root``. ``task`` may also sit in
   ``parameters``.
-- V2 ``POST /v2/models/NAME/infer``: BYTES inputs ``image`` (base64 strings),
-  ``image_path`` and/or ``caption``, each of shape ``[n]``; ``parameters.task``.
+- V2 ``POST /v2/models/NAME/infer`` (REST, JSON or the binary tensor extension) and gRPC
+  ``ModelInfer``: BYTES inputs ``image``, ``image_path`` and/or ``caption``, each of shape
+  ``[n]``; ``parameters.task``. An ``image`` element is raw image bytes (binary extension,
+  gRPC) or base64 text (any transport): see :func:`image_payload`.
 
 Tasks: ``score`` (image + caption → cosine similarity), ``embed`` (image and/or caption →
 L2-normalised embeddings), ``classify`` (image → label and class probabilities).
@@ -46,11 +48,26 @@ class RequestError(PairflowError):
 
 @dataclass(frozen=True)
 class RawInstance:
-    """One instance as sent: base64 image or image path, and caption (any may be absent)."""
+    """One instance as sent: image (base64 text or raw bytes) or image path, and caption
+    (any may be absent)."""
 
     image_b64: str | None = None
     image_path: str | None = None
     caption: str | None = None
+    image_bytes: bytes | None = None
+
+    @property
+    def has_image(self) -> bool:
+        return (
+            self.image_b64 is not None
+            or self.image_bytes is not None
+            or self.image_path is not None
+        )
+
+    @property
+    def image_size(self) -> int:
+        """Characters/bytes of the image as sent (0 for paths)."""
+        return len(self.image_b64 or "") + len(self.image_bytes or b"")
 
 
 @dataclass(frozen=True)
@@ -77,6 +94,37 @@ def _task(value: object) -> Task:
     if not isinstance(value, str) or value not in TASKS:
         raise RequestError(f"task: {value!r} is not one of {', '.join(TASKS)}")
     return cast(Task, value)
+
+
+_B64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=\r\n"
+
+
+def looks_base64(data: bytes) -> bool:
+    """True when ``data`` is entirely base64 text. Image files never are: PNG, JPEG, GIF,
+    WebP, BMP and TIFF headers all hold bytes outside the base64 alphabet."""
+    return bool(data) and not data.translate(None, _B64_ALPHABET)
+
+
+def image_payload(value: str | bytes, where: str) -> bytes:
+    """Image file bytes from an image element: base64 text (str, or bytes that are all base64
+    text; a ``data:...;base64,`` prefix is allowed) or raw image bytes."""
+    if isinstance(value, bytes):
+        if not (value.startswith(b"data:") or looks_base64(value.lstrip())):
+            return value
+        try:
+            text = value.decode("ascii")
+        except UnicodeDecodeError as exc:
+            raise RequestError(f"{where}: data: URI is not ASCII text") from exc
+    else:
+        text = value
+    if text.startswith("data:"):
+        head, sep, text = text.partition(",")
+        if not sep or not head.endswith(";base64"):
+            raise RequestError(f"{where}: data: URI without ';base64,'")
+    try:
+        return base64.b64decode("".join(text.split()), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise RequestError(f"{where}: not valid base64 ({exc})") from exc
 
 
 def _opt_str(value: object, where: str) -> str | None:
@@ -139,13 +187,21 @@ V2_INPUTS = ("image", "image_path", "caption")
 def parse_v2(
     inputs: Sequence[tuple[str, str, list[int], Any]], parameters: object
 ) -> ParsedRequest:
-    """V2 inputs as (name, datatype, shape, data) → task and raw instances."""
-    params = parameters if isinstance(parameters, Mapping) else {}
+    """V2 inputs as (name, datatype, shape, data) → task and raw instances.
+
+    ``image`` elements stay as sent: ``str`` (base64 text) or ``bytes`` (raw image bytes, or
+    base64 text sent as bytes; told apart when decoding).
+    """
+    if parameters is not None and not isinstance(parameters, Mapping):
+        raise RequestError("parameters: expected an object")
+    params = parameters or {}
     task = _task(params.get("task"))
     columns: dict[str, list[Any]] = {}
     for name, datatype, shape, data in inputs:
         if name not in V2_INPUTS:
             raise RequestError(f"inputs: unknown input {name!r} (expected {', '.join(V2_INPUTS)})")
+        if name in columns:
+            raise RequestError(f"inputs.{name}: given twice")
         if datatype != "BYTES":
             raise RequestError(f"inputs.{name}: datatype must be BYTES, got {datatype}")
         values = list(data.tolist() if hasattr(data, "tolist") else data)
@@ -162,15 +218,31 @@ def parse_v2(
     n = next(iter(sizes.values()))
     raws = []
     for i in range(n):
-        fields = {
-            name: _opt_str(columns[name][i], f"inputs.{name}[{i}]") if name in columns else None
-            for name in V2_INPUTS
-        }
+        image: str | bytes | None = None
+        if "image" in columns:
+            value = columns["image"][i]
+            if not isinstance(value, str | bytes):
+                raise RequestError(
+                    f"inputs.image[{i}]: expected bytes or a base64 string, "
+                    f"got {type(value).__name__}"
+                )
+            image = value or None
+        path = (
+            _opt_str(columns["image_path"][i], f"inputs.image_path[{i}]")
+            if ("image_path" in columns)
+            else None
+        )
+        caption = (
+            _opt_str(columns["caption"][i], f"inputs.caption[{i}]")
+            if ("caption" in columns)
+            else None
+        )
         raws.append(
             RawInstance(
-                image_b64=fields["image"] or None,
-                image_path=fields["image_path"] or None,
-                caption=fields["caption"],
+                image_b64=image if isinstance(image, str) else None,
+                image_bytes=image if isinstance(image, bytes) else None,
+                image_path=path or None,
+                caption=caption,
             )
         )
     return ParsedRequest(task, raws)
@@ -184,8 +256,8 @@ def check_request(req: ParsedRequest, cfg: ServeConfig) -> None:
     if n > cfg.max_instances:
         raise RequestError(f"instances: {n} in one request, the limit is {cfg.max_instances}")
     for i, raw in enumerate(req.instances):
-        has_image = raw.image_b64 is not None or raw.image_path is not None
-        if raw.image_b64 is not None and raw.image_path is not None:
+        has_image = raw.has_image
+        if raw.image_path is not None and raw.image_size:
             raise RequestError(f"instances[{i}]: give image or image_path, not both")
         if req.task == "score" and not (has_image and raw.caption is not None):
             raise RequestError(f"instances[{i}]: task 'score' needs an image and a caption")
@@ -201,21 +273,19 @@ def check_request(req: ParsedRequest, cfg: ServeConfig) -> None:
                     f"instances[{i}].caption: {len(raw.caption)} characters, "
                     f"the limit is {cfg.max_caption_chars}"
                 )
-        if raw.image_b64 is not None:
+        if raw.image_b64 is not None or raw.image_bytes is not None:
             limit = 4 * ((cfg.max_image_bytes + 2) // 3)
-            if len(raw.image_b64) > limit:
+            if raw.image_size > limit:
                 raise RequestError(
-                    f"instances[{i}].image: about {len(raw.image_b64) * 3 // 4} bytes, "
+                    f"instances[{i}].image: about {raw.image_size * 3 // 4} bytes or more, "
                     f"the limit is {cfg.max_image_bytes}"
                 )
 
 
 def _image_bytes(raw: RawInstance, i: int, cfg: ServeConfig) -> bytes:
-    if raw.image_b64 is not None:
-        try:
-            data = base64.b64decode(raw.image_b64, validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise RequestError(f"instances[{i}].image: not valid base64 ({exc})") from exc
+    sent = raw.image_b64 if raw.image_b64 is not None else raw.image_bytes
+    if sent is not None:
+        data = image_payload(sent, f"instances[{i}].image")
     else:
         data = _read_allowed(str(raw.image_path), i, cfg)
     if len(data) > cfg.max_image_bytes:
@@ -247,7 +317,7 @@ def _read_allowed(path: str, i: int, cfg: ServeConfig) -> bytes:
 def decode_instance(raw: RawInstance, i: int, cfg: ServeConfig) -> Pair:
     """Decode one instance's image (base64 or allowed path) within the byte/pixel limits."""
     image = None
-    if raw.image_b64 is not None or raw.image_path is not None:
+    if raw.has_image:
         data = _image_bytes(raw, i, cfg)
         try:
             image = decode_image(data, max_pixels=cfg.max_image_pixels).image
@@ -262,5 +332,22 @@ def decode_instance(raw: RawInstance, i: int, cfg: ServeConfig) -> Pair:
 
 
 def decode_request(req: ParsedRequest, cfg: ServeConfig) -> list[Pair]:
-    """All instances decoded (run on a worker thread: base64 and image decoding are CPU)."""
-    return [decode_instance(raw, i, cfg) for i, raw in enumerate(req.instances)]
+    """All instances decoded (run on a worker thread: base64 and image decoding are CPU).
+
+    The decoded pixels of one request are capped by ``serve.max_request_pixels`` (many small
+    files that each decode to many pixels would otherwise fill memory within every per-image
+    limit).
+    """
+    pairs = []
+    total = 0
+    for i, raw in enumerate(req.instances):
+        pair = decode_instance(raw, i, cfg)
+        if pair.image is not None:
+            total += pair.image.width * pair.image.height
+            if total > cfg.max_request_pixels:
+                raise RequestError(
+                    f"instances[{i}].image: the request's images decode to more than "
+                    f"{cfg.max_request_pixels} pixels in total (serve.max_request_pixels)"
+                )
+        pairs.append(pair)
+    return pairs

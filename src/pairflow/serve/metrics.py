@@ -11,6 +11,9 @@ scrapes ``/metrics`` of each process, rely on them):
 - ``pairflow_predictor_pair_score{model_name, model_version}`` (histogram of the cosine
   similarity of every scored pair: the online quality proxy)
 - ``pairflow_predictor_info{model_name, model_version, variant, ref}`` = 1
+- ``pairflow_predictor_rejected_total{model_name, reason}``: requests the guard refused
+  before the model saw them (``body_too_large``, ``body_timeout``, ``overloaded``,
+  ``queue_timeout``, ``bad_request``, ``disconnected``)
 
 They live in prometheus_client's default registry, which KServe's ``/metrics`` serves.
 """
@@ -74,6 +77,15 @@ INFO = Gauge(
     "The model this process serves (value 1).",
     [*_BASE, "variant", "ref"],
 )
+REJECTED = Counter(
+    "pairflow_predictor_rejected",
+    "Requests refused by the request guard before reaching the model.",
+    ["model_name", "reason"],
+)
+
+
+def rejected(model_name: str, reason: str) -> None:
+    REJECTED.labels(model_name, reason).inc()
 
 
 @dataclass(frozen=True)

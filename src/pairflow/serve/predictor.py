@@ -44,6 +44,7 @@ from pairflow.serve.limits import (
 from pairflow.serve.load import Loaded, ServableModel, load_servable
 from pairflow.serve.metrics import ModelMetrics
 from pairflow.serve.settings import ServeConfig
+from pairflow.serve.v2_rest import input_values
 
 log = logging.getLogger("pairflow.serve.predictor")
 
@@ -137,6 +138,7 @@ class PairflowPredictor(Model):  # type: ignore[misc]
         self._decode: ThreadPoolExecutor | None = None
         self._labels: list[str] = list(cfg.labels)
         self._label_emb: np.ndarray | None = None
+        self._dim = -1
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -162,6 +164,7 @@ class PairflowPredictor(Model):  # type: ignore[misc]
         else:
             prompts = [self.cfg.label_prompt.format(label) for label in self._labels]
             self._label_emb = loaded.model.embed_texts(prompts)
+        self._dim = int(loaded.model.embed_texts(["a"]).shape[1])
         self._compute = ThreadPoolExecutor(1, thread_name_prefix="pairflow-forward")
         self._decode = ThreadPoolExecutor(self.cfg.decode_threads, thread_name_prefix="decode")
         self.runner = self._make_runner(self._compute)
@@ -266,7 +269,7 @@ class PairflowPredictor(Model):  # type: ignore[misc]
         for raw in parsed.instances:
             if raw.image_path is not None:
                 return False
-            total += len(raw.image_b64 or "")
+            total += raw.image_size
         return total <= self.cfg.inline_decode_chars
 
     def _uses_head(self, parsed: ParsedRequest) -> bool:
@@ -283,9 +286,65 @@ class PairflowPredictor(Model):  # type: ignore[misc]
 
     def _parse(self, payload: object) -> ParsedRequest:
         if isinstance(payload, InferRequest):
-            inputs = [(i.name, i.datatype, list(i.shape), i.data) for i in payload.inputs]
-            return parse_v2(inputs, payload.parameters)
+            inputs = [(i.name, i.datatype, list(i.shape), input_values(i)) for i in payload.inputs]
+            params = payload.parameters
+            if params is not None and not isinstance(params, dict):  # gRPC: a message map
+                from kserve.protocol.infer_type import to_http_parameters
+
+                params = to_http_parameters(params)
+            return parse_v2(inputs, params)
         return parse_v1(payload)
+
+    # -- metadata -------------------------------------------------------------------------
+
+    def _dims(self) -> tuple[int, int]:
+        """(embedding size, number of classes); -1 while not loaded."""
+        if self.loaded is None:
+            return -1, -1
+        return self._dim, len(self._labels)
+
+    def get_input_types(self) -> list[dict[str, Any]]:
+        """V2 metadata inputs: BYTES, one element per instance (``[-1]``)."""
+        names = ["image", "caption"] + (["image_path"] if self.cfg.allowed_image_root else [])
+        return [{"name": n, "datatype": "BYTES", "shape": [-1]} for n in names]
+
+    def get_output_types(self) -> list[dict[str, Any]]:
+        """V2 metadata outputs of every task (which ones a response holds depends on it)."""
+        dim, k = self._dims()
+        return [
+            {"name": "score", "datatype": "FP32", "shape": [-1]},
+            {"name": "image_embedding", "datatype": "FP32", "shape": [-1, dim]},
+            {"name": "text_embedding", "datatype": "FP32", "shape": [-1, dim]},
+            {"name": "label", "datatype": "BYTES", "shape": [-1]},
+            {"name": "probabilities", "datatype": "FP32", "shape": [-1, k]},
+        ]
+
+    def metadata(self) -> dict[str, Any]:
+        """V2 model metadata, plus ``parameters``: the ``task`` request parameter and, per
+        task, the inputs it needs (``required``/``optional``) and the outputs it answers."""
+        head = self.loaded is not None and self.loaded.model.labels is not None
+        classify_inputs = ["image", "caption"] if head else ["image"]
+        tasks = {
+            "score": {"required": ["image", "caption"], "outputs": ["score"]},
+            "embed": {
+                "required_any": ["image", "caption"],
+                "outputs": ["image_embedding", "text_embedding"],
+            },
+            "classify": {"required": classify_inputs, "outputs": ["label", "probabilities"]},
+        }
+        return {
+            "name": self.name,
+            "versions": [self.metrics.model_version],
+            "platform": "pairflow",
+            "inputs": self.get_input_types(),
+            "outputs": self.get_output_types(),
+            "parameters": {
+                "task": {"datatype": "BYTES", "default": "score", "values": list(tasks)},
+                "tasks": tasks,
+                "labels": list(self._labels),
+                "image": "raw image bytes (binary extension, gRPC) or base64 text",
+            },
+        }
 
     def _results(self, task: Task, outs: list[Outputs]) -> list[dict[str, Any]]:
         embs: list[Embeddings] = [(img, txt) for img, txt, _ in outs]
@@ -350,4 +409,6 @@ class PairflowPredictor(Model):  # type: ignore[misc]
             model_name=self.name,
             model_version=self.metrics.model_version,
             infer_outputs=outputs,
+            use_binary_outputs=request.use_binary_outputs,
+            requested_outputs=request.request_outputs,
         )

@@ -4,10 +4,18 @@ Process contract (what ``pairflow serve`` and the deploy backends rely on):
 
 - the HTTP port is bound at once; the model loads and warms up in a background thread;
   ``GET /v2/models/NAME/ready`` (and ``/v1/models/NAME``) answer 503 until it is ready,
-  then 200. ``GET /v2/health/live`` is 200 as soon as the port is bound.
+  then 200. ``GET /v2/health/ready`` (and gRPC ``ServerReady``) is true only once *every*
+  registered model is loaded and warmed (KServe's own answer is always true:
+  ``DataPlane.ready``). ``GET /v2/health/live`` is 200 as soon as the port is bound.
 - ``GET /metrics``: Prometheus text (see :mod:`pairflow.serve.metrics`).
-- SIGTERM or SIGINT: uvicorn stops accepting, finishes in-flight requests (up to
-  ``grace_period`` seconds), the model's thread pools are released and the process exits 0.
+- hostile traffic: every POST goes through :class:`pairflow.serve.guard.RequestGuard` (body
+  cap, body deadline, admission and queue, strict V2 parsing); request headers must arrive
+  within ``serve.header_timeout_s`` (:func:`timed_http_protocol`); uvicorn answers 503 past
+  ``serve.max_connections``. gRPC gets the same body cap (``max_receive_message_length``)
+  and ``maximum_concurrent_rpcs`` (RESOURCE_EXHAUSTED beyond).
+- SIGTERM or SIGINT: uvicorn and the gRPC server stop accepting (new connections are
+  refused), finish in-flight requests (up to ``serve.grace_period_s``), the model's thread
+  pools are released and the process exits 0.
 - a model that fails to load stops the server; the process exits 2 with one error line.
 
 Speed: the event loop is uvloop's when installed, and the per-request log lines (uvicorn's
@@ -27,8 +35,10 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from pairflow.errors import PairflowError
+from pairflow.serve.metrics import rejected
 
 if TYPE_CHECKING:
+    from pairflow.serve.guard import V2Infer
     from pairflow.serve.predictor import PairflowPredictor
     from pairflow.serve.settings import ServeConfig
 
@@ -56,15 +66,22 @@ def serve_forever(
     port: int,
     host: str = "127.0.0.1",
     grpc_port: int | None = None,
-    grace_period: int = 10,
+    grace_period: int | None = None,
 ) -> None:
     """Bind ``host:port``, load the model in the background, serve until SIGTERM/SIGINT."""
     with plain_argv():
         from kserve import ModelServer
+        from kserve.model_server import app as kserve_app
         from kserve.protocol.rest.server import RESTServer
 
+        from pairflow.serve.guard import RequestGuard
+
+    cfg = predictor.cfg
+    grace = grace_period or cfg.grace_period_s
+
     class _BoundServer(ModelServer):  # type: ignore[misc]
-        """ModelServer on ``host`` (KServe binds 0.0.0.0) serving a not-yet-ready model."""
+        """ModelServer on ``host`` (KServe binds 0.0.0.0) serving a not-yet-ready model,
+        behind the request guard; REST and gRPC stop together on SIGTERM."""
 
         def start(self, models: list[Any]) -> None:
             for model in models:
@@ -78,33 +95,45 @@ def serve_forever(
                 grace_period=self.grace_period,
                 timeout_keep_alive=self.timeout_keep_alive,
             )
-            self._rest_server.config.host = host
+            config = self._rest_server.config
+            config.host = host
+            config.app = RequestGuard(
+                kserve_app, cfg, v2_infer_handler(self.dataplane), predictor.metadata
+            )
+            config.http = timed_http_protocol(cfg.header_timeout_s)
+            config.limit_concurrency = cfg.max_connections
             self.servers.append(self._rest_server.start())
             loader.start()  # after the REST server exists, so a failed load can stop it
             if self.enable_grpc:
-                from kserve.protocol.grpc.server import GRPCServer
-
-                self._grpc_server = GRPCServer(
-                    self.grpc_port,
-                    self.dataplane,
-                    self.model_repository_extension,
-                    kwargs={},
-                    grace_period=self.grace_period,
+                self._grpc_server = guarded_grpc_server(
+                    host, self.grpc_port, self.dataplane, self.model_repository_extension, cfg
                 )
                 self.servers.append(self._grpc_server.start(self.max_threads))
             self.setup_event_loop()
             with asyncio.Runner(loop_factory=_loop_factory()) as runner:
                 runner.run(self._serve())
 
+        async def _serve(self) -> None:
+            tasks = [asyncio.ensure_future(s) for s in self.servers]
+            rest = self._rest_server._server
+            grpc_server = self._grpc_server
+            if grpc_server is not None:
+                # uvicorn owns SIGTERM/SIGINT while it serves: stop gRPC when it starts to exit
+                while not rest.should_exit and not tasks[0].done():
+                    await asyncio.sleep(0.05)
+                await grpc_server.stop()
+            await asyncio.gather(*tasks)
+
     server = _BoundServer(
         http_port=port,
         grpc_port=grpc_port or 0,
         workers=1,
         enable_grpc=grpc_port is not None,
-        grace_period=grace_period,
+        grace_period=grace,
         enable_latency_logging=False,
     )
-    if not predictor.cfg.request_logs:
+    server.dataplane = all_ready_dataplane(server.registered_models)
+    if not cfg.request_logs:
         quiet_request_logs()
     failure: list[BaseException] = []
 
@@ -132,6 +161,141 @@ def serve_forever(
         if isinstance(exc, PairflowError):
             raise exc
         raise ServeError(f"{predictor.uri}: model failed to load ({exc})") from exc
+
+
+def all_ready_dataplane(registry: Any) -> Any:
+    """KServe's DataPlane whose server readiness is "every registered model is ready"."""
+    from kserve.protocol.dataplane import DataPlane
+
+    class AllModelsReady(DataPlane):  # type: ignore[misc]
+        async def ready(self) -> bool:
+            models = self.model_registry.get_models()
+            for name in models:
+                if not await self.model_registry.is_model_ready(name):
+                    return False
+            return bool(models) and bool(await super().ready())
+
+    return AllModelsReady(model_registry=registry)
+
+
+def v2_infer_handler(dataplane: Any) -> V2Infer:
+    """V2 REST inference through KServe's data plane, parsed by :mod:`pairflow.serve.v2_rest`."""
+    import orjson
+    from kserve.errors import ModelNotReady
+
+    from pairflow.serve.guard import error_message, error_status
+    from pairflow.serve.v2_rest import HEADER, parse_infer_body
+
+    async def infer(
+        name: str, body: bytes, headers: dict[str, str]
+    ) -> tuple[int, dict[str, str], bytes]:
+        try:
+            request = parse_infer_body(body, headers.get(HEADER), name)
+            if not await dataplane.model_ready(name, True):
+                raise ModelNotReady(name)
+            response, _ = await dataplane.infer(model_name=name, request=request, headers=headers)
+            encoded, json_size = response.to_rest()
+        except Exception as exc:  # every failure becomes an HTTP answer
+            status = error_status(exc)
+            if status >= 500:
+                log.exception("V2 inference on %s failed", name)
+            payload = orjson.dumps({"error": error_message(exc)})
+            return status, {"content-type": "application/json"}, payload
+        if isinstance(encoded, bytes):
+            hdrs = {"content-type": "application/octet-stream", HEADER: str(json_size)}
+            return 200, hdrs, encoded
+        data = orjson.dumps(encoded, option=orjson.OPT_SERIALIZE_NUMPY)
+        return 200, {"content-type": "application/json"}, data
+
+    return infer
+
+
+def timed_http_protocol(header_timeout_s: float) -> type:
+    """uvicorn's httptools protocol with a deadline on request headers (uvicorn 0.55 has
+    none: a client trickling headers holds its connection forever). The clock starts when
+    the connection opens or a new request begins and stops when its headers are complete;
+    on expiry the client gets 408 and the connection is closed."""
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    class HeaderTimedProtocol(HttpToolsProtocol):
+        _header_timer: asyncio.TimerHandle | None = None
+
+        def _arm(self) -> None:
+            if self._header_timer is None:
+                self._header_timer = self.loop.call_later(header_timeout_s, self._expire)
+
+        def _disarm(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm()
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._arm()
+
+        def on_headers_complete(self) -> None:
+            self._disarm()
+            super().on_headers_complete()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _expire(self) -> None:
+            self._header_timer = None
+            if self.transport.is_closing():
+                return
+            rejected(cfg_name[0], "header_timeout")
+            msg = f"request headers not received within {header_timeout_s} s"
+            self.transport.write(
+                b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
+                b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(msg), msg.encode())
+            )
+            self.transport.close()
+
+    return HeaderTimedProtocol
+
+
+cfg_name = ["pairflow"]  # model name for the header-timeout metric (set by run())
+
+
+def guarded_grpc_server(
+    host: str, port: int, dataplane: Any, repository: Any, cfg: ServeConfig
+) -> Any:
+    """KServe's gRPC V2 server bound to ``host``, with the body cap as its largest message
+    and ``max_concurrency + max_queue`` concurrent RPCs (RESOURCE_EXHAUSTED beyond)."""
+    from concurrent import futures
+
+    from grpc import aio  # type: ignore[import-untyped]
+    from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc
+    from kserve.protocol.grpc.interceptors import ExceptionToStatusInterceptor
+    from kserve.protocol.grpc.server import GRPCServer
+    from kserve.protocol.grpc.servicer import InferenceServicer
+
+    class Guarded(GRPCServer):  # type: ignore[misc]
+        async def start(self, max_workers: int) -> None:
+            self._server = aio.server(
+                futures.ThreadPoolExecutor(max_workers=max_workers),
+                interceptors=(ExceptionToStatusInterceptor(),),
+                options=[
+                    ("grpc.max_receive_message_length", cfg.max_body_bytes),
+                    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+                ],
+                maximum_concurrent_rpcs=cfg.max_concurrency + cfg.max_queue,
+            )
+            grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+                InferenceServicer(self._data_plane, self._model_repository_extension),
+                self._server,
+            )
+            self._server.add_insecure_port(f"{host}:{self._port}")
+            await self._server.start()
+            await self._server.wait_for_termination()
+
+    return Guarded(port, dataplane, repository, kwargs={}, grace_period=cfg.grace_period_s)
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -175,4 +339,5 @@ def run(
     predictor = PairflowPredictor(
         cfg, model_uri, variant=variant, version_label=version_label, tracking_uri=tracking_uri
     )
+    cfg_name[0] = cfg.model_name
     serve_forever(predictor, port=port, host=host, grpc_port=grpc_port)

@@ -40,6 +40,51 @@ class ServeConfig(Section):
         16_000_000, ge=1, description="Largest declared image size accepted (width x height)."
     )
     max_caption_chars: int = Field(1000, ge=1, description="Longest caption accepted.")
+    max_request_pixels: int = Field(
+        64_000_000,
+        ge=1,
+        description="Most decoded pixels of all images of one request together (small files "
+        "that decode to many pixels cannot fill memory within the per-image limits).",
+    )
+    max_body_bytes: int = Field(
+        8 * 1024 * 1024,
+        ge=1024,
+        description="Largest request body (JSON or binary, HTTP and gRPC), refused with 413 "
+        "(gRPC: RESOURCE_EXHAUSTED) while it is read, before any parsing.",
+    )
+    max_concurrency: int = Field(
+        8,
+        ge=1,
+        description="Inference requests parsed, decoded and run at once (the micro-batcher "
+        "coalesces them); more wait in the queue.",
+    )
+    max_queue: int = Field(
+        32,
+        ge=0,
+        description="Inference requests that may wait for a slot; beyond it requests are "
+        "answered 503 at once. Bodies held <= (max_concurrency + max_queue) x max_body_bytes.",
+    )
+    queue_timeout_s: float = Field(
+        10.0, gt=0, description="Longest a request waits in the queue before a 503."
+    )
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="A connection must deliver a request's headers within this time (slow "
+        "clients are answered 408 and disconnected); also the idle limit before a first request.",
+    )
+    body_timeout_s: float = Field(
+        30.0, gt=0, description="A request body must arrive within this time (else 408)."
+    )
+    max_connections: int = Field(
+        1000, ge=1, description="Open connections and tasks beyond which uvicorn answers 503."
+    )
+    grace_period_s: int = Field(
+        20,
+        ge=1,
+        description="On SIGTERM: seconds in-flight requests get to finish (keep it below the "
+        "pod's terminationGracePeriodSeconds).",
+    )
     allowed_image_root: str = Field(
         "",
         description="Images may be given as paths only under this directory; empty: paths refused.",
