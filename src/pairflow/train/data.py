@@ -71,7 +71,12 @@ def label_names(frames: Sequence[pd.DataFrame], origin: str) -> list[str]:
             f"{origin}: {int(missing.sum())} rows have no label (e.g. {ids}); "
             "train.model=classifier needs a label on every row"
         )
-    return sorted({str(v) for v in frame["label"]})
+    names = sorted({str(v) for v in frame["label"]})
+    if len(names) < 2:
+        raise TrainDataError(
+            f"{origin}: train.model=classifier needs at least 2 distinct labels, got {names}"
+        )
+    return names
 
 
 def mirror_caption(caption: str) -> str:

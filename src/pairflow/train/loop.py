@@ -259,8 +259,13 @@ def fit(
     total_steps = steps_per_epoch * s.epochs
     ddp: nn.Module = model
     if world > 1:
+        # find_unused_parameters stays False: every mode hands DDP only parameters its loss
+        # uses (the classifier freezes the CLIP parts its fusion never reads, see
+        # pairflow.train.models.CLASSIFIER_UNUSED), so no mode skips a trainable parameter.
         ddp = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
+            model,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=False,
         )
     optim = torch.optim.AdamW(param_groups(model, s.weight_decay), lr=s.learning_rate)
     sched = torch.optim.lr_scheduler.LambdaLR(optim, warmup_cosine(total_steps, s.warmup_fraction))

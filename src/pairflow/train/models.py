@@ -16,14 +16,19 @@ Fusion heads (on the CLIP towers' outputs):
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pairflow.train import objectives
+
 if TYPE_CHECKING:
     from transformers import CLIPModel
+
+    from pairflow.train.loop import Objective
 
 FUSIONS = ("concat", "gated", "late", "cross_attention")
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
@@ -123,13 +128,60 @@ class FusionHead(nn.Module):
         return logits
 
 
+# CLIP parts that a classifier never reads, per fusion. They would get no gradient, and DDP
+# (find_unused_parameters=False) fails on the next step with "Expected to have finished
+# reduction in the prior iteration": the classifier freezes them instead (never handed to DDP
+# or the optimizer), so every trainable parameter of every mode takes part in the loss.
+# - logit_scale: the contrastive temperature; no fusion head uses it.
+# - cross_attention reads the towers' token/patch sequences, not the pooled embeddings, so the
+#   projections and the vision tower's post-layernorm (applied to the pooled CLS state only)
+#   are never on its path.
+CLASSIFIER_UNUSED: dict[str, tuple[str, ...]] = {
+    "concat": ("logit_scale",),
+    "gated": ("logit_scale",),
+    "late": ("logit_scale",),
+    "cross_attention": (
+        "logit_scale",
+        "visual_projection",
+        "text_projection",
+        "vision_model.post_layernorm",
+    ),
+}
+
+
+def base_clip(tower: nn.Module) -> CLIPModel:
+    """The CLIPModel inside ``tower`` (itself, or a peft LoRA wrapper's base model)."""
+    if hasattr(tower, "get_base_model"):
+        base: CLIPModel = tower.get_base_model()  # type: ignore[operator]
+        return base
+    return tower  # type: ignore[return-value]
+
+
+def freeze_unused(tower: nn.Module, fusion: str) -> list[str]:
+    """Freeze the CLIP parts ``fusion`` never reads (see :data:`CLASSIFIER_UNUSED`); their names."""
+    clip = base_clip(tower)
+    frozen = []
+    for name in CLASSIFIER_UNUSED[fusion]:
+        if name == "logit_scale":
+            clip.logit_scale.requires_grad_(False)
+        else:
+            freeze(clip.get_submodule(name))
+        frozen.append(name)
+    return frozen
+
+
 class FusionClassifier(nn.Module):
-    """CLIP towers + a fusion head; forward returns ``{"logits": ...}``."""
+    """CLIP towers + a fusion head; forward returns ``{"logits": ...}``.
+
+    The CLIP parts the head's fusion never reads are frozen here (:func:`freeze_unused`), so
+    every trainable parameter gets a gradient on every step, with or without DDP.
+    """
 
     def __init__(self, clip: CLIPModel, head: FusionHead) -> None:
         super().__init__()
         self.clip = clip
         self.head = head
+        freeze_unused(clip, head.kind)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {"logits": self.head(tower_outputs(self.clip, batch))}
@@ -167,6 +219,61 @@ def add_lora(clip: CLIPModel, rank: int, alpha: float) -> nn.Module:
             p.requires_grad_(True)
     clip.logit_scale.requires_grad_(True)
     return peft_model
+
+
+@dataclass
+class Trainable:
+    """What one training mode trains: the module DDP wraps, its objective, the (possibly
+    LoRA-wrapped) towers to export and the fusion head (classifier only)."""
+
+    module: nn.Module
+    objective: Objective
+    tower: nn.Module
+    head: FusionHead | None
+
+
+def build_trainable(
+    clip: CLIPModel,
+    *,
+    model: str,
+    fusion: str = "concat",
+    freeze_towers: bool = False,
+    lora_rank: int = 0,
+    lora_alpha: float = 16.0,
+    n_classes: int = 0,
+) -> Trainable:
+    """The module and objective of a training mode (``train.model``, ``train.fusion``,
+    ``train.freeze_towers``, ``train.lora_rank``); only parameters the mode uses train.
+
+    ``clip`` is modified in place (frozen parts, LoRA adapters). Seed torch before calling:
+    the head and adapters are initialised here.
+    """
+    if model not in ("clip", "classifier"):
+        raise ValueError(f"unknown train.model {model!r}; expected 'clip' or 'classifier'")
+    if freeze_towers:
+        freeze(clip)
+        if model == "clip":
+            clip.logit_scale.requires_grad_(True)
+    tower: nn.Module = add_lora(clip, lora_rank, lora_alpha) if lora_rank else clip
+    if model == "clip":
+        return Trainable(ClipTowers(tower), objectives.ContrastiveObjective(), tower, None)  # type: ignore[arg-type]
+    if n_classes < 2:
+        raise ValueError(f"a classifier needs at least 2 classes, got {n_classes}")
+    head = build_head(clip, fusion, n_classes)
+    module = FusionClassifier(tower, head)  # type: ignore[arg-type]
+    return Trainable(module, objectives.ClassificationObjective(), tower, head)
+
+
+def unused_parameters(
+    module: nn.Module, objective: Objective, batch: dict[str, torch.Tensor]
+) -> list[str]:
+    """Names of trainable parameters that one forward + backward leaves without a gradient
+    (what DDP with ``find_unused_parameters=False`` refuses); gradients are cleared after."""
+    module.zero_grad(set_to_none=True)
+    objective(module(batch), batch).backward()  # type: ignore[no-untyped-call]
+    missing = [n for n, p in module.named_parameters() if p.requires_grad and p.grad is None]
+    module.zero_grad(set_to_none=True)
+    return missing
 
 
 def merged_clip(tower: nn.Module) -> CLIPModel:

@@ -17,7 +17,6 @@ import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -117,20 +116,16 @@ def train(args: argparse.Namespace) -> FitResult | None:
     torch.manual_seed(cfg.run.seed)
     clip = loaded.model.train()
     processor = loaded.processor
-    if t.freeze_towers:
-        models.freeze(clip)
-        if t.model == "clip":
-            clip.logit_scale.requires_grad_(True)
-    tower: nn.Module = models.add_lora(clip, t.lora_rank, t.lora_alpha) if t.lora_rank else clip
-    head: models.FusionHead | None = None
-    module: nn.Module
-    if t.model == "clip":
-        module = models.ClipTowers(tower)  # type: ignore[arg-type]
-        objective: Any = objectives.ContrastiveObjective()
-    else:
-        head = models.build_head(clip, t.fusion, len(labels or []))
-        module = models.FusionClassifier(tower, head)  # type: ignore[arg-type]
-        objective = objectives.ClassificationObjective()
+    built = models.build_trainable(
+        clip,
+        model=t.model,
+        fusion=t.fusion,
+        freeze_towers=t.freeze_towers,
+        lora_rank=t.lora_rank,
+        lora_alpha=t.lora_alpha,
+        n_classes=len(labels or []),
+    )
+    tower, head = built.tower, built.head
     ip = processor.image_processor
     size = int(ip.crop_size["height"])
     train_aug = tdata.PairAugment(size, ip.image_mean, ip.image_std, t.augment)
@@ -158,8 +153,8 @@ def train(args: argparse.Namespace) -> FitResult | None:
             }
         )
     result = fit(
-        module,
-        objective,
+        built.module,
+        built.objective,
         train_set,
         collate,
         settings=loop_settings(cfg, weights),
