@@ -1,5 +1,5 @@
 """KFP components: one thin ``@dsl.component`` per pipeline step over ``pairflow.steps``.
 
-Importable as ``pairflow.components``. The base image comes from the config
-(``kubeflow.base_image``), or ``$PAIRFLOW_BASE_IMAGE`` when set before import.
+Importable as ``pairflow.components``. They are decorated with the runtime image; the pipeline
+sets every task's image from ``kubeflow.base_image`` (see ``pipelines/retrain.py``).
 """

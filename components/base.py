@@ -1,23 +1,23 @@
-"""The shared component decorator: base image from config, no runtime pip installs."""
+"""The shared component decorator: the runtime image, no runtime pip installs.
+
+Components are decorated once with the default runtime image (``images/runtime``, which
+already holds pairflow and kfp). The pipeline sets each task's image from
+``kubeflow.base_image`` (``PipelineTask.set_container_image``), so another image needs a
+recompile, never a re-import.
+"""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import Any
 
 from kfp import dsl
 
-from pairflow.config import PairflowConfig
+from pairflow.kubeflow.settings import RUNTIME_IMAGE_REPO, RUNTIME_IMAGE_TAG
 
-BASE_IMAGE_ENV = "PAIRFLOW_BASE_IMAGE"
-
-
-def base_image() -> str:
-    """``$PAIRFLOW_BASE_IMAGE`` or the default config's ``kubeflow.base_image``."""
-    return os.environ.get(BASE_IMAGE_ENV) or PairflowConfig().kubeflow.base_image
+DEFAULT_IMAGE = f"{RUNTIME_IMAGE_REPO}:{RUNTIME_IMAGE_TAG}"
 
 
 def component(func: Callable[..., Any]) -> Any:
     """``dsl.component`` in the runtime image, which already has pairflow and kfp installed."""
-    return dsl.component(func, base_image=base_image(), install_kfp_package=False)
+    return dsl.component(func, base_image=DEFAULT_IMAGE, install_kfp_package=False)

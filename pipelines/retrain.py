@@ -4,6 +4,12 @@
 The pipeline's parameters are generated from the config model (fields marked ``ui``), so the
 Kubeflow UI shows exactly what the config accepts, with titles and descriptions. Values not
 exposed in the UI come from the config compiled into the pipeline (``defaults_json``).
+
+Every task runs in ``kubeflow.base_image`` and gets its endpoints and credentials the Kubernetes
+way, compiled in with kfp-kubernetes (``platform_spec``): the ConfigMap ``kubeflow.env_config_map``
+and the Secrets ``kubeflow.s3_secret`` / ``kubeflow.mlflow_secret`` as env. The ServiceAccount is
+not a per-task setting in KFP v2 (kfp-kubernetes has none): ``pairflow submit``/``schedule`` set
+``kubeflow.service_account`` on the run.
 """
 
 from __future__ import annotations
@@ -11,7 +17,8 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from kfp import dsl
+from kfp import dsl, kubernetes
+from kfp.dsl import pipeline_context
 
 from pairflow.components.clip_filter import clip_filter, gather_filtered
 from pairflow.components.compress import compress
@@ -25,6 +32,7 @@ from pairflow.components.resolve_config import resolve_config
 from pairflow.components.train import train
 from pairflow.components.validate import data_contract, validate
 from pairflow.config import PairflowConfig, PipelineParam, pipeline_params
+from pairflow.kubeflow.settings import KubeflowConfig
 
 PIPELINE_NAME = "retrain"
 DESCRIPTION = (
@@ -52,6 +60,20 @@ def _io_bound(task: dsl.PipelineTask) -> dsl.PipelineTask:
 def _no_cache(task: dsl.PipelineTask) -> dsl.PipelineTask:
     """Steps whose result depends on state outside their inputs must never be cached."""
     return task.set_caching_options(enable_caching=False)
+
+
+# Keys of the pipeline env ConfigMap and the two Secrets, each the env variable it becomes.
+CONFIG_MAP_ENV = ("MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION")
+S3_SECRET_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+MLFLOW_SECRET_ENV = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+
+
+def _cluster(task: dsl.PipelineTask, kf: KubeflowConfig) -> None:
+    """The runtime image and the Kubernetes env every step needs on a cluster."""
+    task.set_container_image(kf.base_image)
+    kubernetes.use_config_map_as_env(task, kf.env_config_map, {k: k for k in CONFIG_MAP_ENV})
+    kubernetes.use_secret_as_env(task, kf.s3_secret, {k: k for k in S3_SECRET_ENV})
+    kubernetes.use_secret_as_env(task, kf.mlflow_secret, {k: k for k in MLFLOW_SECRET_ENV})
 
 
 def _dag(defaults_json: str, p: dict[str, Any]) -> None:
@@ -168,6 +190,10 @@ def build_pipeline(base: PairflowConfig | None = None) -> Any:
 
     def retrain(*args: Any) -> None:
         _dag(cfg.to_json(), dict(zip(names, args, strict=True)))
+        # Every task the DAG created, including those inside loops, conditions and the exit
+        # handler: none can miss the image or the platform config.
+        for task in pipeline_context.Pipeline.get_default_pipeline().tasks.values():
+            _cluster(task, cfg.kubeflow)
 
     defaults = {}
     for prm in params:

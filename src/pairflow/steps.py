@@ -133,9 +133,7 @@ def resolve_config_step(
     setup_logging()
     base = config_from_dict(json.loads(defaults_json), "compiled config")
     cfg = apply_pipeline_params(base, params)
-    cfg.mlflow.tracking_uri = tracking.resolve_tracking_uri(
-        cfg.mlflow.tracking_uri, cfg.run.workdir
-    )
+    cfg.mlflow.tracking_uri = _step_tracking_uri(cfg.mlflow.tracking_uri, cfg.run.workdir)
     Path(config_out).parent.mkdir(parents=True, exist_ok=True)
     Path(config_out).write_text(json.dumps(cfg.to_dict(), indent=2, sort_keys=True))
     run_id = tracking.start_pipeline_run(cfg, kfp_run_id, kfp_run_name)
@@ -146,6 +144,14 @@ def resolve_config_step(
         _redact(cfg.mlflow.tracking_uri),
     )
     return cfg.digest()
+
+
+def _step_tracking_uri(configured: str, workdir: str) -> str:
+    """The tracking URI; when there is none in a KFP pod, exit at once with one line."""
+    try:
+        return tracking.resolve_tracking_uri(configured, workdir)
+    except tracking.TrackingConfigError as exc:
+        raise SystemExit(f"pairflow: {exc}") from None
 
 
 def _redact(uri: str) -> str:
@@ -352,7 +358,7 @@ def finalize_step(
     state = str(status.get("state", "UNKNOWN"))
     error = status.get("error") or {}
     message = str(error.get("message", "")) if isinstance(error, dict) else str(error)
-    uri = tracking.resolve_tracking_uri(tracking_uri, workdir)
+    uri = _step_tracking_uri(tracking_uri, workdir)
     run_id = tracking.record_final_status(uri, experiment, kfp_run_id, state, message)
     log.info("pipeline run %s finished: %s %s (MLflow run %s)", kfp_run_id, state, message, run_id)
     return state

@@ -8,20 +8,43 @@ from pathlib import Path
 from typing import Any
 
 from pairflow.config import PairflowConfig
+from pairflow.errors import ConfigError
 from pairflow.report import StageReport
 
 log = logging.getLogger(__name__)
 
 KFP_RUN_TAG = "pairflow.kfp_run_id"
+# Set on every pod KFP v2 runs (kubeflow/pipelines backend/src/v2/compiler/argocompiler/
+# container.go, ``commonEnvs``: KFP_POD_NAME / KFP_POD_UID from the downward API).
+KFP_POD_ENV = "KFP_POD_NAME"
+
+
+class TrackingConfigError(ConfigError):
+    """No tracking URI where the local sqlite default would lose the records."""
+
+
+def in_kfp_pod() -> bool:
+    """True inside a pod that a Kubeflow Pipelines run started."""
+    return bool(os.environ.get(KFP_POD_ENV, "").strip())
 
 
 def resolve_tracking_uri(configured: str, workdir: str | Path) -> str:
-    """Config value, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<workdir>/mlflow.db``."""
+    """Config value, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<workdir>/mlflow.db``.
+
+    The sqlite default is local-only: inside a KFP pod it would be a file that disappears with
+    the pod, so there a missing URI is a :class:`TrackingConfigError`.
+    """
     if configured:
         return configured
     env = os.environ.get("MLFLOW_TRACKING_URI", "")
     if env:
         return env
+    if in_kfp_pod():
+        raise TrackingConfigError(
+            "mlflow.tracking_uri: not set in a Kubeflow pipeline pod (nor $MLFLOW_TRACKING_URI): "
+            "set MLFLOW_TRACKING_URI in the kubeflow.env_config_map ConfigMap or the "
+            "mlflow_tracking_uri run parameter; the sqlite default is local-only"
+        )
     db = Path(workdir).expanduser().resolve() / "mlflow.db"
     db.parent.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{db}"

@@ -17,7 +17,7 @@ COMMITTED = REPO / "pipelines" / "compiled" / "retrain.yaml"
 
 @pytest.fixture(scope="module")
 def ir() -> dict[str, Any]:
-    data = yaml.safe_load(COMMITTED.read_text())
+    data = next(yaml.safe_load_all(COMMITTED.read_text()))  # then the platform spec document
     assert isinstance(data, dict)
     return data
 
@@ -107,7 +107,7 @@ def test_retries_and_caching(ir: dict[str, Any]) -> None:
 def test_base_image_comes_from_config(tmp_path: Path) -> None:
     cfg = load_config(None, ["kubeflow.base_image=registry.example/pairflow-runtime@sha256:abc"])
     out = compile_pipeline(cfg, tmp_path / "r.yaml")
-    executors = yaml.safe_load(out.read_text())["deploymentSpec"]["executors"]
+    executors = next(yaml.safe_load_all(out.read_text()))["deploymentSpec"]["executors"]
     images = {e["container"]["image"] for e in executors.values()}
     assert images == {"registry.example/pairflow-runtime@sha256:abc"}
     commands = " ".join(" ".join(e["container"]["command"]) for e in executors.values())

@@ -7,6 +7,20 @@ recurringruns) with in-memory state, and checks every request: the bearer token,
 referenced pipelines/versions/experiments exist, that run parameters are parameters of the
 uploaded spec with the declared types, and that recurring runs carry a 6-field cron. Anything
 it rejects is recorded in ``violations``. The real ``kfp.Client`` and the real CLI run unchanged.
+
+Routes and fields were checked against kubeflow/pipelines ``backend/api/v2beta1/``:
+``pipeline.proto`` (ListPipelines ``namespace`` query, Pipeline.namespace; ListPipelineVersions
+and GetPipelineVersion take only the pipeline id), ``experiment.proto`` (Experiment.namespace,
+ListExperiments ``namespace``), ``run.proto`` / ``recurring_run.proto`` (List by
+``experiment_id`` or ``namespace``), ``healthz.proto`` (``multi_user``), and
+``backend/src/apiserver/server/pipeline_upload_server.go`` (upload query parameters ``name``,
+``namespace``; upload_version ``pipelineid``, ``name``). With ``multi_user=True`` it behaves as
+a multi-user server: pipelines belong to the namespace given at upload and are listed per
+namespace (an empty namespace lists only shared ones), and experiments cannot be listed or
+created without one. A version's ``pipeline_spec`` comes back as the server builds it from a
+multi-document YAML: ``{"pipeline_spec": ..., "platform_spec": ...}``
+(``backend/src/apiserver/server/api_util.go``, ``yamlStringToPipelineSpecStruct``).
+``requests`` records every call's method, path and query for assertions.
 """
 
 from __future__ import annotations
@@ -60,12 +74,13 @@ class FakeKfp:
 
     token: str
     final_state: str = "SUCCEEDED"
+    multi_user: bool = False
     pipelines: dict[str, dict[str, Any]] = field(default_factory=dict)
     versions: dict[str, dict[str, Any]] = field(default_factory=dict)
     experiments: dict[str, dict[str, Any]] = field(default_factory=dict)
     runs: dict[str, dict[str, Any]] = field(default_factory=dict)
     recurring: dict[str, dict[str, Any]] = field(default_factory=dict)
-    requests: list[tuple[str, str]] = field(default_factory=list)
+    requests: list[tuple[str, str, dict[str, list[str]]]] = field(default_factory=list)
     violations: list[str] = field(default_factory=list)
     url: str = ""
 
@@ -95,7 +110,8 @@ class FakeKfp:
         return version
 
     def _check_params(self, version: dict[str, Any], body: dict[str, Any]) -> None:
-        declared = version["pipeline_spec"]["root"]["inputDefinitions"]["parameters"]
+        spec = version["pipeline_spec"]
+        declared = spec.get("pipeline_spec", spec)["root"]["inputDefinitions"]["parameters"]
         params = (body.get("runtime_config") or {}).get("parameters") or {}
         for key, value in params.items():
             if key not in declared:
@@ -122,9 +138,16 @@ class FakeKfp:
             raise _Reject(400, "no uploadfile part")
         payload = files["uploadfile"].get_payload(decode=True)
         assert isinstance(payload, bytes)
-        spec = yaml.safe_load(payload.decode())
-        if not isinstance(spec, dict) or "root" not in spec:
+        docs = [d for d in yaml.safe_load_all(payload.decode()) if d is not None]
+        platform = [
+            d for d in docs if isinstance(d, dict) and "kubernetes" in d.get("platforms", {})
+        ]
+        specs = [d for d in docs if d not in platform]
+        if len(specs) != 1 or not isinstance(specs[0], dict) or "root" not in specs[0]:
             raise _Reject(400, "uploadfile is not a pipeline spec")
+        spec = (
+            specs[0] if not platform else {"pipeline_spec": specs[0], "platform_spec": platform[0]}
+        )
         # The server stores specs as protobuf Structs: numbers come back as doubles.
         as_struct: dict[str, Any] = json.loads(json.dumps(spec), parse_int=float)
         return as_struct
@@ -152,16 +175,19 @@ class FakeKfp:
         parts = [s for s in p.split("/") if s]
         is_json = method == "POST" and body and not p.startswith("/pipelines/upload")
         data: dict[str, Any] = json.loads(body) if is_json else {}
+        ns = query.get("namespace", [""])[0] if self.multi_user else ""
         if (method, p) == ("GET", "/healthz"):
-            return {"multi_user": False}
+            return {"multi_user": self.multi_user}
         if (method, p) == ("GET", "/pipelines"):
-            return {"pipelines": self._filtered(list(self.pipelines.values()), query)}
+            mine = [pl for pl in self.pipelines.values() if pl["namespace"] == ns]
+            return {"pipelines": self._filtered(mine, query)}
         if (method, p) == ("POST", "/pipelines/upload"):
             name = query["name"][0]
             spec = self._upload(h, body)
-            if any(pl["display_name"] == name for pl in self.pipelines.values()):
-                raise _Reject(409, f"pipeline {name} already exists")
-            pipeline = {"pipeline_id": self._new_id(), "display_name": name}
+            if any(pl["display_name"] == name and pl["namespace"] == ns
+                   for pl in self.pipelines.values()):  # fmt: skip
+                raise _Reject(409, f"pipeline {name} already exists in namespace {ns!r}")
+            pipeline = {"pipeline_id": self._new_id(), "display_name": name, "namespace": ns}
             self.pipelines[pipeline["pipeline_id"]] = pipeline
             self._add_version(pipeline["pipeline_id"], name, spec)  # KFP's default version
             return pipeline
@@ -184,9 +210,16 @@ class FakeKfp:
                 raise _Reject(404, f"version {parts[3]} not found")
             return self.versions[parts[3]]
         if (method, p) == ("GET", "/experiments"):
-            return {"experiments": self._filtered(list(self.experiments.values()), query)}
+            if self.multi_user and not ns:
+                raise _Reject(400, "multi-user mode: ListExperiments requires a namespace")
+            mine = [e for e in self.experiments.values() if e["namespace"] == ns]
+            return {"experiments": self._filtered(mine, query)}
         if (method, p) == ("POST", "/experiments"):
-            exp = {"experiment_id": self._new_id(), "display_name": data["display_name"]}
+            exp_ns = str(data.get("namespace") or "") if self.multi_user else ""
+            if self.multi_user and not exp_ns:
+                raise _Reject(400, "multi-user mode: an experiment needs a namespace")
+            exp = {"experiment_id": self._new_id(), "display_name": data["display_name"],
+                   "namespace": exp_ns}  # fmt: skip
             self.experiments[exp["experiment_id"]] = exp
             return exp
         if (method, p) == ("POST", "/runs"):
@@ -238,7 +271,7 @@ def _handler(fake: FakeKfp) -> type[BaseHTTPRequestHandler]:
             url = urlparse(self.path)
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else b""
-            fake.requests.append((method, url.path))
+            fake.requests.append((method, url.path, parse_qs(url.query)))
             try:
                 if self.headers.get("Authorization") != f"Bearer {fake.token}":
                     raise _Reject(401, "missing or wrong bearer token")
@@ -563,3 +596,95 @@ def test_promote_checks_the_spec_before_touching_the_target(
             source_experiment="pairflow", experiment="pairflow", name="n", cron="0 0 1 * * *",
         )  # fmt: skip
     assert prod.requests == []
+
+
+# ---------------------------------------------------------------------------------------------
+# multi-user KFP
+
+NS = "kubeflow-user-example-com"
+_NAMESPACED = {("GET", "/apis/v2beta1/pipelines"), ("POST", "/apis/v2beta1/pipelines/upload"),
+               ("GET", "/apis/v2beta1/experiments")}  # fmt: skip
+
+
+def _namespaced_calls(fake: FakeKfp) -> list[tuple[str, str, dict[str, list[str]]]]:
+    return [r for r in fake.requests if (r[0], r[1]) in _NAMESPACED]
+
+
+def test_multi_user_submit_twice_reuses_the_version_in_the_profile_namespace(
+    kfp_server: Any, tmp_path: Path
+) -> None:
+    """The committed package (with its platform spec) through the CLI, twice, in a profile."""
+    fake = kfp_server("t")
+    fake.multi_user = True
+    # A shared pipeline of the same name exists: it must be neither found nor touched.
+    fake.pipelines["shared"] = {"pipeline_id": "shared", "display_name": "retrain", "namespace": ""}
+    env = {"KFP_TOKEN": "t", "HOME": str(tmp_path), "GITHUB_SHA": SHA}
+    args = ("submit", "--host", fake.url, "--namespace", NS, "--experiment", "smoke")
+    first = _cli(*args, env=env, cwd=REPO)
+    second = _cli(*args, env=env, cwd=REPO)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "uploaded" in first.stdout and "reused" in second.stdout
+    assert fake.violations == []
+    mine = [p for p in fake.pipelines.values() if p["namespace"] == NS]
+    assert len(mine) == 1 and len(fake.pipelines) == 2
+    versions = [v for v in fake.versions.values() if v["display_name"] == SHA[:12]]
+    assert len(versions) == 1 and versions[0]["pipeline_id"] == mine[0]["pipeline_id"]
+    assert set(versions[0]["pipeline_spec"]) == {"pipeline_spec", "platform_spec"}
+    (exp,) = fake.experiments.values()
+    assert exp["namespace"] == NS
+    assert len(fake.runs) == 2
+    assert {r["pipeline_version_reference"]["pipeline_version_id"] for r in fake.runs.values()} == {
+        versions[0]["pipeline_version_id"]
+    }
+    # every list and upload that has a namespace field carried the profile namespace
+    calls = _namespaced_calls(fake)
+    assert {(m, p) for m, p, _ in calls} == _NAMESPACED
+    for method, path, query in calls:
+        assert query.get("namespace") == [NS], (method, path, query)
+
+
+def test_multi_user_schedule_and_promote_stay_in_the_namespace(
+    kfp_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dev, prod = kfp_server("t"), kfp_server("t")
+    dev.multi_user = prod.multi_user = True
+    monkeypatch.setenv("KFP_TOKEN", "t")
+    cfg = load_config(None, [f"kubeflow.namespace={NS}"])
+    pkg = CompiledPackage.load(REPO / "pipelines" / "compiled" / "retrain.yaml")
+    params = run_parameters(cfg, [], pkg)
+    dev_ep, prod_ep = Endpoint(dev.url, "KFP_TOKEN"), Endpoint(prod.url, "KFP_TOKEN")
+    ran = submit(cfg, dev_ep, pkg, params, "v1", experiment="smoke", wait=True, poll_s=0.01)
+    assert ran.run is not None and ran.run.succeeded
+    _, sched = schedule(cfg, dev_ep, pkg, params, "v1", experiment="e", name="n", cron="0 3 * * *")
+    assert sched.action == "created"
+    result = promote(
+        cfg, dev_ep, prod_ep, pkg, params, "v1", source_experiment="smoke",
+        experiment="pairflow", name="n", cron="0 0 4 * * *",
+    )  # fmt: skip
+    assert result.source_run == ran.run_id and result.target.created
+    for fake in (dev, prod):
+        assert fake.violations == []
+        assert {p["namespace"] for p in fake.pipelines.values()} == {NS}
+        assert {e["namespace"] for e in fake.experiments.values()} == {NS}
+        calls = _namespaced_calls(fake)
+        assert calls and all(q.get("namespace") == [NS] for _, _, q in calls)
+    (rr,) = prod.recurring.values()
+    assert prod.experiments[rr["experiment_id"]]["namespace"] == NS
+
+
+def test_multi_user_without_a_namespace_fails_before_uploading(
+    kfp_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake = kfp_server("t")
+    fake.multi_user = True
+    monkeypatch.setenv("KFP_TOKEN", "t")
+    with pytest.raises(KubeflowError, match="multi-user KFP: set the profile namespace"):
+        submit(load_config(), Endpoint(fake.url, "KFP_TOKEN"), _package(tmp_path), {}, "v1",
+               experiment="e")  # fmt: skip
+    assert fake.pipelines == {} and fake.experiments == {}
+    # the same call against a single-user server needs no namespace
+    single = kfp_server("t")
+    submit(load_config(), Endpoint(single.url, "KFP_TOKEN"), _package(tmp_path), {}, "v1",
+           experiment="e")  # fmt: skip
+    assert single.violations == [] and len(single.runs) == 1

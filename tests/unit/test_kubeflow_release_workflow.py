@@ -30,7 +30,15 @@ def test_release_flow_dev_on_main_then_prod_on_approval() -> None:
     assert "refs/heads/main" in jobs["dev"]["if"]
     assert jobs["promote"]["environment"] == "production"
     assert "refs/tags/v" in jobs["promote"]["if"]
-    assert jobs["dev"]["needs"] == jobs["promote"]["needs"] == "compile"
+    assert jobs["dev"]["needs"] == ["compile", "image"] and jobs["promote"]["needs"] == "compile"
+    # the runtime image is built and pushed on main; dev and prod run it by digest
+    pushed = next(s for s in jobs["image"]["steps"] if s.get("id") == "push")
+    assert pushed["with"]["file"] == "images/runtime/Dockerfile" and pushed["with"]["push"]
+    assert jobs["image"]["outputs"]["digest"] == "${{ steps.push.outputs.digest }}"
+    for job in ("dev", "promote"):
+        runs = " ".join(s.get("run", "") for s in jobs[job]["steps"])
+        assert "kubeflow.base_image=${RUNTIME_IMAGE}@" in runs, job
+        assert runs.count('--package "$RUNNER_TEMP/retrain.yaml"') >= 1, job
     dev_runs = " ".join(s.get("run", "") for s in jobs["dev"]["steps"])
     assert "pairflow submit" in dev_runs and "--wait" in dev_runs
     assert "pairflow promote-pipeline" in " ".join(

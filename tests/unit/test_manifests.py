@@ -115,33 +115,8 @@ def test_schemas_reject_what_they_should() -> None:
 # RBAC and secrets
 
 
-def test_role_grants_only_what_the_steps_need(rendered: Any) -> None:
-    _, objs = rendered
-    role = _one(objs, "Role", "pairflow-pipeline")
-    for rule in role["rules"]:
-        for key in ("verbs", "resources", "apiGroups", "resourceNames"):
-            assert "*" not in rule.get(key, []), rule
-    grants = {(g, r): set(rule["verbs"]) for rule in role["rules"]
-              for g in rule["apiGroups"] for r in rule["resources"]}  # fmt: skip
-    assert set(grants) == {
-        ("trainer.kubeflow.org", "trainjobs"),
-        ("serving.kserve.io", "inferenceservices"),
-        ("", "pods"),
-        ("", "pods/log"),
-        ("", "secrets"),
-    }
-    assert grants[("", "pods")] == grants[("", "pods/log")] == {"get", "list", "watch"}
-    assert grants[("", "secrets")] == {"get"}
-    (secret_rule,) = [r for r in role["rules"] if "secrets" in r["resources"]]
-    assert set(secret_rule["resourceNames"]) == {"pairflow-s3", "mlflow-backend"}
-    binding = _one(objs, "RoleBinding")
-    sa = _one(objs, "ServiceAccount")
-    assert sa["metadata"]["name"] == KubeflowConfig().service_account
-    # kustomize sets the namespace of ServiceAccount subjects
-    assert binding["subjects"] == [
-        {"kind": "ServiceAccount", "name": sa["metadata"]["name"], "namespace": "pairflow"}
-    ]
-    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+# RBAC of the pipeline ServiceAccount: tests/unit/test_cluster_config.py (against the table in
+# manifests/README.md).
 
 
 def test_no_secrets_in_yaml() -> None:
@@ -202,7 +177,8 @@ def test_mlflow_backend_db_comes_from_the_overlay(rendered: Any) -> None:
         assert hosts == "mlflow.pairflow.example.com"
     for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         assert env[var]["valueFrom"]["secretKeyRef"]["name"] == "pairflow-s3"
-    assert env["MLFLOW_S3_ENDPOINT_URL"]["valueFrom"]["configMapKeyRef"]["name"] == "mlflow-config"
+    s3_endpoint = env["MLFLOW_S3_ENDPOINT_URL"]["valueFrom"]["configMapKeyRef"]
+    assert s3_endpoint == {"name": KubeflowConfig().env_config_map, "key": "AWS_ENDPOINT_URL"}
     # every $(VAR) in args is defined in the container env
     for ref in re.findall(r"\$\((\w+)\)", " ".join(args)):
         assert ref in env, ref

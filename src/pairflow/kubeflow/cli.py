@@ -30,6 +30,13 @@ VersionOpt = Annotated[
 ExperimentOpt = Annotated[
     str | None, typer.Option("--experiment", help="KFP experiment (default: kubeflow.experiment).")
 ]
+NamespaceOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--namespace",
+        help="Multi-user KFP profile namespace (default: kubeflow.namespace; in a pod, its own).",
+    ),
+]
 
 
 def _host(value: str | None, fallback: str, flag: str = "--host") -> str:
@@ -46,6 +53,7 @@ def register(app: typer.Typer) -> None:
     def submit_cmd(
         host: Annotated[str | None, typer.Option("--host", help="KFP API URL.")] = None,
         experiment: ExperimentOpt = None,
+        namespace: NamespaceOpt = None,
         config: ConfigOpt = None,
         set_: SetOpt = None,
         package: PackageOpt = DEFAULT_PACKAGE,
@@ -63,6 +71,8 @@ def register(app: typer.Typer) -> None:
         from pairflow.kubeflow.version import CompiledPackage, version_name
 
         cfg = load_config(config, set_ or [])
+        if namespace:
+            cfg.kubeflow.namespace = namespace
         pkg = CompiledPackage.load(package)
         params = run_parameters(cfg, set_ or [], pkg)
         name = version_name(pkg, version)
@@ -104,6 +114,7 @@ def register(app: typer.Typer) -> None:
             str | None, typer.Option("--name", help="Recurring run name (kubeflow.schedule_name).")
         ] = None,
         experiment: ExperimentOpt = None,
+        namespace: NamespaceOpt = None,
         config: ConfigOpt = None,
         set_: SetOpt = None,
         package: PackageOpt = DEFAULT_PACKAGE,
@@ -115,6 +126,8 @@ def register(app: typer.Typer) -> None:
         from pairflow.kubeflow.version import CompiledPackage, version_name
 
         cfg = load_config(config, set_ or [])
+        if namespace:
+            cfg.kubeflow.namespace = namespace
         pkg = CompiledPackage.load(package)
         params = run_parameters(cfg, set_ or [], pkg)
         vname = version_name(pkg, version)
@@ -144,6 +157,7 @@ def register(app: typer.Typer) -> None:
         cron: Annotated[str | None, typer.Option("--cron", help="Cron for the target.")] = None,
         name: Annotated[str | None, typer.Option("--name", help="Recurring run name.")] = None,
         experiment: ExperimentOpt = None,
+        namespace: NamespaceOpt = None,
         from_experiment: Annotated[
             str | None, typer.Option("--from-experiment", help="Where the source run must be.")
         ] = None,
@@ -170,6 +184,8 @@ def register(app: typer.Typer) -> None:
         from pairflow.kubeflow.version import CompiledPackage, version_name
 
         cfg = load_config(config, set_ or [])
+        if namespace:
+            cfg.kubeflow.namespace = namespace
         kf = cfg.kubeflow
         pkg = CompiledPackage.load(package)
         params = run_parameters(cfg, set_ or [], pkg)

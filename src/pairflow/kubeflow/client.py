@@ -2,6 +2,14 @@
 
 Every function takes a connected client (see :mod:`pairflow.kubeflow.auth`), so the same code
 drives a real KFP API and the fake one in the tests.
+
+Multi-user KFP: pipelines and experiments live in a profile namespace, so every call whose
+v2beta1 request has a ``namespace`` field gets ``kubeflow.namespace`` (ListPipelines,
+pipelines/upload, ListExperiments/CreateExperiment). Versions, runs and recurring runs are
+reached through a pipeline or experiment id, which the server resolves to its namespace
+(kubeflow/pipelines backend/api/v2beta1/pipeline.proto, run.proto, recurring_run.proto).
+``kfp.Client.get_pipeline_id`` sends no namespace (it finds only shared pipelines), so it is
+not used.
 """
 
 from __future__ import annotations
@@ -96,9 +104,13 @@ def normalise_cron(expr: str) -> str:
 # pipelines and versions
 
 
-def find_pipeline(client: Any, name: str) -> str | None:
-    pipeline_id: str | None = client.get_pipeline_id(name)
-    return pipeline_id
+def find_pipeline(client: Any, name: str, namespace: str = "") -> str | None:
+    """Id of pipeline ``name`` in ``namespace`` (shared pipelines when empty)."""
+    resp = client.list_pipelines(page_size=10, filter=_eq_filter(name), namespace=namespace or None)
+    found = [p for p in (resp.pipelines or []) if p.display_name == name]
+    if len(found) > 1:
+        raise KubeflowError(f"{len(found)} pipelines named {name!r} in namespace {namespace!r}")
+    return str(found[0].pipeline_id) if found else None
 
 
 def find_version(client: Any, pipeline_id: str, name: str) -> Any | None:
@@ -115,7 +127,7 @@ def ensure_version(
     A version of that name already holding the same spec is reused (reruns are idempotent);
     one holding a different spec is an error: a name always means one package.
     """
-    pipeline_id = find_pipeline(client, pipeline)
+    pipeline_id = find_pipeline(client, pipeline, namespace)
     if pipeline_id is None:
         created = client.upload_pipeline(
             str(package.path),
@@ -142,11 +154,14 @@ def ensure_version(
     return VersionRef(pipeline_id, str(uploaded.pipeline_version_id), version, True)
 
 
-def lookup_version(client: Any, pipeline: str, version: str) -> tuple[VersionRef, dict[str, Any]]:
+def lookup_version(
+    client: Any, pipeline: str, version: str, namespace: str = ""
+) -> tuple[VersionRef, dict[str, Any]]:
     """An existing version and its spec; an error naming what is missing."""
-    pipeline_id = find_pipeline(client, pipeline)
+    pipeline_id = find_pipeline(client, pipeline, namespace)
     if pipeline_id is None:
-        raise KubeflowError(f"pipeline {pipeline!r} does not exist on the source endpoint")
+        where = f" in namespace {namespace!r}" if namespace else ""
+        raise KubeflowError(f"pipeline {pipeline!r} does not exist on the source endpoint{where}")
     found = find_version(client, pipeline_id, version)
     if found is None:
         raise KubeflowError(f"pipeline {pipeline!r} has no version {version!r}")

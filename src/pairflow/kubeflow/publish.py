@@ -22,10 +22,23 @@ class Endpoint:
     host: str
     token_env: str
 
-    def connect(self, cfg: PairflowConfig) -> Any:
+    def connect(self, cfg: PairflowConfig) -> tuple[Any, str]:
+        """A client and the namespace every namespaced call gets (see :func:`namespace_of`)."""
         kf = cfg.kubeflow
         with kfp_ops.api_errors(self.host):
-            return connect(self.host, kf.auth, self.token_env, kf.namespace)
+            client = connect(self.host, kf.auth, self.token_env, kf.namespace)
+            return client, namespace_of(client, kf.namespace, self.host)
+
+
+def namespace_of(client: Any, configured: str, host: str) -> str:
+    """``kubeflow.namespace``, else the one ``kfp.Client`` read in a pod; a multi-user KFP
+    with neither is an error before anything is uploaded (it would create shared pipelines)."""
+    ns = configured or str(client.get_user_namespace() or "")
+    if not ns and client.get_kfp_healthz().multi_user is True:
+        raise KubeflowError(
+            f"{host}: multi-user KFP: set the profile namespace (--namespace or kubeflow.namespace)"
+        )
+    return ns
 
 
 @dataclass(frozen=True)
@@ -81,10 +94,10 @@ def submit(
 ) -> SubmitResult:
     """Upload ``package`` as ``version`` and start a run of it in ``experiment``."""
     kf = cfg.kubeflow
-    client = endpoint.connect(cfg)
+    client, ns = endpoint.connect(cfg)
     with kfp_ops.api_errors(endpoint.host):
-        ref = kfp_ops.ensure_version(client, package, kf.pipeline_name, version, kf.namespace)
-        exp = kfp_ops.experiment_id(client, experiment, kf.namespace)
+        ref = kfp_ops.ensure_version(client, package, kf.pipeline_name, version, ns)
+        exp = kfp_ops.experiment_id(client, experiment, ns)
         name = run_name or f"{kf.pipeline_name} {version} {time.strftime('%Y-%m-%d %H:%M:%S')}"
         run_id = kfp_ops.create_run(client, ref, exp, name, params, kf.service_account)
         result = None
@@ -107,10 +120,10 @@ def schedule(
     """Upload ``package`` as ``version`` (if new) and pin the recurring run ``name`` to it."""
     kf = cfg.kubeflow
     cron = kfp_ops.normalise_cron(cron)
-    client = endpoint.connect(cfg)
+    client, ns = endpoint.connect(cfg)
     with kfp_ops.api_errors(endpoint.host):
-        ref = kfp_ops.ensure_version(client, package, kf.pipeline_name, version, kf.namespace)
-        exp = kfp_ops.experiment_id(client, experiment, kf.namespace)
+        ref = kfp_ops.ensure_version(client, package, kf.pipeline_name, version, ns)
+        exp = kfp_ops.experiment_id(client, experiment, ns)
         result = kfp_ops.upsert_recurring_run(
             client, ref, exp, name, cron, params, kf.service_account
         )
@@ -138,9 +151,9 @@ def promote(
     """
     kf = cfg.kubeflow
     cron = kfp_ops.normalise_cron(cron)
-    src = source.connect(cfg)
+    src, src_ns = source.connect(cfg)
     with kfp_ops.api_errors(source.host):
-        src_ref, src_spec = kfp_ops.lookup_version(src, kf.pipeline_name, version)
+        src_ref, src_spec = kfp_ops.lookup_version(src, kf.pipeline_name, version, src_ns)
         if spec_digest(src_spec) != package.digest:
             raise PackageError(
                 f"{source.host}: version {version!r} does not hold {package.path} "
@@ -148,17 +161,17 @@ def promote(
             )
         src_run = None
         if require_success:
-            exp = kfp_ops.experiment_id(src, source_experiment, kf.namespace)
+            exp = kfp_ops.experiment_id(src, source_experiment, src_ns)
             src_run = kfp_ops.succeeded_run_of(src, exp, src_ref.version_id)
             if src_run is None:
                 raise KubeflowError(
                     f"{source.host}: version {version!r} has no SUCCEEDED run in experiment "
                     f"{source_experiment!r}; submit it with --wait first (or --no-require-success)"
                 )
-    dst = target.connect(cfg)
+    dst, ns = target.connect(cfg)
     with kfp_ops.api_errors(target.host):
-        dst_ref = kfp_ops.ensure_version(dst, package, kf.pipeline_name, version, kf.namespace)
-        exp = kfp_ops.experiment_id(dst, experiment, kf.namespace)
+        dst_ref = kfp_ops.ensure_version(dst, package, kf.pipeline_name, version, ns)
+        exp = kfp_ops.experiment_id(dst, experiment, ns)
         sched = kfp_ops.upsert_recurring_run(
             dst, dst_ref, exp, name, cron, params, kf.service_account
         )

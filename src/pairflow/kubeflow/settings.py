@@ -8,11 +8,38 @@ from pydantic import Field
 
 from pairflow.config_fields import Section
 
+# The runtime image (images/runtime) as the release workflow pushes it: this repository name,
+# tagged with the package version (pyproject.toml). On release the workflow compiles the package
+# it uploads with kubeflow.base_image pinned to the pushed digest (.github/workflows/release.yml).
+RUNTIME_IMAGE_REPO = "ghcr.io/pairflow/pairflow-runtime"
+RUNTIME_IMAGE_TAG = "0.1.0"
+
+# Names of the objects the pipeline pods read, compiled into the package with kfp-kubernetes
+# (pipelines/retrain.py) and defined in manifests/base/pipeline-env.yaml (tests assert equality).
+PIPELINE_ENV_CONFIG_MAP = "pairflow-pipeline-env"
+S3_CREDENTIALS_SECRET = "pairflow-s3"
+MLFLOW_CLIENT_SECRET = "pairflow-mlflow-client"
+
 
 class KubeflowConfig(Section):
     base_image: str = Field(
-        "python:3.11-slim",
-        description="Image the components run in on a cluster (the runtime image, by digest).",
+        f"{RUNTIME_IMAGE_REPO}:{RUNTIME_IMAGE_TAG}",
+        description="Image every component runs in on a cluster (images/runtime: pairflow + kfp); "
+        "the release workflow pins it by digest.",
+    )
+    env_config_map: str = Field(
+        PIPELINE_ENV_CONFIG_MAP,
+        description="ConfigMap whose keys become every step's env (MLFLOW_TRACKING_URI, "
+        "AWS_ENDPOINT_URL, AWS_DEFAULT_REGION).",
+    )
+    s3_secret: str = Field(
+        S3_CREDENTIALS_SECRET,
+        description="Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, env of every step.",
+    )
+    mlflow_secret: str = Field(
+        MLFLOW_CLIENT_SECRET,
+        description="Secret with MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (MLflow "
+        "basic auth), env of every step.",
     )
     io_retries: int = Field(3, ge=0, description="Retries of I/O-bound steps (S3, MLflow, k8s).")
     io_retry_backoff_s: int = Field(15, ge=1, description="First retry delay; doubles each time.")

@@ -27,13 +27,27 @@ _PARAM_TYPES: dict[str, type] = {
 
 @dataclass(frozen=True)
 class CompiledPackage:
-    """A compiled KFP IR YAML: its path, pipeline name, parameter types and digest."""
+    """A compiled KFP IR YAML: its path, pipeline name, parameter types and digest.
+
+    The file holds the pipeline spec and, when compiled with kfp-kubernetes, a second document
+    with the platform spec (``platforms.kubernetes``). ``server_spec`` is what a KFP server
+    then returns as a version's ``pipeline_spec``: ``{"pipeline_spec": ..., "platform_spec":
+    ...}`` (kubeflow/pipelines backend/src/apiserver/server/api_util.go,
+    ``yamlStringToPipelineSpecStruct``), and the digest is taken over that.
+    """
 
     path: Path
     spec: dict[str, Any]
     name: str
     param_types: dict[str, str]
     digest: str
+    platform_spec: dict[str, Any] | None = None
+
+    @property
+    def server_spec(self) -> dict[str, Any]:
+        if self.platform_spec is None:
+            return self.spec
+        return {"pipeline_spec": self.spec, "platform_spec": self.platform_spec}
 
     @classmethod
     def load(cls, path: Path) -> CompiledPackage:
@@ -43,15 +57,22 @@ class CompiledPackage:
             raise PackageError(f"{path}: compiled pipeline not found (run `make compile`)") from exc
         except (OSError, yaml.YAMLError) as exc:
             raise PackageError(f"{path}: not a readable pipeline YAML ({exc})") from exc
-        if len(docs) != 1 or not isinstance(docs[0], dict) or "root" not in docs[0]:
-            raise PackageError(f"{path}: expected one KFP IR document with a 'root' DAG")
-        spec = docs[0]
+        specs = [d for d in docs if isinstance(d, dict) and "root" in d]
+        platforms = [d for d in docs if isinstance(d, dict) and "platforms" in d]
+        if len(specs) != 1 or len(platforms) > 1 or len(docs) != len(specs) + len(platforms):
+            raise PackageError(
+                f"{path}: expected one KFP IR document with a 'root' DAG (and at most one "
+                "platform spec document)"
+            )
+        spec = specs[0]
         name = str(spec.get("pipelineInfo", {}).get("name", ""))
         if not name:
             raise PackageError(f"{path}: pipelineInfo.name is missing")
         params = spec["root"].get("inputDefinitions", {}).get("parameters", {})
         types = {k: str(v.get("parameterType", "STRING")) for k, v in params.items()}
-        return cls(path, spec, name, types, spec_digest(spec))
+        platform = platforms[0] if platforms else None
+        held = spec if platform is None else {"pipeline_spec": spec, "platform_spec": platform}
+        return cls(path, spec, name, types, spec_digest(held), platform)
 
     def coerce(self, values: dict[str, Any]) -> dict[str, Any]:
         """``values`` restricted to this package's parameters, cast to their declared types."""
