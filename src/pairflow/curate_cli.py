@@ -1,8 +1,13 @@
-"""Standalone curate stages: ``pairflow validate|dedupe|filter --input MANIFEST --out DIR``.
+"""Standalone curate stages: ``pairflow validate|dedupe|filter --input SOURCE --out DIR``.
 
-Each writes ``kept.parquet``, ``rejected.parquet`` (with reasons) and ``report.json`` into
-``--out``, exactly as the pipeline step does on one shard (validate adds the data contract's
-HTML page and Data Docs site; filter adds embeddings, a score histogram and a summary).
+``SOURCE`` is anything ingest accepts (a folder, a Parquet/JSONL manifest with image paths
+relative to it, WebDataset tar shards, ``s3://``), read and resolved exactly as ingest does:
+rows ingest would reject (missing id or image, unsafe path, duplicate id) are rejected with
+ingest's reason, the rest run through the stage. A manifest a stage wrote (absolute URIs,
+signature columns) reads back unchanged. Each writes ``kept.parquet``,
+``rejected.parquet`` (with reasons) and ``report.json`` into ``--out``, exactly as the
+pipeline step does on one shard (validate adds the data contract's HTML page and Data Docs
+site; filter adds embeddings, a score histogram and a summary).
 """
 
 from __future__ import annotations
@@ -18,31 +23,52 @@ from pairflow.cli_options import ConfigOpt, OutOpt, SetOpt
 if TYPE_CHECKING:
     import pandas as pd
 
+    from pairflow.config import DataConfig
     from pairflow.report import StageReport
     from pairflow.steps import StageResult
 
-InputOpt = Annotated[str, typer.Option("--input", help="Manifest (.parquet / .jsonl).")]
+InputOpt = Annotated[
+    str,
+    typer.Option(
+        "--input", help="Source: folder, manifest (.parquet/.jsonl), .tar shard(s), s3://…"
+    ),
+]
 R = TypeVar("R", bound="StageResult")
 
 
 def _run_stage(
-    stage: str, input_: str, out: Path, status: str, run: Callable[[pd.DataFrame], R]
+    stage: str,
+    input_: str,
+    out: Path,
+    status: str,
+    run: Callable[[pd.DataFrame], R],
+    data: DataConfig,
 ) -> tuple[StageReport, R]:
-    """Read the manifest, run one stage on it and write its kept/rejected manifests.
+    """Read ``input_`` as ingest does, run one stage on it, write its kept/rejected manifests.
 
-    The report is returned unwritten, so a command can add figures before writing it.
+    Rows ingest rejects are rejected here with ingest's reason (and ``stage`` ``ingest``), so
+    rows in = kept + rejected still holds. The report is returned unwritten, so a command can
+    add figures before writing it.
     """
+    import pandas as pd
+
     from pairflow.cli import console, ensure_writable_dir
-    from pairflow.data.schema import read_manifest
+    from pairflow.data.ingest import split_rejects
+    from pairflow.data.sources import load_source
     from pairflow.report import StageOutputs, Stopwatch
     from pairflow.steps import write_stage_outputs
 
     ensure_writable_dir(out)
     watch = Stopwatch()
-    df = read_manifest(input_)
+    source, _ = load_source(input_, data.format, data.s3)
+    df, ingest_rejected, ingest_counts = split_rejects(source)
     with console.status(f"{status} {len(df)} rows …"):
         result = run(df)
-        report = write_stage_outputs(stage, len(df), result, StageOutputs.in_dir(out), watch)
+        if len(ingest_rejected):
+            result.rejected = pd.concat([ingest_rejected, result.rejected], ignore_index=True)
+            for reason, count in ingest_counts.items():
+                result.counts[reason] = result.counts.get(reason, 0) + count
+        report = write_stage_outputs(stage, len(source), result, StageOutputs.in_dir(out), watch)
     return report, result
 
 
@@ -78,6 +104,7 @@ def register(app: typer.Typer) -> None:
             out,
             "validating",
             lambda df: validate_frame(df, cfg.validate_, cfg.data.s3),
+            cfg.data,
         )
         contract = run_contract(
             result.kept, result.rejected, cfg.validate_, out / "data_docs", raise_on_failure=False
@@ -97,7 +124,12 @@ def register(app: typer.Typer) -> None:
 
         cfg = load_config(config, set_ or [])
         report, _ = _run_stage(
-            "dedupe", input_, out, "deduplicating", lambda df: dedupe_frame(df, cfg.dedupe)
+            "dedupe",
+            input_,
+            out,
+            "deduplicating",
+            lambda df: dedupe_frame(df, cfg.dedupe),
+            cfg.data,
         )
         _finish(report, out)
 
@@ -151,6 +183,7 @@ def register(app: typer.Typer) -> None:
                 ground_truth=ground_truth,
                 max_pixels=cfg.validate_.max_pixels,
             ),
+            cfg.data,
         )
         _finish(report, out)
         auc = result.metrics.get("roc_auc")
