@@ -189,3 +189,26 @@ def test_the_rbac_check_catches_an_extra_grant(rendered: Any) -> None:
     widened = {**role, "rules": [*role["rules"], {"apiGroups": [""], "resources": ["secrets"],
                                                    "verbs": ["get"]}]}  # fmt: skip
     assert role_rules(widened) != readme_rules()
+
+
+# ---------------------------------------------------------------------------------------------
+# tracking URI: required in a KFP pod, sqlite default locally
+
+
+def test_tracking_uri_is_required_in_a_kfp_pod_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pairflow import tracking
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv(tracking.KFP_POD_ENV, raising=False)
+    assert tracking.resolve_tracking_uri("", tmp_path) == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv(tracking.KFP_POD_ENV, "retrain-abc-driver")
+    with pytest.raises(tracking.TrackingConfigError) as err:
+        tracking.resolve_tracking_uri("", tmp_path)
+    assert str(err.value).startswith("mlflow.tracking_uri: not set in a Kubeflow pipeline pod")
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "mlflow.db").exists()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow:5000")
+    assert tracking.resolve_tracking_uri("", tmp_path) == "http://mlflow:5000"
+    assert tracking.resolve_tracking_uri("http://other:5000", tmp_path) == "http://other:5000"
