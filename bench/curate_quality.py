@@ -67,9 +67,8 @@ def score_links(photos: PhotoSet, links: Iterable[tuple[str, str]]) -> dict[str,
     precision = hits / len(predicted) if predicted else 1.0
     recall = hits / len(truth)
     f1 = 2 * precision * recall / (precision + recall) if hits else 0.0
-    original = dict(
-        zip(frame.loc[frame["variant"] == "original", "group"], frame["id"], strict=False)
-    )
+    originals = frame[frame["variant"] == "original"]
+    original = dict(zip(originals["group"], originals["id"], strict=True))
     per_variant = {}
     for kind in VARIANTS:
         rows = frame[frame["variant"] == kind]

@@ -142,6 +142,11 @@ class DedupeConfig(Section):
         description="Hash candidates are near duplicates when their colour-layout RMS distance "
         "is at most this (tuned on the generator: recall 96% at 0 false positives, 600 rows).",
     )
+    near_photometric: bool = Field(
+        True,
+        description="Also accept DCT-hash candidates that differ by brightness/contrast, "
+        "a small overlay or crop (pairflow.dedupe.near.PhotometricRule; real photographs).",
+    )
     captions: bool = ui(
         True, "Duplicate captions", "Drop rows whose normalised caption repeats another's."
     )

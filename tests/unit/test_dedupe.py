@@ -140,7 +140,8 @@ def test_stages_can_be_switched_off(frame: pd.DataFrame) -> None:
 
 def test_near_captions_with_minhash(frame: pd.DataFrame) -> None:
     extra = frame.iloc[[5]].assign(id="x-near-cap", caption=CAPTIONS[5] + " !", img_sha256="z")
-    extra[list(IMAGE_HASH_COLUMNS)] = frame.iloc[[6]][list(IMAGE_HASH_COLUMNS)].to_numpy() + 7
+    # r06's signature with every byte inverted: an image unlike any other in the frame
+    extra[list(IMAGE_HASH_COLUMNS)] = ~frame.iloc[[6]][list(IMAGE_HASH_COLUMNS)].to_numpy()
     df = pd.concat([frame, extra], ignore_index=True)
     # a trailing " !" normalises away: an exact caption duplicate
     assert _by_id(dedupe_frame(df, DedupeConfig()))["x-near-cap"][0] == "duplicate_caption"

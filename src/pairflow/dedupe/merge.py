@@ -20,12 +20,21 @@ from pairflow.config import DedupeConfig
 from pairflow.dedupe.captions import caption_keys, caption_labels, near_caption_pairs
 from pairflow.dedupe.groups import Groups, components, group_by_labels, survivor_rank
 from pairflow.dedupe.near import (
+    PhotometricRule,
     aligned_hamming_pairs,
+    hamming_pairs,
+    photometric_match,
     weighted_layout_distance,
     weighted_layouts,
 )
 from pairflow.dedupe.semantic import semantic_duplicates
-from pairflow.dedupe.signatures import IMAGE_HASH_COLUMNS, LAYOUT_BYTES, layout_phash
+from pairflow.dedupe.signatures import (
+    IMAGE_HASH_COLUMNS,
+    LAYOUT_BYTES,
+    layout_array,
+    layout_dct_hash,
+    layout_phash,
+)
 from pairflow.errors import InputDataError
 from pairflow.parallel import resolve_threads, thread_map
 
@@ -188,6 +197,14 @@ class _Layouts:
             crop[start : start + chunk] = layout_phash(np.ascontiguousarray(views[:, 1]))
         return full, crop
 
+    def dct_hashes(self, rows: IntArray, chunk: int = 1 << 14) -> IntArray:
+        """64-bit DCT hashes of the full-frame luma of canonical ``rows``."""
+        out = np.empty(len(rows), dtype=np.int64)
+        for start in range(0, len(rows), chunk):
+            views = layout_array(self.words(rows[start : start + chunk]))
+            out[start : start + chunk] = layout_dct_hash(np.ascontiguousarray(views[:, 0]))
+        return out
+
     def distance(self, a: IntArray, b: IntArray, threads: int = 1) -> npt.NDArray[np.float32]:
         """:func:`layout_distance` of canonical row pairs ``(a[k], b[k])``; chunks of pairs
         run on ``threads`` threads (each writes its own slice of the result)."""
@@ -258,7 +275,40 @@ def _identical_layouts(
     return shared[member], shared[groups.survivor[member]]
 
 
-def _near(state: _State, radius: int, max_rms: float, threads: int) -> dict[str, Any]:
+def _photometric(
+    layouts: _Layouts,
+    rows: IntArray,
+    found: tuple[IntArray, IntArray],
+    max_rms: float,
+    rule: PhotometricRule,
+    threads: int,
+) -> tuple[IntArray, IntArray, list[str], dict[str, Any]]:
+    """Pairs :class:`PhotometricRule` adds to the layout pairs ``found`` (canonical rows):
+    DCT-hash candidates within ``rule.radius`` that the layout check rejected."""
+    dct = layouts.dct_hashes(rows)
+    pairs = hamming_pairs(dct, rule.radius, threads=threads)
+    a, b = rows[pairs.left], rows[pairs.right]
+    rms = layouts.distance(a, b, threads)
+    n = len(layouts.present)
+    known = np.minimum(*found) * n + np.maximum(*found)
+    new = (rms > max_rms) & ~np.isin(np.minimum(a, b) * n + np.maximum(a, b), known)
+    a, b, ham, rms = a[new], b[new], pairs.distance[new], rms[new]
+    la = layout_array(layouts.words(a))
+    lb = layout_array(layouts.words(b))
+    ok = photometric_match(la, lb, ham, rms, rule)
+    a, b, ham, rms = a[ok], b[ok], ham[ok], rms[ok]
+    details = [f"dct hamming {h}, layout rms {r:.2f}" for h, r in zip(ham, rms, strict=True)]
+    metrics = {
+        "dct_radius": rule.radius,
+        "candidate_pairs": len(pairs),
+        "verified_pairs": len(a),
+    }
+    return a, b, details, metrics
+
+
+def _near(
+    state: _State, radius: int, max_rms: float, threads: int, rule: PhotometricRule | None
+) -> dict[str, Any]:
     t0 = time.perf_counter()
     layouts = _Layouts(state)
     rows = np.flatnonzero(state.alive & layouts.present).astype(np.int64)
@@ -274,9 +324,20 @@ def _near(state: _State, radius: int, max_rms: float, threads: int) -> dict[str,
     ok = rms <= max_rms
     a, b, ham, rms = a[ok], b[ok], pairs.distance[ok], rms[ok]
     t3 = time.perf_counter()
-    left, right = np.concatenate([a, same]), np.concatenate([b, same_rep])
-    groups = components(len(state.df), left, right, state.rank)
     describe = [f"hamming {h}, layout rms {r:.2f}" for h, r in zip(ham, rms, strict=True)]
+    if rule is None:
+        pa = pb = np.empty(0, dtype=np.int64)
+        photo_details: list[str] = []
+        photo_metrics: dict[str, Any] = {"enabled": False}
+    else:
+        pa, pb, photo_details, photo_metrics = _photometric(
+            layouts, rows, (a, b), max_rms, rule, threads
+        )
+    t4 = time.perf_counter()
+    left = np.concatenate([a, pa, same])
+    right = np.concatenate([b, pb, same_rep])
+    groups = components(len(state.df), left, right, state.rank)
+    describe += photo_details
     describe += ["identical layout"] * len(same)
     dropped = groups.dropped
     state.drop(
@@ -299,6 +360,7 @@ def _near(state: _State, radius: int, max_rms: float, threads: int) -> dict[str,
         "seconds_hash": round(t1 - t0, 4),
         "seconds_index": round(t2 - t1, 4),
         "seconds_verify": round(t3 - t2, 4),
+        "photometric": {**photo_metrics, "seconds": round(t4 - t3, 4)},
     }
 
 
@@ -406,7 +468,11 @@ def dedupe_frame(
             stage = _exact(state)
         elif name == "near":
             stage = _near(
-                state, cfg.phash_max_distance, cfg.near_layout_max_rms, resolve_threads(cfg.threads)
+                state,
+                cfg.phash_max_distance,
+                cfg.near_layout_max_rms,
+                resolve_threads(cfg.threads),
+                PhotometricRule() if cfg.near_photometric else None,
             )
         elif name in ("captions", "near_captions"):
             stage = _captions(state, name == "near_captions", cfg)

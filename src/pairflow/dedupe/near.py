@@ -30,10 +30,12 @@ from pairflow.parallel import thread_map
 __all__ = [
     "LAYOUT_CHROMA_WEIGHT",
     "HammingPairs",
+    "PhotometricRule",
     "aligned_hamming_pairs",
     "brute_force_pairs",
     "hamming_pairs",
     "layout_distance",
+    "photometric_match",
     "weighted_layout_distance",
     "weighted_layouts",
 ]
@@ -391,3 +393,87 @@ def layout_distance(
     return weighted_layout_distance(
         weighted_layouts(a, chroma_weight), weighted_layouts(b, chroma_weight)
     )
+
+
+@dataclass(frozen=True)
+class PhotometricRule:
+    """Near duplicates that the absolute colour layout misses, found through the DCT hash.
+
+    The layout check (:func:`layout_distance` against ``near_layout_max_rms``) compares
+    absolute levels: it is what keeps flat renders of *different* scenes apart (the synthetic
+    generator's distinct scenes often differ by little more than background level and a
+    small shape), but it misses photographs whose brightness or contrast changed, that carry
+    a small overlay, or whose border was cut. A pair whose DCT hashes (luma shape only) are
+    close is accepted when either
+
+    - ``dct <= loose_dct`` and the plain layout RMS is within ``loose_rms`` (re-encodes,
+      resizes, small crops and overlays of low-contrast photos); or
+    - both images have real structure (8x8 luma std >= ``min_structure`` levels),
+      ``dct <= structured_dct``, the layout RMS after fitting a luma gain/offset (gain
+      clipped to [0.7, 1.45]) is within ``compensated_rms`` and the chroma RMS within
+      ``chroma_rms`` (brightness/contrast changes of structured photos).
+
+    Thresholds were set on the real-photo dev set and the generator together (see
+    ``bench/results/curate_quality.json``): on 600-row generator seeds neither branch
+    accepts a pair of distinct scenes; lowering ``min_structure`` starts to.
+    """
+
+    loose_dct: int = 10
+    loose_rms: float = 4.0
+    structured_dct: int = 12
+    min_structure: float = 20.0
+    compensated_rms: float = 12.0
+    chroma_rms: float = 5.0
+
+    @property
+    def radius(self) -> int:
+        """The Hamming radius candidates must be searched in."""
+        return max(self.loose_dct, self.structured_dct)
+
+
+def _compensated_distance(a: npt.NDArray[np.float32], b: npt.NDArray[np.float32]) -> np.ndarray:
+    """RMS of ``a - (gain * b + offset)`` on luma (chroma scaled by the gain around 128,
+    weighted like :func:`layout_distance`), minimised over the three alignments."""
+    best = np.full(len(a), np.inf, dtype=np.float32)
+    luma = LAYOUT_BYTES - 32
+    for va, vb in ((0, 0), (1, 0), (0, 1)):
+        xl, yl = a[:, va, :luma], b[:, vb, :luma]
+        xc, yc = a[:, va, luma:] - 128.0, b[:, vb, luma:] - 128.0
+        xl = xl - xl.mean(axis=1, keepdims=True)
+        yl = yl - yl.mean(axis=1, keepdims=True)
+        gain = np.einsum("ij,ij->i", xl, yl) / np.maximum(np.einsum("ij,ij->i", yl, yl), 1.0)
+        gain = np.clip(gain, 0.7, 1.45)[:, None].astype(np.float32)
+        rl = xl - gain * yl
+        rc = LAYOUT_CHROMA_WEIGHT * (xc - gain * yc)
+        d = (np.einsum("ij,ij->i", rl, rl) + np.einsum("ij,ij->i", rc, rc)) / LAYOUT_BYTES
+        best = np.minimum(best, d.astype(np.float32))
+    out: npt.NDArray[np.float32] = np.sqrt(best)
+    return out
+
+
+def photometric_match(
+    la: npt.NDArray[np.uint8],
+    lb: npt.NDArray[np.uint8],
+    dct_distance: IntArray,
+    rms: npt.NDArray[np.float32],
+    rule: PhotometricRule,
+) -> npt.NDArray[np.bool_]:
+    """Which pairs of layouts ``la``/``lb`` (``(k, 2, 96)`` uint8) :class:`PhotometricRule`
+    accepts, given their DCT-hash distances and plain :func:`layout_distance` ``rms``."""
+    loose = (dct_distance <= rule.loose_dct) & (rms <= rule.loose_rms)
+    luma = LAYOUT_BYTES - 32
+    a = la.astype(np.float32)
+    b = lb.astype(np.float32)
+    structure = np.minimum(a[:, 0, :luma].std(axis=1), b[:, 0, :luma].std(axis=1))
+    chroma = np.sqrt(((a[:, 0, luma:] - b[:, 0, luma:]) ** 2).mean(axis=1))
+    candidates = (
+        (dct_distance <= rule.structured_dct)
+        & (structure >= rule.min_structure)
+        & (chroma <= rule.chroma_rms)
+    )
+    structured = np.zeros(len(a), dtype=bool)
+    if candidates.any():
+        idx = np.flatnonzero(candidates)
+        structured[idx] = _compensated_distance(a[idx], b[idx]) <= rule.compensated_rms
+    out: npt.NDArray[np.bool_] = loose | structured
+    return out
