@@ -23,6 +23,7 @@ from pairflow.evaluate.bootstrap import DeltaCI, paired_bootstrap
 from pairflow.evaluate.classification import classification_metrics
 from pairflow.evaluate.drift import compare
 from pairflow.evaluate.gate import DriftOutcome, GateDecision, decide
+from pairflow.evaluate.kinds import load_champion, with_kind_check
 from pairflow.evaluate.reference import Reference, build_reference, read_reference, write_reference
 from pairflow.evaluate.retrieval import clip_retrieval_metrics, zero_shot_predictions
 from pairflow.evaluate.scoring import HoldoutScores, common_rows, score_holdout
@@ -238,15 +239,14 @@ def evaluate_frame(
         else champ.find_champion(tracking_uri, cfg.register_.model_name)
     )
     champ_scores: HoldoutScores | None = None
+    champ_kind: str | None = None
     notes: list[str] = []
     if info is not None:
         say(f"scoring the held-out rows with the champion {info.label}")
-        if cand.kind == "classifier":
-            other = load_candidate(info.uri, cand.kind, tracking_uri)
-            champ_clip, champ_cls = other.clip, other.classifier
-        else:
-            other = None
-            champ_clip, champ_cls = load_clip(info.uri, tracking_uri=tracking_uri), None
+        champ_kind, champ_clip, champ_trained = load_champion(info.uri, tracking_uri)
+        # a champion of the other kind (train.model switched): only the metrics both kinds
+        # support are compared, and the gate refuses the switch (pairflow.evaluate.kinds)
+        champ_cls = champ_trained if champ_kind == cand.kind else None
         champ_scores = score_holdout(
             champ_clip,
             holdout,
@@ -255,8 +255,9 @@ def evaluate_frame(
             batch_size=ev.batch_size,
             s3=cfg.data.s3,
         )
-        if other is not None and champ_scores.logits is not None:
-            champ_scores.logits, note = align_logits(champ_scores.logits, other.labels, class_names)
+        if champ_cls is not None and champ_scores.logits is not None:
+            champ_labels = list(champ_cls.labels or [])
+            champ_scores.logits, note = align_logits(champ_scores.logits, champ_labels, class_names)
             notes += [note] if note else []
     rows = common_rows(cand_scores, *([champ_scores] if champ_scores else []))
     if rows.sum() < 2:
@@ -304,6 +305,7 @@ def evaluate_frame(
         champion_note=note,
         drift=drift,
     )
+    gate = with_kind_check(gate, cand.kind, champ_kind, info.label if info else "")
     log.info("evaluate gate %s: %s", "PASSED" if gate.passed else "FAILED", "; ".join(gate.reasons))
     return EvaluateResult(
         kind=cand.kind,
