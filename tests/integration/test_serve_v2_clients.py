@@ -434,6 +434,37 @@ def test_hostile_request_is_4xx_with_message(served: ServeProc, case: str) -> No
     _alive(served)
 
 
+def test_grpc_client_mistakes_are_invalid_argument(served: ServeProc) -> None:
+    from tritonclient.utils import InferenceServerException  # type: ignore[import-untyped]
+
+    client = tritongrpc.InferenceServerClient(served.grpc)
+    cases = {
+        "instances[0].image: not_an_image": (
+            [b"\x00\x01 this is not an image"],
+            ["x"],
+            "score",
+            "INVALID_ARGUMENT",
+        ),
+        "instances[0].image: too many pixels": ([_bomb()], ["x"], "score", "INVALID_ARGUMENT"),
+        "instances: 9 in one request": ([PHOTOS[0]] * 9, ["x"] * 9, "score", "INVALID_ARGUMENT"),
+        "task: 'detect' is not one of": ([PHOTOS[0]], ["x"], "detect", "INVALID_ARGUMENT"),
+        "larger than max": ([PHOTOS[0] * 200], ["x"], "score", "RESOURCE_EXHAUSTED"),
+    }
+    for message, (images, captions, task, status) in cases.items():
+        with pytest.raises(InferenceServerException) as info:
+            client.infer(
+                NAME, _inputs(tritongrpc, images, captions, True), parameters={"task": task}
+            )
+        assert status in str(info.value.status()) and message in str(info.value), (
+            message,
+            info.value,
+        )
+    res = client.infer(
+        NAME, _inputs(tritongrpc, PHOTOS[:1], CAPTIONS[:1], True), parameters={"task": "score"}
+    )
+    assert res.as_numpy("score").shape == (1,)
+
+
 def test_chunked_body_over_the_cap_is_cut_off_while_read(served: ServeProc) -> None:
     sent = 0
 
