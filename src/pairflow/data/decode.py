@@ -4,6 +4,17 @@ Every stage that needs pixels goes through :func:`decode_image`: the declared si
 against a pixel budget *before* decoding (decompression bombs are refused, never decoded),
 EXIF orientation is applied, and every mode is normalised to 8-bit RGB: CMYK, 16-bit
 grayscale, palette, and alpha (composited on white) are accepted, not rejected.
+
+What real photographs bring, and what happens to it:
+
+- CMYK / YCCK JPEGs: converted to RGB (through their ICC profile when they carry one);
+- progressive JPEGs: decoded like baseline ones (DCT scaling included);
+- 16-bit PNGs: grey is rescaled by its peak, RGB is reduced to 8 bits per channel;
+- animated GIF/WebP/PNG: the first frame is the image (``DecodedImage.frames`` says how many);
+- an embedded ICC profile other than sRGB (Adobe RGB, Display P3, a CMYK press profile):
+  pixels are converted to sRGB, so colours (and signatures) match the sRGB copy; a profile
+  that cannot be parsed is ignored and the pixels are taken as sRGB, as browsers do;
+- truncated downloads: rejected as ``corrupt_image`` with a detail that says truncated.
 """
 
 from __future__ import annotations
@@ -13,7 +24,7 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 DEFAULT_MAX_PIXELS = 40_000_000
 
@@ -40,6 +51,7 @@ class DecodedImage:
     mode: str  # the file's original mode, before normalisation
     width: int  # after EXIF orientation
     height: int
+    frames: int = 1  # animated images: the first frame is decoded
 
 
 def open_header(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
@@ -83,6 +95,31 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+_SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+_ICC_MODES = frozenset({"RGB", "CMYK"})
+
+
+def to_srgb(img: Image.Image) -> Image.Image:
+    """``img`` with its embedded ICC profile (if any, and not sRGB) converted to sRGB."""
+    icc = img.info.get("icc_profile")
+    if not icc or img.mode not in _ICC_MODES:
+        return img
+    try:
+        profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        if "srgb" in ImageCms.getProfileDescription(profile).lower():
+            return img
+        return ImageCms.profileToProfile(img, profile, _SRGB, outputMode="RGB") or img
+    except (OSError, ValueError, ImageCms.PyCMSError):
+        return img  # an unreadable profile: the pixels are taken as sRGB (documented above)
+
+
+def _corrupt(exc: BaseException) -> DecodeError:
+    text = str(exc)
+    if "truncated" in text.lower() or isinstance(exc, EOFError):
+        return DecodeError("corrupt_image", f"truncated file (download cut short?): {text}")
+    return DecodeError("corrupt_image", f"decode: {text}")
+
+
 def decode_image(
     data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, *, at_least: int | None = None
 ) -> DecodedImage:
@@ -101,12 +138,15 @@ def decode_image(
         if at_least is not None and fmt == "JPEG":
             img.draft(None, (at_least, at_least))
         drafted = img.size
+        frames = int(getattr(img, "n_frames", 1))
         img.load()
         if "exif" in img.info:  # orientation lives in EXIF; parsing absent EXIF costs ~5 us
             img = ImageOps.exif_transpose(img) or img
-        rgb = to_rgb(img)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise DecodeError("corrupt_image", f"decode: {exc}") from exc
+        rgb = to_rgb(to_srgb(img))
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
+        raise _corrupt(exc) from exc
     if rgb.size != drafted:  # EXIF rotated by 90 or 270 degrees
         full_w, full_h = full_h, full_w
-    return DecodedImage(image=rgb, format=fmt, mode=mode, width=full_w, height=full_h)
+    return DecodedImage(
+        image=rgb, format=fmt, mode=mode, width=full_w, height=full_h, frames=frames
+    )
