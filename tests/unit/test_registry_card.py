@@ -162,5 +162,9 @@ def test_pyfunc_labels_come_from_a_trained_classifier_head(tmp_path: Path) -> No
     assert got["label_score"].iloc[0] == pytest.approx(
         torch.tensor([0.0, 5.0]).softmax(0)[1].item()
     )
+    # probabilities over every class, in the registered label order
+    assert got["probabilities"].iloc[0] == pytest.approx(
+        torch.tensor([0.0, 5.0]).softmax(0).tolist()
+    )
     with pytest.raises(ValueError, match="needs both image and caption"):
         model.run(frame[["image"]], params={"mode": "labels"})

@@ -10,7 +10,9 @@ bytes: the same forms ``pairflow serve`` takes, told apart the same way, see
 embeddings. The mode comes from the ``mode`` param or a ``mode`` column: ``embeddings``,
 ``scores`` (default) or ``labels``. A classifier artifact from ``pairflow.train``
 (``pairflow_model.json`` kind ``classifier``) answers ``labels`` with its fusion head (image
-and caption needed); a CLIP answers zero-shot over the label set in ``labels.json``.
+and caption needed): ``label``, ``label_score`` and ``probabilities`` (softmax over the
+classes, in ``labels.json`` order); a CLIP answers zero-shot over the label set in
+``labels.json`` (``label``, ``label_score`` = cosine similarity).
 """
 
 from __future__ import annotations
@@ -170,7 +172,7 @@ class PairClipModel(PythonModel):
             if not (_present(img) and _present(cap)):
                 raise ValueError(f"row {i}: the classifier needs both image and caption")
         if not images:
-            return pd.DataFrame({"label": [], "label_score": []})
+            return pd.DataFrame({"label": [], "label_score": [], "probabilities": []})
         pixels = self.clip.processor(images=[decode_image(v) for v in images], return_tensors="pt")[
             "pixel_values"
         ]
@@ -190,6 +192,7 @@ class PairClipModel(PythonModel):
             {
                 "label": [self.labels[j] for j in best],
                 "label_score": [float(probs[i, j]) for i, j in enumerate(best)],
+                "probabilities": [[float(p) for p in row] for row in probs.tolist()],
             }
         )
 
