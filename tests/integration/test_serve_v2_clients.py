@@ -38,7 +38,7 @@ tritonhttp = pytest.importorskip("tritonclient.http")
 tritongrpc = pytest.importorskip("tritonclient.grpc")
 
 NAME = "pf"
-LABELS = ["circle", "square", "triangle", "star"]
+LABELS = ["astronaut", "cat", "coffee", "rocket"]  # the model's labels.json, not serve.labels
 CAPTIONS = ["an astronaut in a white suit", "a cat", "a cup of coffee", "a red circle"]
 LIMITS = {
     "max_instances": "8",
@@ -114,7 +114,7 @@ def served(
         model_uri,
         tmp_path_factory.mktemp("serve-v2-logs"),
         name=NAME,
-        sets={**LIMITS, "labels": json.dumps(LABELS)},
+        sets=LIMITS,
         tracking_uri=mlflow_server,
     )
     try:

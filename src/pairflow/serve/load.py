@@ -178,6 +178,9 @@ class Loaded:
     version: str  # the label on every metric: MLflow version number, or local-<digest12>
     ref: str  # the reference actually loaded (aliases resolved)
     path: Path  # the folder the model was loaded from
+    # zero-shot classes shipped with a registered pyfunc (its labels.json): the registry's
+    # pyfunc classifies over them, so the server does too; None = serve.labels
+    zero_shot_labels: list[str] | None = None
 
 
 def resolve_mlflow(uri: str, tracking_uri: str | None) -> tuple[str, str]:
@@ -367,4 +370,32 @@ def load_servable(
     model, path = open_model_dir(root, variant, threads, ref)
     label = version_label or version or f"local-{dir_digest(path)[:12]}"
     log.info("loaded %s: variant %s from %s", ref, model.variant, path)
-    return Loaded(model, label, ref, path)
+    return Loaded(model, label, ref, path, registered_labels(root))
+
+
+def registered_labels(root: Path) -> list[str] | None:
+    """The label set of a registered pyfunc model (its ``labels`` artifact), if it has one."""
+    import json
+
+    import yaml
+
+    mlmodel = _shallowest(root, "MLmodel")
+    if mlmodel is None:
+        return None
+    try:
+        meta = yaml.safe_load(mlmodel.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ModelLoadError(f"{mlmodel}: unreadable MLmodel ({exc})") from exc
+    table = ((meta.get("flavors") or {}).get("python_function") or {}).get("artifacts") or {}
+    entry = table.get("labels") if isinstance(table, dict) else None
+    rel = entry.get("path") if isinstance(entry, dict) else None
+    if not rel:
+        return None
+    path = mlmodel.parent / str(rel)
+    try:
+        labels = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"{path}: unreadable label set ({exc})") from exc
+    if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
+        raise ModelLoadError(f"{path}: expected a non-empty JSON list of label strings")
+    return labels

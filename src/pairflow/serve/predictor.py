@@ -161,7 +161,8 @@ class PairflowPredictor(Model):  # type: ignore[misc]
         self.metrics.announce(loaded.model.variant, loaded.ref)
         if loaded.model.labels is not None:
             self._labels = list(loaded.model.labels)
-        else:
+        else:  # a registered pyfunc's label set wins over serve.labels (same answers as it)
+            self._labels = list(loaded.zero_shot_labels or self._labels)
             prompts = [self.cfg.label_prompt.format(label) for label in self._labels]
             self._label_emb = loaded.model.embed_texts(prompts)
         self._dim = int(loaded.model.embed_texts(["a"]).shape[1])
