@@ -3,7 +3,7 @@ distinct images, seven variant kinds each), scored as bench curate_quality score
 
 The peers (imagededup PHash, cleanvision) run beside pairflow in ``bench curate_quality``;
 this test holds pairflow's own figures. The issue's goal is recall >= 0.95 at precision
->= 0.99; pairflow reaches ~0.75 today (bench/results/curate_quality.json), so the recall
+>= 0.99; pairflow reaches ~0.79 today (bench/results/curate_quality.json), so the recall
 floor here guards what is reached, and the per-variant floors show where it falls short.
 """
 
@@ -25,10 +25,10 @@ def test_real_photo_near_duplicates(tmp_path: Path) -> None:
     summary = f"{scores} {facts['near']}"
     assert scores["true_pairs"] > 2000, summary
     assert scores["precision"] >= 0.99, summary
-    assert scores["recall"] >= 0.72, summary
+    assert scores["recall"] >= 0.76, summary
     per_variant = scores["recall_per_variant"]
     # re-encodes, resizes, format changes and upscales are found almost always
     for kind in ("resize", "jpeg", "format", "upscale"):
         assert per_variant[kind] >= 0.95, summary
     # the photometric path finds brightness/contrast changes the colour layout cannot
-    assert per_variant["brightness"] >= 0.4, summary
+    assert per_variant["brightness"] >= 0.45, summary
