@@ -30,8 +30,8 @@ config_app = typer.Typer(help="Inspect the pipeline config.", no_args_is_help=Tr
 app.add_typer(data_app, name="data")
 app.add_typer(config_app, name="config")
 
-# Wide enough for the run summary when output is not a terminal (make demo, CI logs).
-console = Console(width=None if sys.stdout.isatty() else 140)
+# The run summary fits 120 columns; the same width when output is not a terminal (make demo, CI).
+console = Console(width=None if sys.stdout.isatty() else 120)
 err_console = Console(stderr=True)
 DEFAULT_COMPILED = Path("pipelines/compiled/retrain.yaml")
 
@@ -141,6 +141,14 @@ def compile_(
     console.print(f"wrote {output}")
 
 
+VerboseOpt = Annotated[
+    bool,
+    typer.Option(
+        "--verbose", "-v", help="Stream every step's executor log (they always go to files)."
+    ),
+]
+
+
 @app.command("run")
 def run(
     config: ConfigOpt = None,
@@ -148,39 +156,73 @@ def run(
     cache: Annotated[
         bool, typer.Option("--cache/--no-cache", help="Reuse cached step outputs.")
     ] = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Run the retrain pipeline locally through kfp.local."""
     cfg = load_config(config, set_ or [])
-    ok = _run_and_report(cfg, cache=cache)
+    ok, _ = _run_and_report(cfg, cache=cache, verbose=verbose)
     raise typer.Exit(0 if ok else 1)
 
 
-def _run_and_report(cfg: PairflowConfig, *, cache: bool, extra: list[str] | None = None) -> bool:
+def _run_and_report(
+    cfg: PairflowConfig, *, cache: bool, verbose: bool, extra: list[str] | None = None
+) -> tuple[bool, list[tuple[str, float]]]:
+    """Run the pipeline with one line per step, then the summary; returns (ok, time split)."""
     from pairflow.local_run import run_pipeline_locally
+    from pairflow.run_view import StepBoard
     from pairflow.summary import stage_table
 
     ensure_writable_dir(Path(cfg.run.workdir), "work dir")
-    with console.status("running the retrain pipeline through kfp.local …"):
-        result = run_pipeline_locally(cfg, enable_caching=cache)
-    console.print(stage_table(result.reports, title="retrain — rows per stage"))
+    # Pinned to this stdout: kfp.local's own chatter is redirected away while steps run.
+    board = StepBoard(Console(file=sys.stdout, width=None if console.is_terminal else 120))
+    if verbose:
+        result = run_pipeline_locally(cfg, enable_caching=cache, verbose=True)
+    else:
+        with board.shown():
+            result = run_pipeline_locally(
+                cfg, enable_caching=cache, listener=board.handle, on_start=board.plan
+            )
+    if result.reports:
+        console.print(
+            stage_table(result.reports, title="retrain — what each stage did"),
+            width=min(120, console.width),
+        )
     for line in _highlights(result.reports):
-        console.print(line, markup=False, highlight=False)
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
     console.print(_outcome_line(result.reports))
     for line in extra or []:
-        console.print(line)
-    console.print(f"run outputs and reports: {result.run_dir}")
-    console.print(f"MLflow: {result.tracking_uri} (experiment {result.experiment!r})")
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
     console.print(
-        f"open the MLflow UI: pairflow ui --workdir {cfg.run.workdir}   "
-        f"(or: mlflow ui --backend-store-uri {result.tracking_uri})"
+        f"run outputs and reports: {result.run_dir}", markup=False, highlight=False, soft_wrap=True
+    )
+    if result.log_dir is not None:
+        console.print(
+            f"step logs (one file per step): {result.log_dir}",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+    console.print(
+        f"MLflow: {result.tracking_uri} (experiment {result.experiment!r})",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
+    console.print(
+        f"open the MLflow UI: pairflow ui --workdir {cfg.run.workdir}",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
     )
     status = "[green]succeeded[/]" if result.succeeded else f"[red]FAILED[/]: {result.error}"
     console.print(f"pipeline {status} in {result.seconds:.1f} s")
-    return result.succeeded
+    return result.succeeded, board.split()
 
 
 def _highlights(reports: dict[str, StageReport]) -> list[str]:
     """Headline measurements of the run, one line each (only those that were measured)."""
+    from pairflow.summary import train_metric_name
+
     lines = []
     flt = reports.get("clip_filter")
     if flt is not None and flt.metrics.get("roc_auc") is not None:
@@ -190,15 +232,17 @@ def _highlights(reports: dict[str, StageReport]) -> list[str]:
             f"({m.get('auc_positives')} mismatched, {m.get('auc_negatives')} clean pairs)"
         )
     train = reports.get("train")
-    if train is not None and train.implemented and "samples_per_s" in train.metrics:
+    if train is not None and "samples_per_s" in train.metrics:
         t = train.metrics
+        val = t.get("val") or {}
+        loss = f", val loss {val['val_loss']:.3f}" if isinstance(val.get("val_loss"), float) else ""
         lines.append(
             f"train: {t.get('model')} on {t.get('rows_train')} rows, world size "
-            f"{t.get('world_size')}, {t['samples_per_s']} samples/s, best validation metric "
-            f"{t.get('best_val_metric')}"
+            f"{t.get('world_size')}, {t['samples_per_s']} samples/s; best "
+            f"{train_metric_name(t.get('model'))} {t.get('best_val_metric')}{loss}"
         )
     ev = reports.get("evaluate")
-    if ev is not None and ev.implemented:
+    if ev is not None:
         cand = ev.metrics.get("candidate") or {}
         gate = ev.metrics.get("gate") or {}
         r1 = cand.get("i2t_recall_at_1")
@@ -220,7 +264,7 @@ def _highlights(reports: dict[str, StageReport]) -> list[str]:
             f"{var.get('recall_delta')})"
         )
     dep = reports.get("deploy")
-    if dep is not None and dep.implemented:
+    if dep is not None:
         reasons = "; ".join(str(r) for r in dep.metrics.get("reasons", []))
         lines.append(f"deploy: {dep.metrics.get('decision')} ({reasons})")
     return lines
@@ -233,13 +277,8 @@ def _outcome_line(reports: dict[str, StageReport]) -> str:
         return "registered: nothing (gate blocked or the run stopped before register)"
     version = register.metrics.get("registered_version")
     registered = f"registered: {version}" if version else "registered: nothing"
-    if not register.implemented:
-        registered += " (register step not implemented yet)"
     decision = deploy.metrics.get("decision", "unknown") if deploy else "not run"
-    deployed = f"deployed: {decision}"
-    if deploy is not None and not deploy.implemented:
-        deployed += " (deploy step not implemented yet)"
-    return f"{registered}; {deployed}"
+    return f"{registered}; deployed: {decision}"
 
 
 def _demo_reference_clip(workdir: Path) -> Path:
@@ -254,6 +293,34 @@ def _demo_reference_clip(workdir: Path) -> Path:
         return ensure_reference_clip(
             out, progress=lambda done, total: progress.update(task, completed=done, total=total)
         )
+
+
+def fresh_demo_store(workdir: Path, tracking_uri: str) -> str:
+    """Remove an earlier demo's local MLflow store, so round 1 starts with no champion.
+
+    Only the local sqlite default under ``workdir`` is removed; a store the user pointed at
+    (``MLFLOW_TRACKING_URI``, ``mlflow.tracking_uri``) is never touched. Returns what was done.
+    """
+    prefix = "sqlite:///"
+    db = (workdir / "mlflow.db").resolve()
+    if tracking_uri != f"{prefix}{db}":
+        return f"MLflow store {tracking_uri} is not the demo's own: kept as it is"
+    artifacts = db.parent / "mlartifacts"
+    existed = db.exists() or artifacts.exists()
+    db.unlink(missing_ok=True)
+    if artifacts.exists():
+        shutil.rmtree(artifacts)
+    if existed:
+        return f"fresh MLflow store: removed the earlier demo's {db} and {artifacts} (--keep-store)"
+    return f"fresh MLflow store: {db}"
+
+
+def _print_split(title: str, split: list[tuple[str, float]], total: float) -> None:
+    """Where the wall time went, longest step first."""
+    console.print(f"{title}: {total:.1f} s wall", markup=False, highlight=False)
+    for name, seconds in sorted(split, key=lambda kv: -kv[1]):
+        share = 100 * seconds / total if total > 0 else 0.0
+        console.print(f"  {name:<20}{seconds:7.1f} s  {share:4.0f}%", markup=False, highlight=False)
 
 
 @app.command("demo")
@@ -273,19 +340,41 @@ def demo(
             "champion; later rounds evaluate against it, report drift and canary-deploy.",
         ),
     ] = 2,
+    keep_store: Annotated[
+        bool,
+        typer.Option(
+            "--keep-store",
+            help="Keep the MLflow store of an earlier demo (round 1 then meets its champion).",
+        ),
+    ] = False,
+    verbose: VerboseOpt = False,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
     """Generate demo data and run the whole pipeline locally, round after round."""
+    from pairflow.tracking import resolve_tracking_uri
+
     start = time.perf_counter()
     ensure_writable_dir(workdir, "work dir")
+    cfg = load_config(config, [*(set_ or []), f"run.workdir={workdir}"])
+    uri = resolve_tracking_uri(cfg.mlflow.tracking_uri, workdir)
+    if keep_store:
+        console.print(f"MLflow store kept: {uri}", markup=False, highlight=False)
+    else:
+        console.print(fresh_demo_store(workdir, uri), markup=False, highlight=False)
+    before = time.perf_counter()
     reference = _demo_reference_clip(workdir)
+    split: list[tuple[str, float]] = [("reference CLIP", time.perf_counter() - before)]
     ok = True
     for round_ in range(1, rounds + 1):
         console.rule(f"round {round_} of {rounds}: a new data drop arrives")
-        ok = _demo_round(workdir, round_, n, seed + round_ - 1, reference, config, set_ or [])
+        ok, round_split = _demo_round(
+            workdir, round_, n, seed + round_ - 1, reference, config, set_ or [], verbose
+        )
+        split += [(f"r{round_} {name}", secs) for name, secs in round_split]
         if not ok:
             break
+    _print_split("demo time split", split, time.perf_counter() - start)
     console.print(f"demo wall time: {time.perf_counter() - start:.1f} s")
     raise typer.Exit(0 if ok else 1)
 
@@ -298,15 +387,18 @@ def _demo_round(
     reference: Path,
     config: Path | None,
     sets: list[str],
-) -> bool:
+    verbose: bool,
+) -> tuple[bool, list[tuple[str, float]]]:
     from pairflow.data.synthetic import generate_dataset
 
     data_dir = workdir / f"data-round{round_}"
+    before = time.perf_counter()
     with _progress() as progress:
         task = progress.add_task(f"generating demo data (seed {seed})", total=n)
         gen = generate_dataset(
             data_dir, n, seed, progress=lambda done, total: progress.update(task, completed=done)
         )
+    generated = time.perf_counter() - before
     overrides = [
         f"run.workdir={workdir}",
         f"data.source={gen.manifest}",
@@ -322,14 +414,16 @@ def _demo_round(
     ]
     cfg = load_config(config, overrides)
     injected = sum(gen.defects.values())
-    return _run_and_report(
+    ok, split = _run_and_report(
         cfg,
         cache=False,
+        verbose=verbose,
         extra=[
             f"demo data: {gen.rows} rows, {injected} injected defects ({gen.ground_truth})",
             f"reference CLIP (pretrained here on a separate clean split): {reference}",
         ],
     )
+    return ok, [("generate data", generated), *split]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -63,55 +63,131 @@ def find_reports(run_dir: str | Path) -> dict[str, StageReport]:
     return found
 
 
-def _headline(report: StageReport) -> str:
-    keys = ("shards", "format", "gate", "decision", "registered_version")
+# Stages whose rows are manifest rows; the others are model stages with their own figures.
+DATA_STAGES = frozenset({"ingest", "validate", "dedupe", "clip_filter"})
+
+
+def _num(value: Any, fmt: str = ".3f") -> str:
+    return format(value, fmt) if isinstance(value, int | float) else "n/a"
+
+
+def train_metric_name(model: Any) -> str:
+    """What ``best_val_metric`` measures for a model family (train/objectives.py)."""
+    if model == "classifier":
+        return "val accuracy"
+    return "val recall@1 (mean i2t, t2i)"
+
+
+def _train_figures(m: dict[str, Any]) -> str:
+    val = m.get("val") or {}
+    parts = [str(m.get("model", "model"))]
+    if "val_loss" in val:
+        parts.append(f"val loss {_num(val['val_loss'])}")
+    parts.append(
+        f"best {train_metric_name(m.get('model'))} {_num(m.get('best_val_metric'))}"
+        f" (epoch {m.get('best_epoch', '?')}/{m.get('epochs', '?')})"
+    )
+    if m.get("samples_per_s") is not None:
+        parts.append(f"{_num(m['samples_per_s'], '.0f')} samples/s x{m.get('world_size', 1)}")
+    return ", ".join(parts)
+
+
+def gate_verdict(gate: dict[str, Any]) -> str:
+    """``passed`` / ``BLOCKED``, with ``(not enforced)`` when the gate only reported."""
+    verdict = "passed" if gate.get("passed") else "BLOCKED"
+    if not gate.get("enforced", True):
+        verdict += " (not enforced)"
+    return verdict
+
+
+def _evaluate_figures(m: dict[str, Any]) -> str:
+    parts = [f"gate {gate_verdict(m.get('gate') or {})}"]
+    cand = m.get("candidate") or {}
+    champ = ((m.get("champion") or {}).get("metrics")) or {}
+    key = "i2t_recall_at_1" if "i2t_recall_at_1" in cand else "accuracy"
+    if key in cand:
+        versus = f" vs champion {_num(champ[key])}" if key in champ else " (no champion)"
+        parts.append(f"{key.replace('_at_', '@')} {_num(cand[key])}{versus}")
+    drift = m.get("drift") or {}
+    if drift.get("drifted") is not None:
+        parts.append("drift" if drift.get("drifted") else "no drift")
+    return ", ".join(parts)
+
+
+def _compress_figures(m: dict[str, Any]) -> str:
+    chosen = m.get("chosen")
+    if not chosen:
+        return "no variant chosen"
+    var = (m.get("variants") or {}).get(chosen, {})
+    return (
+        f"chose {chosen}: {_num(var.get('size_ratio'), '.2f')}x smaller, "
+        f"{_num(var.get('speedup_b32'), '.2f')}x faster at batch 32 than fp32"
+    )
+
+
+def stage_figures(report: StageReport, *, rows: bool = True) -> str:
+    """The headline figures of one stage, in words (what the stage decided or measured).
+
+    Data stages lead with their row counts unless ``rows`` is False (a table shows them).
+    """
+    m = report.metrics
+    stage = report.stage
+    if stage == "train":
+        return _train_figures(m)
+    if stage == "evaluate":
+        return _evaluate_figures(m)
+    if stage == "compress":
+        return _compress_figures(m)
+    if stage == "register":
+        version = m.get("registered_version")
+        return f"registered {version}" if version else "nothing registered"
+    if stage == "deploy":
+        reasons = m.get("reasons") or []
+        first = f" ({reasons[0]})" if reasons else ""
+        return f"{m.get('decision', 'no decision')}{first}"
     parts: list[str] = []
-    for key in keys:
-        val: Any = report.metrics.get(key)
-        if val is None:
-            continue
-        if key == "gate" and isinstance(val, dict):
-            val = "passed" if val.get("passed") else "blocked"
-            if not report.metrics["gate"].get("enforced", True):
-                val += " (not enforced)"
-        parts.append(f"{key}={val}")
+    if stage == "ingest" and m.get("shards") is not None:
+        parts.append(f"{m['shards']} shards")
+    contract = m.get("contract")
+    if isinstance(contract, dict) and "passed" in contract:
+        parts.append(f"contract {'passed' if contract['passed'] else 'FAILED'}")
+    if stage == "clip_filter":
+        if m.get("roc_auc") is not None:
+            parts.append(f"ROC-AUC {_num(m['roc_auc'])}")
+        if m.get("threshold") is not None:
+            parts.append(f"threshold {_num(m['threshold'])}")
+    if rows and stage in DATA_STAGES:
+        parts.insert(0, f"{report.rows_in} in, {report.rows_out} out")
     return ", ".join(parts)
 
 
 def stage_table(reports: dict[str, StageReport], title: str = "pairflow run") -> Table:
-    """Rows per stage, rejects, time and headline figures, in DAG order."""
+    """Rows per data stage, each model stage's own figures, and time, in DAG order.
+
+    Model stages hand on a model, not the manifest: their row counts would only repeat the
+    input, so they show their figures instead.
+    """
     table = Table(title=title)
-    for col in (
-        "stage",
-        "in",
-        "out",
-        "rejected",
-        "top reject reasons",
-        "s",
-        "implemented",
-        "notes",
-    ):
-        table.add_column(
-            col,
-            justify="right" if col in {"in", "out", "rejected", "s"} else "left",
-            overflow="fold",
-        )
+    table.add_column("stage", no_wrap=True)
+    for col in ("in", "out", "rejected"):
+        table.add_column(col, justify="right", no_wrap=True)
+    table.add_column("s", justify="right", no_wrap=True)
+    table.add_column("figures", overflow="fold", ratio=1)
     ordered: Iterable[str] = [s for s in STAGE_ORDER if s in reports] + sorted(
         s for s in reports if s not in STAGE_ORDER
     )
     for stage in ordered:
         rep = reports[stage]
-        top = ", ".join(
-            f"{k}:{v}" for k, v in sorted(rep.rejected.items(), key=lambda kv: -kv[1])[:3]
-        )
-        table.add_row(
-            stage,
-            str(rep.rows_in),
-            str(rep.rows_out),
-            str(rep.rows_rejected),
-            top,
-            f"{rep.seconds:.1f}",
-            "yes" if rep.implemented else "NO (pass-through)",
-            _headline(rep),
-        )
+        if stage in DATA_STAGES:
+            top = ", ".join(
+                f"{k} {v}" for k, v in sorted(rep.rejected.items(), key=lambda kv: -kv[1])[:3]
+            )
+            figures = stage_figures(rep, rows=False)
+            if top:
+                figures = f"rejected: {top}" + (f"; {figures}" if figures else "")
+            row = [stage, str(rep.rows_in), str(rep.rows_out), str(rep.rows_rejected)]
+        else:
+            figures = stage_figures(rep)
+            row = [stage, "", "", ""]
+        table.add_row(*row, f"{rep.seconds:.1f}", figures)
     return table

@@ -11,7 +11,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
 
 from pairflow.clipfilter.bootstrap import save_untrained_clip
-from pairflow.registry.card import CardInputs, build_model_card
+from pairflow.registry.card import CardInputs, build_model_card, with_canary
 from pairflow.registry.register_version import gate_status
 from pairflow.registry.retry import RegistryUnavailable, with_retries
 from pairflow.registry.variants import resolve_variants
@@ -22,8 +22,7 @@ def test_card_without_inputs_states_what_is_missing() -> None:
     card = build_model_card(CardInputs(model_name="m"))
     for missing in (
         "no evaluate report with a gate decision",
-        "no stage reports were given",
-        "no evaluate report",
+        "no data stage reports were given",
         "no compressed variants",
         "no drift summary",
         "not stated in config",
@@ -31,34 +30,157 @@ def test_card_without_inputs_states_what_is_missing() -> None:
         assert f"_not available: {missing}" in card
 
 
-def test_card_renders_rejects_intervals_and_variants() -> None:
+def _round_two_evaluate() -> StageReport:
+    """An evaluate report as a second round writes it: a champion, deltas, drift."""
+    delta = {
+        "metric": "i2t_recall_at_1",
+        "candidate": 0.62,
+        "champion": 0.55,
+        "delta": 0.07,
+        "low": -0.021,
+        "high": 0.158,
+        "confidence": 0.95,
+        "samples": 2000,
+        "n": 90,
+    }
+    checks = [
+        {
+            "check": "floor",
+            "metric": "i2t_recall_at_1",
+            "value": 0.62,
+            "n": 90,
+            "lower_bound": 0.531,
+            "confidence": 0.95,
+            "chance": 1 / 90,
+            "threshold": 0.21,
+            "threshold_source": "chance",
+            "passed": True,
+        },
+        {
+            "check": "non_inferiority",
+            "metric": "i2t_recall_at_1",
+            "value": 0.07,
+            "interval": [-0.021, 0.158],
+            "confidence": 0.95,
+            "candidate": 0.62,
+            "champion": 0.55,
+            "n": 90,
+            "threshold": -0.1,
+            "passed": True,
+        },
+        {"check": "drift", "value": True, "policy": "warn", "passed": True},
+    ]
+    return StageReport(
+        stage="evaluate",
+        rows_in=434,
+        rows_out=434,
+        metrics={
+            "evaluated_rows": 90,
+            "candidate": {"i2t_recall_at_1": 0.62, "i2t_recall_at_5": 0.9},
+            "champion": {"version": "1", "run_id": "r1", "metrics": {"i2t_recall_at_1": 0.55}},
+            "deltas": {"i2t_recall_at_1": delta},
+            "gate": {
+                "passed": True,
+                "enforced": True,
+                "reasons": ["PASS non-inferior ...", "champion models:/m@champion (version 1)"],
+                "checks": checks,
+            },
+            "drift": {
+                "skipped": False,
+                "detected": True,
+                "drifted_share": 0.5,
+                "drifted_columns": ["caption_len", "brightness"],
+                "column_p_values": {"caption_len": 0.001, "source": 0.7},
+                "column_distances": {"brightness": 0.4, "width": 0.01},
+                "reference_rows": 300,
+                "current_rows": 310,
+                "reasons": ["metadata: 2/4 columns drifted (caption_len, brightness)"],
+            },
+        },
+    )
+
+
+def test_card_opens_with_the_decision_and_its_intervals() -> None:
     reports = {
         "validate": StageReport(stage="validate", rows_in=10, rows_out=7, rejected={"corrupt": 3}),
         "ingest": StageReport(stage="ingest", rows_in=10, rows_out=10),
     }
-    evaluate = StageReport(
-        stage="evaluate",
-        rows_in=7,
-        rows_out=7,
-        metrics={
-            "gate": {"passed": False, "enforced": True, "reasons": ["recall dropped"]},
-            "retrieval": {"recall_at_1": {"delta": -0.05, "ci": [-0.09, -0.01]}},
-            "drift": {"share_drifted": 0.5},
+    variants = [
+        {
+            "variant": "int8_onnx",
+            "kind": "onnx",
+            "chosen": True,
+            "size_bytes": 2_000_000,
+            "p50_ms_b1": 2.0,
+            "p50_ms_b32": 20.0,
+            "recall_delta": -0.01,
         },
-    )
+        {
+            "variant": "fp32_torch",
+            "kind": "torch",
+            "chosen": False,
+            "size_bytes": 8_000_000,
+            "p50_ms_b1": 6.0,
+            "p50_ms_b32": 50.0,
+            "recall_delta": 0.0,
+        },
+    ]
     card = build_model_card(
         CardInputs(
             model_name="m",
+            lineage={"data_snapshot": "abc", "mlflow_run": "run1"},
             reports=reports,
-            evaluate=evaluate,
-            variants=[{"variant": "int8_onnx", "kind": "onnx", "chosen": True}],
+            evaluate=_round_two_evaluate(),
+            variants=variants,
             chosen_variant="int8_onnx",
+            artifacts=["pairflow/reports/evaluate.json", "pairflow/model_card.md"],
+            run_id="run1",
+            experiment_id="7",
+            champion_variant={"variant": "v1 fp32_onnx", "size_bytes": 4_000_000, "p50_ms_b1": 4.0},
         )
     )
-    assert card.index("| ingest |") < card.index("| validate | 10 | 7 | 3 | corrupt: 3 |")
-    assert "Gate: **failed**" in card and "- recall dropped" in card
-    assert "| retrieval.recall_at_1 | -0.05 | [-0.09, -0.01] |" in card
-    assert "| share_drifted | 0.5 |" in card and "**int8_onnx**" in card
+    head = card.splitlines()[:40]
+    text = "\n".join(head)
+    assert "**Gate: PASSED** — candidate vs champion v1; 90 held-out rows" in text
+    header = "| metric | candidate | champion | delta [95% CI] | threshold | result |"
+    assert header in head
+    # the interval sits in the delta cell of the gated metric's rows, not in a row of its own
+    non_inf = next(
+        ln for ln in head if ln.startswith("| i2t_recall_at_1 (vs champion) | 0.620 | 0.550 |")
+    )
+    assert "| +0.070 [-0.021, +0.158] 95% | CI low ≥ -0.100 | PASS |" in non_inf
+    floor = next(
+        ln for ln in head if ln.startswith("| i2t_recall_at_1 (floor) | 0.620 (≥0.531 at 95%)")
+    )
+    assert "+0.070 [-0.021, +0.158] 95%" in floor and "≥ 0.210" in floor
+    assert "| drift | drift | — | — | policy warn | PASS |" in head
+    # then the variant against fp32 and the champion, drift with its top column, lineage
+    assert card.index("## Decision") < card.index("## Chosen variant") < card.index("## Drift")
+    assert card.index("## Drift") < card.index("## Lineage") < card.index("## Data: rows per")
+    assert "vs fp32: 4.00x smaller, 3.00x faster at batch 1" in card
+    assert "vs champion: 2.00x smaller, 2.00x faster at batch 1" in card
+    assert "**Drift: DETECTED**" in card and "| caption_len | p = 0.001 | yes |" in card
+    assert card.index("| caption_len |") < card.index("| width |")
+    # full dumps are attached JSON, linked; no flattened key rows remain
+    path = "pairflow/reports/evaluate.json"
+    assert f"[{path}](#/experiments/7/runs/run1/artifactPath/{path})" in card
+    assert "deltas.i2t_recall_at_1" not in card and "candidate.i2t_recall_at_5" not in card
+    assert "| validate | 10 | 7 | 3 | corrupt: 3 |" in card
+
+
+def test_canary_outcome_goes_before_lineage_and_replaces_an_earlier_one() -> None:
+    card = build_model_card(CardInputs(model_name="m", lineage={"a": "b"}))
+    once = with_canary(
+        card,
+        "rolled_back",
+        ["p95 latency 2.1x stable"],
+        [{"weight": 0.1, "verdict": "ok"}, {"weight": 0.5, "verdict": "fail"}],
+    )
+    assert once.index("**Canary: rolled_back**") < once.index("## Lineage")
+    assert "| 50% | fail |" in once and "- p95 latency 2.1x stable" in once
+    twice = with_canary(once, "promoted", [], [])
+    assert twice.count("## Canary") == 1 and "**Canary: promoted**" in twice
+    assert "rolled_back" not in twice
 
 
 def test_unenforced_or_unimplemented_gate_is_not_passed() -> None:
@@ -168,3 +290,32 @@ def test_pyfunc_labels_come_from_a_trained_classifier_head(tmp_path: Path) -> No
     )
     with pytest.raises(ValueError, match="needs both image and caption"):
         model.run(frame[["image"]], params={"mode": "labels"})
+
+
+def test_signature_declares_the_outputs_of_every_mode(tmp_path: Path) -> None:
+    """Each mode's answer (a real untrained CLIP run through the pyfunc) has its columns, and
+    their types, declared in the logged signature's outputs."""
+    from types import SimpleNamespace
+
+    from pairflow.registry.logged_model import example_input, signature
+    from pairflow.registry.pyfunc_model import PairClipModel
+
+    sig = signature()
+    assert sig.outputs is not None
+    declared = {c.name: c for c in sig.outputs.inputs}
+    assert all(not c.required for c in declared.values())
+    hf = save_untrained_clip(tmp_path / "clip", ["a red circle", "a blue square"])
+    labels = tmp_path / "labels.json"
+    labels.write_text(json.dumps(["circle", "square"]))
+    model = PairClipModel()
+    model.load_context(
+        SimpleNamespace(artifacts={"hf": str(hf), "labels": str(labels)}, model_config={})
+    )
+    seen: set[str] = set()
+    for mode in ("scores", "labels", "embeddings"):
+        got = model.run(example_input(), params={"mode": mode})
+        assert set(got.columns) <= set(declared), (mode, list(got.columns))
+        seen |= set(got.columns)
+    assert seen == set(declared)
+    assert declared["score"].type.name == "double"
+    assert "Array(double)" in str(declared["image_embedding"].type)

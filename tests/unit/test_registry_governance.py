@@ -85,6 +85,27 @@ def test_promote_then_rollback_moves_aliases_and_records_history(
         rollback(reg, NAME, reason="again", actor="bob")
 
 
+def test_challenger_leaves_a_version_once_it_is_champion(reg: Registry, tmp_path: Path) -> None:
+    v1, v2 = _version(reg, tmp_path, "passed"), _version(reg, tmp_path, "passed")
+    move_alias(
+        reg,
+        NAME,
+        "challenger",
+        reg.model_version(NAME, v1),
+        actor="register",
+        kind="gate",
+        reason="gate passed",
+    )
+    promote(reg, NAME, v2, reason="manual pick", actor="alice", policy="auto")
+    assert _alias(reg, "challenger") == v1  # another version's promotion leaves it alone
+    promote(reg, NAME, v1, reason="canary ok", actor="deploy", policy="auto")
+    assert _alias(reg, "champion") == v1 and _alias(reg, "challenger") is None
+    assert reg.model_version(NAME, v1).aliases == ["champion"]
+    last = read_history(reg, NAME)[-1]
+    assert (last.alias, last.from_, last.to, last.actor) == ("challenger", v1, None, "deploy")
+    assert last.reason == f"v{v1} became @champion: canary ok"
+
+
 @pytest.mark.parametrize("gate", ["failed", "not_enforced", "unknown"])
 def test_no_alias_points_at_a_version_without_a_passed_gate(
     reg: Registry, tmp_path: Path, gate: str

@@ -17,6 +17,7 @@ from pydantic import BaseModel
 from pairflow.registry.client import Registry
 from pairflow.registry.history import HistoryEvent, append_event
 from pairflow.registry.names import (
+    CHALLENGER,
     CHAMPION,
     GATE_PASSED,
     PREVIOUS,
@@ -166,8 +167,9 @@ def promote(
     policy: Policy,
     kind: str = "promote",
 ) -> AliasChange:
-    """champion ← ``version``; previous ← the old champion. Refused without a passed gate
-    (and, under the manual policy, without an approval)."""
+    """champion ← ``version``; previous ← the old champion; ``challenger`` leaves ``version``
+    if it held it. Refused without a passed gate (and, under the manual policy, without an
+    approval)."""
     target = reg.model_version(name, version)
     problems = promotion_blockers(target, policy)
     if problems:
@@ -185,6 +187,19 @@ def promote(
         events += [ev] if ev else []
     ev = move_alias(reg, name, CHAMPION, target, actor=actor, kind=kind, reason=reason)
     events += [ev] if ev else []
+    # A champion is no longer a challenger: the alias leaves it, and the history says why.
+    challenger = reg.alias_version(name, CHALLENGER)
+    if challenger is not None and str(challenger.version) == str(target.version):
+        ev = move_alias(
+            reg,
+            name,
+            CHALLENGER,
+            None,
+            actor=actor,
+            kind=kind,
+            reason=f"v{target.version} became @{CHAMPION}: {reason}",
+        )
+        events += [ev] if ev else []
     prev = reg.alias_version(name, PREVIOUS)
     return AliasChange(
         name=name,

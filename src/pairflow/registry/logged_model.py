@@ -58,8 +58,11 @@ def example_input() -> Any:
 
 
 def signature() -> Any:
+    """Inputs, the ``mode`` param, and the outputs of every mode (each present in one mode:
+    ``scores`` → score; ``labels`` → label, label_score (+ probabilities from a classifier);
+    ``embeddings`` → the two vectors)."""
     from mlflow.models.signature import ModelSignature
-    from mlflow.types.schema import AnyType, ColSpec, ParamSchema, ParamSpec, Schema
+    from mlflow.types.schema import AnyType, Array, ColSpec, ParamSchema, ParamSpec, Schema
 
     any_type = AnyType()  # type: ignore[no-untyped-call]
     inputs = Schema(
@@ -69,8 +72,20 @@ def signature() -> Any:
             ColSpec("string", "mode", required=False),
         ]
     )
+    outputs = Schema(
+        [
+            ColSpec("double", "score", required=False),
+            ColSpec("string", "label", required=False),
+            ColSpec("double", "label_score", required=False),
+            ColSpec(Array("double"), "probabilities", required=False),
+            ColSpec(Array("double"), "image_embedding", required=False),
+            ColSpec(Array("double"), "text_embedding", required=False),
+        ]
+    )
     return ModelSignature(
-        inputs=inputs, params=ParamSchema([ParamSpec("mode", "string", DEFAULT_MODE)])
+        inputs=inputs,
+        outputs=outputs,
+        params=ParamSchema([ParamSpec("mode", "string", DEFAULT_MODE)]),
     )
 
 

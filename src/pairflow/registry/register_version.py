@@ -16,6 +16,7 @@ returned as is (idempotent).
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import shutil
 import tempfile
@@ -371,6 +372,9 @@ def _register(job: _Registration, cfg: PairflowConfig, inputs: RegisterInputs) -
             intended_use=cfg.register_.intended_use,
             limitations=cfg.register_.limitations,
             artifacts=planned,
+            run_id=run_id,
+            experiment_id=experiment_id,
+            champion_variant=_champion_variant(job, evaluate),
         )
     )
     job.log_artifacts(run_id, variants, reports, card_md)
@@ -417,6 +421,42 @@ def _register(job: _Registration, cfg: PairflowConfig, inputs: RegisterInputs) -
         run_id,
     )
     return RegisterResult(job.name, version, run_id, model_id, gate, challenger, False, card_md)
+
+
+def _champion_variant(job: _Registration, evaluate: StageReport | None) -> dict[str, Any] | None:
+    """The champion's shipped variant row (size, latency) from its run's variant index, or None
+    when there is no champion or it was registered without one (the card says so)."""
+    champion = (evaluate.metrics.get("champion") if evaluate is not None else None) or {}
+    run_id = champion.get("run_id")
+    if not run_id:
+        return None
+    from mlflow.exceptions import MlflowException
+
+    from pairflow.compress.variants import INDEX_FILE
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            local = job.reg.call(
+                "download the champion's variant index",
+                lambda: job.reg.client.download_artifacts(
+                    run_id, f"{ARTIFACT_ROOT}/compress/{INDEX_FILE}", tmp
+                ),
+            )
+        except (MlflowException, OSError) as exc:
+            log.info("register: champion run %s has no variant index (%s)", run_id, exc)
+            return None
+        data = json.loads(Path(local).read_text())
+    chosen = next(
+        (v for v in data.get("variants", []) if v.get("name") == data.get("chosen")), None
+    )
+    if chosen is None:
+        return None
+    row: dict[str, Any] = {"variant": f"v{champion.get('version')} {chosen['name']}"}
+    metrics = chosen.get("metrics") or {}
+    row.update({k: v for k, v in metrics.items() if isinstance(v, int | float)})
+    for batch, lat in (metrics.get("latency_ms") or {}).items():
+        row[f"p50_ms_b{batch}"] = lat.get("p50_ms")
+    return row
 
 
 def _planned_artifacts(

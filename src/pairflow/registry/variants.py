@@ -48,6 +48,9 @@ class VariantSet:
             for key, val in v.metrics.items():
                 if isinstance(val, int | float | str | bool):
                     row[key] = val
+            for batch, lat in (v.metrics.get("latency_ms") or {}).items():
+                if isinstance(lat, dict) and isinstance(lat.get("p50_ms"), int | float):
+                    row[f"p50_ms_b{batch}"] = lat["p50_ms"]
             rows.append(row)
         return sorted(rows, key=lambda r: (not r["chosen"], str(r["variant"])))
 
