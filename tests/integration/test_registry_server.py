@@ -59,12 +59,26 @@ def _evaluate(path: Path, rows: int, passed: bool) -> Path:
         "passed": passed,
         "enforced": True,
         "reasons": [f"recall@1 delta {'ok' if passed else 'too low'}"],
+        "checks": [
+            {
+                "check": "non_inferiority",
+                "metric": "recall_at_1",
+                "value": 0.03,
+                "interval": [-0.01, 0.07],
+                "confidence": 0.95,
+                "candidate": 0.41,
+                "champion": 0.38,
+                "n": rows,
+                "threshold": -0.02,
+                "passed": passed,
+            }
+        ],
     }
     metrics = {
         "gate": gate,
         "recall_at_1": 0.41,
         "delta_recall_at_1": {"value": 0.03, "ci_low": -0.01, "ci_high": 0.07},
-        "drift": {"detected": False, "share_drifted": 0.1},
+        "drift": {"skipped": False, "detected": False, "drifted_share": 0.1},
     }
     StageReport(stage="evaluate", rows_in=rows, rows_out=rows, metrics=metrics).write(path)
     return path
@@ -178,9 +192,9 @@ def test_version_carries_lineage_card_and_challenger(
     assert result.deployable_uri == f"models:/reg-http/{mv.version}"
     card = mv.description or ""
     run_id = str(mv.run_id)
-    assert "Gate: **passed**" in card and "[-0.01, 0.07]" in card
+    assert "**Gate: PASSED**" in card and "| +0.030 [-0.010, +0.070] 95% |" in card
     assert "| dedupe | 45 | 40 | 5 | exact_duplicate: 5 |" in card
-    assert "Chosen variant: **student_fp32**" in card and "share_drifted" in card
+    assert "Chosen: **student_fp32**" in card and "**Drift: none** — 0.10 of" in card
     # lineage: the version points at the pipeline run and its logged model
     run = client.get_run(run_id)
     assert run.data.tags["pairflow.kfp_run_id"] == "kfp-http-1"
@@ -359,7 +373,7 @@ def test_failed_gate_on_sqlite_registers_without_alias(tmp_path: Path, material:
     mv = client.get_model_version("reg-sqlite", result.version)
     assert mv.tags[names.TAG_GATE] == "failed" and mv.aliases == []
     assert result.deployable_uri == "" and not result.challenger
-    assert "Gate: **failed**" in (mv.description or "")
+    assert "**Gate: FAILED**" in (mv.description or "")
     with pytest.raises(GovernanceError, match="gate is failed"):
         promote(
             Registry(cfg.mlflow.tracking_uri),
@@ -404,7 +418,7 @@ def test_component_returns_uri_card_and_report(tmp_path: Path, material: Materia
     rep = json.loads(Path(outs["report"].path).read_text())
     assert uri == rep["metrics"]["registered_version"] == "models:/reg-component/1"
     assert rep["implemented"] and rep["rows_in"] == rep["rows_out"] == len(material.frame)
-    assert "Gate: **passed**" in Path(outs["model_card"].path).read_text()
+    assert "**Gate: PASSED**" in Path(outs["model_card"].path).read_text()
     # train/compress not implemented: nothing is registered and the report says so
     marker = tmp_path / "no-model"
     marker.mkdir()
