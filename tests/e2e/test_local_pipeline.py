@@ -82,7 +82,14 @@ def test_pipeline_runs_end_to_end(
     assert chosen in result.reports["compress"].metrics["variants"]
     registered = result.reports["register"].metrics["registered_version"]
     assert registered == "models:/e2e-clip/1"
-    assert result.reports["deploy"].metrics["decision"] == "promoted_initial"
+    # no champion: the first deploy is a smoke bake against the absolute SLOs, not a blind
+    # promotion
+    deploy = result.reports["deploy"].metrics
+    assert deploy["decision"] == "promoted" and deploy["mode"] == "smoke", deploy["reasons"]
+    smoke = deploy["steps"][0]
+    assert smoke["weight"] == 100 and smoke["verdict"] == "pass"
+    assert {m["metric"] for m in smoke["metrics"]} == {"error_rate", "latency_p95"}
+    assert all(m["n_candidate"] >= m["required_candidate"] for m in smoke["metrics"])
     registry = MlflowClient(tracking_uri=mlflow_server)
     assert registry.get_model_version_by_alias("e2e-clip", "champion").version == "1"
 

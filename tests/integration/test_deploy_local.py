@@ -3,8 +3,11 @@ on 127.0.0.1, the weighted router and the replayer sending held-out pairs.
 
 The predictors are small aiohttp servers started from this file (``python THIS --model URI
 --port P``, through the ``deploy.local.command`` setting) whose behaviour per model URI is
-set by the test: healthy, 20% errors, slow, lower pair scores, or exiting mid-step. They
-stand in for ``pairflow serve`` so each failure can be injected deterministically.
+set by the test: healthy, 20% errors, slow, worse answers, or exiting mid-step. They
+stand in for ``pairflow serve`` so each failure can be injected deterministically. A fake
+ranks the request's true caption first (the reference the replayer sends in
+``X-Pairflow-Reference``) for a fixed share of request keys (``accuracy``), like a model
+that answers the same request the same way every time.
 """
 
 from __future__ import annotations
@@ -52,7 +55,11 @@ def _serve(model: str, port: int) -> None:
         if rng.random() < spec.get("error_rate", 0.0):
             return web.json_response({"error": "injected"}, status=500)
         n = len(body["instances"])
-        scores = [rng.gauss(spec.get("score", 0.3), 0.05) for _ in range(n)]
+        key = request.headers.get("X-Pairflow-Key", "")
+        ref = int(request.headers.get("X-Pairflow-Reference", "0"))
+        right = random.Random(key).random() < spec.get("accuracy", 0.9)
+        top = ref if right else (ref + 1) % n
+        scores = [0.9 if i == top else 0.1 * i / n for i in range(n)]
         return web.json_response({"predictions": [{"score": s} for s in scores]})
 
     app = web.Application()
@@ -89,6 +96,10 @@ def _config(tracking_uri: str, tmp_path: Path, **deploy: Any) -> PairflowConfig:
     d.analysis.warmup_s = 0.2
     # identical fakes differed by 9 ms p95 on a loaded 2-core machine; "slow" injects +58 ms
     d.analysis.min_latency_increase_ms = 20.0
+    # minimum effects a test-sized window (~100 requests per arm) has the power to detect
+    d.analysis.min_error_rate_increase = 0.15
+    d.analysis.min_latency_exceedance = 0.35
+    d.analysis.min_quality_drop = 0.3
     d.replay.rate_per_s = 100
     d.replay.concurrency = 8
     d.replay.holdout_fraction = 0.3
@@ -165,6 +176,17 @@ def test_good_candidate_is_promoted(
     assert tags["pairflow.deploy.decision"] == "promoted"
     summary = (tmp_path / "out" / "summary.md").read_text()
     assert "| 25% | **pass**" in summary and "promoted" in summary
+    # the version explains the decision with its numbers (what `pairflow registry show` prints)
+    from mlflow.tracking import MlflowClient
+
+    from pairflow.registry.decisions import version_decisions
+
+    name, version = cand.removeprefix("models:/").split("/")
+    md = version_decisions(MlflowClient(tracking_uri=mlflow_server), name, version)
+    assert "**promoted**" in md
+    for weight in ("25%", "50%"):
+        assert f"| {weight} | error_rate | fisher_exact_greater |" in md
+        assert f"| {weight} | quality | mcnemar_exact_greater |" in md
 
 
 @pytest.mark.parametrize(
@@ -172,7 +194,7 @@ def test_good_candidate_is_promoted(
     [
         ({"error_rate": 0.2}, "error_rate"),
         ({"delay_ms": 60.0}, "latency_p95"),
-        ({"score": 0.2}, "quality"),
+        ({"accuracy": 0.2}, "quality"),
         ({"die_after_s": 1.0}, "candidate unhealthy"),
     ],
     ids=["errors", "slow", "worse-quality", "dies-mid-step"],

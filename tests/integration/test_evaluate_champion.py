@@ -167,7 +167,7 @@ def test_first_run_then_champion_gate(setup: dict[str, Path], mlflow_server: str
     )
     run_id = start_pipeline_run(cfg, "kfp-first", "first")
     passed, metrics, files = _run(setup, cfg_path, setup["champion"], "kfp-first")
-    assert passed and metrics["gate"]["enforced"] is True
+    assert passed and metrics["gate"]["enforced"] is True, metrics["gate"]["reasons"]
     assert metrics["champion"] is None
     assert any(
         "first run" in r and "absolute minimums only" in r for r in metrics["gate"]["reasons"]

@@ -29,6 +29,7 @@ from pairflow.clipfilter.bootstrap import save_untrained_clip
 from pairflow.clipfilter.model import dir_digest, load_clip
 from pairflow.config import PairflowConfig
 from pairflow.data.synthetic import generate_dataset
+from pairflow.errors import InputDataError
 from pairflow.registry import names
 from pairflow.registry.client import Registry
 from pairflow.registry.governance import promote
@@ -419,17 +420,14 @@ def test_component_returns_uri_card_and_report(tmp_path: Path, material: Materia
     assert uri == rep["metrics"]["registered_version"] == "models:/reg-component/1"
     assert rep["implemented"] and rep["rows_in"] == rep["rows_out"] == len(material.frame)
     assert "**Gate: PASSED**" in Path(outs["model_card"].path).read_text()
-    # train/compress not implemented: nothing is registered and the report says so
+    # a model input without a model is an error naming the input, never a pass-through
     marker = tmp_path / "no-model"
     marker.mkdir()
-    (marker / "NOT_IMPLEMENTED.json").write_text("{}")
-    empty = register.python_func(
-        config=dsl.Artifact(uri=str(config)),
-        manifest=dsl.Dataset(uri=str(material.manifest)),
-        model=dsl.Model(uri=str(marker)),
-        kfp_run_id="kfp-none",
-        **outs,
-    )
-    rep = json.loads(Path(outs["report"].path).read_text())
-    assert empty == "" and rep["implemented"] is False
-    assert rep["metrics"]["registered_version"] is None
+    with pytest.raises(InputDataError, match=r"input model \(.*no-model\) holds no model files"):
+        register.python_func(
+            config=dsl.Artifact(uri=str(config)),
+            manifest=dsl.Dataset(uri=str(material.manifest)),
+            model=dsl.Model(uri=str(marker)),
+            kfp_run_id="kfp-none",
+            **outs,
+        )

@@ -166,6 +166,11 @@ def _cfg() -> DeployConfig:
     cfg = DeployConfig(steps=[20, 100], bake_s=0.2, check_interval_s=0.1, min_requests=50)
     cfg.kserve.scrape_interval_s = 0.04  # 4 scrapes = 0.16 s < bake_s
     cfg.analysis.warmup_s = 0
+    # Prometheus holds no per-request answers (no paired quality); minimum effects a
+    # 100-request window has the power to detect
+    cfg.analysis.metrics = ["error_rate", "latency_p95"]
+    cfg.analysis.min_error_rate_increase = 0.1
+    cfg.analysis.min_latency_exceedance = 0.3
     return cfg
 
 

@@ -11,7 +11,7 @@ from pairflow.evaluate.classification import (
     confusion_matrix,
     expected_calibration_error,
 )
-from pairflow.evaluate.gate import DriftOutcome, decide
+from pairflow.evaluate.gate import DriftOutcome, accuracy_chance, decide, recall_chance
 from pairflow.evaluate.retrieval import (
     clip_retrieval_metrics,
     ranks_of_matches,
@@ -110,7 +110,7 @@ def _hits(n: int, p: float, seed: int) -> np.ndarray:
 
 
 def test_gate_passes_an_equal_candidate_and_blocks_a_worse_one() -> None:
-    cfg = EvaluateConfig(min_recall_at_1=0.2, non_inferiority_margin=0.01)
+    cfg = EvaluateConfig(min_recall_at_1=0.2, min_accuracy=0.3, non_inferiority_margin=0.01)
     champion = _hits(200, 0.6, 1)
     metrics = {"i2t_recall_at_1": 0.6, "zero_shot_accuracy": 0.5}
     equal = paired_bootstrap("i2t_recall_at_1", champion.copy(), champion)
@@ -140,7 +140,10 @@ def test_first_run_uses_absolute_minimums_only() -> None:
     assert any("first run" in r and "absolute minimums only" in r for r in ok.reasons)
     low = decide("clip", {"i2t_recall_at_1": 0.4}, None, cfg, champion_note="none")
     assert not low.passed
-    assert any(r.startswith("FAIL i2t_recall_at_1 = 0.4000 < minimum 0.5000") for r in low.reasons)
+    assert any(
+        r.startswith("FAIL i2t_recall_at_1 = 0.4000") and "minimum 0.5000 (explicit)" in r
+        for r in low.reasons
+    )
     nan = decide("classifier", {"accuracy": float("nan")}, None, cfg, champion_note="none")
     assert not nan.passed  # a metric that could not be measured never passes
 
@@ -156,6 +159,10 @@ def test_drift_policy_warns_or_fails(policy: str, passes: bool) -> None:
         cfg,
         champion_note="none",
         drift=drift,
+        chances={
+            "i2t_recall_at_1": recall_chance(100),
+            "zero_shot_accuracy": accuracy_chance(["a", "b", "c", "d"] * 25),
+        },
     )
     assert decision.passed is passes
     tag = "WARN" if passes else "FAIL"

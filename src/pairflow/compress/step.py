@@ -20,17 +20,9 @@ from pairflow.compress.select import delta_name
 from pairflow.config import PairflowConfig
 from pairflow.data.schema import empty_rejected, read_manifest, write_manifest
 from pairflow.report import StageOutputs, StageReport, Stopwatch
-from pairflow.steps import (
-    finish_stage,
-    load_step_config,
-    model_passthrough,
-    not_implemented_marker,
-    setup_logging,
-)
+from pairflow.steps import finish_stage, load_step_config, setup_logging
 
 log = logging.getLogger("pairflow.compress")
-
-UPSTREAM_MARKER = "NOT_IMPLEMENTED.json"
 
 
 def _flat_metrics(result: CompressResult) -> dict[str, Any]:
@@ -90,10 +82,6 @@ def compress_step(
 ) -> StageReport:
     """Build, measure and select the compressed variants of the trained model."""
     setup_logging()
-    if (Path(model_dir) / UPSTREAM_MARKER).is_file():
-        log.warning("compress: the train step produced no model (not implemented); pass-through")
-        not_implemented_marker(compressed_dir, "compress")
-        return model_passthrough("compress", config_path, manifest, outputs, kfp_run_id)
     watch = Stopwatch()
     cfg = load_step_config(config_path)
     df = read_manifest(manifest)

@@ -22,6 +22,7 @@ TAG_DECISION = "pairflow.deploy.decision"
 TAG_REASONS = "pairflow.deploy.reasons"
 TAG_STEPS = "pairflow.deploy.steps"
 TAG_KFP_RUN = "pairflow.deploy.kfp_run_id"
+TAG_NUMBERS = "pairflow.deploy.numbers"
 ACTOR = "pairflow-deploy"
 MAX_TAG_CHARS = 5000
 
@@ -121,6 +122,19 @@ def record_rollback_event(reg: Any, rollout: Rollout, reason: str) -> None:
     )
 
 
+def _numbers_tag(report: dict[str, Any]) -> str:
+    """The canary's per-step, per-metric numbers as JSON that fits a tag (the latest steps
+    are kept when all do not fit; the full report is logged on the run)."""
+    from pairflow.registry.decisions import canary_records
+
+    rows = canary_records(report)
+    text = json.dumps(rows)
+    while len(text) > MAX_TAG_CHARS and rows:
+        rows = rows[1:]
+        text = json.dumps(rows)
+    return text
+
+
 def record_decision(
     reg: Any,
     rollout: Rollout,
@@ -139,6 +153,7 @@ def record_decision(
         TAG_DECISION: decision,
         TAG_REASONS: json.dumps(reasons)[:MAX_TAG_CHARS],
         TAG_STEPS: json.dumps(steps)[:MAX_TAG_CHARS],
+        TAG_NUMBERS: _numbers_tag(report),
     }
     if kfp_run_id:
         tags[TAG_KFP_RUN] = kfp_run_id

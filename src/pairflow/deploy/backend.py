@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from pairflow.deploy.analysis import Samples
+from pairflow.deploy.counts import WindowCounts
 from pairflow.errors import PairflowError
 
 
@@ -13,10 +13,10 @@ class MetricsUnavailable(PairflowError):
 
 
 class CanaryBackend(Protocol):
-    """Traffic split, traffic, per-backend samples and the final switch, for one rollout.
+    """Traffic split, traffic, per-backend counts and the final switch, for one rollout.
 
     Times are wall-clock seconds (``time.time()``); :meth:`window` returns stable's and the
-    candidate's samples over the same interval, so they are compared under the same load.
+    candidate's counts over the same interval, so they are compared under the same load.
     """
 
     name: str
@@ -30,8 +30,9 @@ class CanaryBackend(Protocol):
     def bake(self, seconds: float) -> None:
         """Let ``seconds`` pass with traffic flowing (the local replayer sends it)."""
 
-    def window(self, start: float, end: float) -> tuple[Samples, Samples]:
-        """(stable, candidate) samples of requests in ``[start, end)``."""
+    def window(self, start: float, end: float) -> WindowCounts:
+        """Stable's and the candidate's counts of requests in ``[start, end)`` (see
+        :mod:`pairflow.deploy.counts`)."""
         ...
 
     def health(self) -> str | None:

@@ -118,6 +118,11 @@ class LatencyHistogram:
             raise ValueError(f"latency histogram: {bound} is not one of its bounds") from exc
         return self.total - self.counts[i]
 
+    def restrict(self, bounds: tuple[float, ...]) -> LatencyHistogram:
+        """The same histogram at a subset of its bounds (cumulative counts stay exact)."""
+        index = {b: i for i, b in enumerate(self.bounds)}
+        return LatencyHistogram(bounds, tuple(self.counts[index[b]] for b in bounds))
+
     def summary(self) -> dict[str, Any]:
         def ms(q: float) -> float | None:
             v = self.quantile_bound(q)
@@ -234,3 +239,16 @@ class WindowCounts:
     def __post_init__(self) -> None:
         if self.stable.latency.bounds != self.candidate.latency.bounds:
             raise ValueError("window counts: stable and candidate latency bounds differ")
+
+    @classmethod
+    def aligned(
+        cls, stable: ArmCounts, candidate: ArmCounts, quality: PairedQuality | None = None
+    ) -> WindowCounts:
+        """Both arms at the bounds they share (e.g. Prometheus series where one arm lacks
+        some ``le`` buckets); ``+Inf`` is always shared."""
+        common = tuple(b for b in stable.latency.bounds if b in set(candidate.latency.bounds))
+        return cls(
+            ArmCounts(stable.requests, stable.errors, stable.latency.restrict(common)),
+            ArmCounts(candidate.requests, candidate.errors, candidate.latency.restrict(common)),
+            quality,
+        )

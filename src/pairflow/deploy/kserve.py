@@ -16,9 +16,10 @@ object, with ``test`` ops that make it fail if the container or env var moved:
   spec again describes what serves all traffic;
 - promote: ``canaryTrafficPercent`` removed: the latest revision (candidate) gets 100%.
 
-Per-version samples come from the predictor's Prometheus metrics (labelled ``model_version``)
-over the same window for both revisions: request and error counters, and the latency and
-pair-score histograms, expanded to one sample per observation at its bucket's upper bound.
+Per-version counts (:mod:`pairflow.deploy.counts`) come from the predictor's Prometheus metrics
+(labelled ``model_version``) over the same window for both revisions: request and error
+counters and the cumulative latency histogram buckets, at the bounds both revisions share.
+Prometheus holds no per-request answers, so there is no paired quality comparison here.
 ``increase()`` needs several scrapes inside its range: a window shorter than
 ``kserve.min_window_scrapes`` × ``kserve.scrape_interval_s`` yields no samples (inconclusive,
 never a pass), and a bake shorter than that is refused. A failed or malformed Prometheus answer
@@ -39,11 +40,12 @@ from typing import Any, Protocol
 import numpy as np
 
 from pairflow.deploy.aliases import Rollout
-from pairflow.deploy.analysis import Samples
 from pairflow.deploy.backend import MetricsUnavailable
+from pairflow.deploy.counts import ArmCounts, LatencyHistogram, WindowCounts
 from pairflow.deploy.settings import DeployConfig
 from pairflow.errors import PairflowError
 from pairflow.kubeflow import names
+from pairflow.serve.metrics import LATENCY_BUCKETS as SERVE_LATENCY_BUCKETS
 
 log = logging.getLogger("pairflow.deploy.kserve")
 
@@ -100,6 +102,9 @@ class Prometheus:
 def _value(series: dict[str, Any]) -> float:
     v = float(series["value"][1])
     return 0.0 if math.isnan(v) else v
+
+
+LATENCY_BOUNDS: tuple[float, ...] = (*SERVE_LATENCY_BUCKETS, math.inf)
 
 
 def histogram_samples(buckets: dict[float, float]) -> np.ndarray:
@@ -317,7 +322,7 @@ class KServeBackend:
         q = f"sum(increase({metric}{{{self._selector(version)}}}[{rng}]))"
         return sum(_value(s) for s in self.prom.query(q, at))
 
-    def _buckets(self, metric: str, version: str, rng: str, at: float) -> np.ndarray:
+    def _buckets(self, metric: str, version: str, rng: str, at: float) -> dict[float, float]:
         q = f"sum by (le) (increase({metric}_bucket{{{self._selector(version)}}}[{rng}]))"
         buckets: dict[float, float] = {}
         for s in self.prom.query(q, at):
@@ -325,31 +330,38 @@ class KServeBackend:
                 buckets[float(s["metric"]["le"])] = _value(s)
             except (KeyError, ValueError) as exc:
                 raise MetricsUnavailable(f"prometheus: bucket without le in {s}") from exc
-        return histogram_samples(buckets)
+        return buckets
 
     @property
     def min_window_s(self) -> float:
         k = self.cfg.kserve
         return k.min_window_scrapes * k.scrape_interval_s
 
-    def samples(self, version: str, start: float, end: float) -> Samples:
-        """Samples of ``version`` in ``[start, end]``; none while the window holds fewer than
+    def samples(self, version: str, start: float, end: float) -> ArmCounts:
+        """Counts of ``version`` in ``[start, end]``; none while the window holds fewer than
         ``min_window_scrapes`` scrapes (``increase`` over fewer points is mostly empty)."""
+        empty = ArmCounts(0, 0, LatencyHistogram.empty(LATENCY_BOUNDS))
         if end - start < self.min_window_s:
-            return Samples(requests=0, errors=0, latencies=np.zeros(0), scores=np.zeros(0))
+            return empty
         rng = f"{max(1, round((end - start) * 1000))}ms"
-        requests = round(self._sum("pairflow_predictor_requests_total", version, rng, end))
-        errors = round(self._sum("pairflow_predictor_errors_total", version, rng, end))
-        return Samples(
-            requests=requests,
-            errors=min(errors, requests),
-            latencies=self._buckets("pairflow_predictor_latency_seconds", version, rng, end),
-            scores=self._buckets("pairflow_predictor_pair_score", version, rng, end),
-        )
+        requests = self._sum("pairflow_predictor_requests_total", version, rng, end)
+        errors = self._sum("pairflow_predictor_errors_total", version, rng, end)
+        buckets = self._buckets("pairflow_predictor_latency_seconds", version, rng, end)
+        if not buckets:
+            buckets = dict.fromkeys(LATENCY_BOUNDS, 0.0)
+        try:
+            return ArmCounts.from_buckets(requests, errors, buckets)
+        except ValueError as exc:
+            raise MetricsUnavailable(f"prometheus: latency buckets of {version}: {exc}") from exc
 
-    def window(self, start: float, end: float) -> tuple[Samples, Samples]:
+    def window(self, start: float, end: float) -> WindowCounts:
+        """Both revisions' counts; no paired quality (Prometheus holds no per-request
+        answers), so a rollout that requires ``quality`` fails here with a metric gap."""
         assert self.rollout.stable is not None
-        return (
-            self.samples(self.rollout.stable, start, end),
-            self.samples(self.rollout.candidate, start, end),
-        )
+        try:
+            return WindowCounts.aligned(
+                self.samples(self.rollout.stable, start, end),
+                self.samples(self.rollout.candidate, start, end),
+            )
+        except ValueError as exc:
+            raise MetricsUnavailable(f"prometheus: {exc}") from exc

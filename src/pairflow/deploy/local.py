@@ -20,7 +20,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from pairflow.deploy.analysis import Samples, window_samples
+from pairflow.deploy.counts import WindowCounts
 from pairflow.deploy.replay import ReplayStats, pair_request, replay
 from pairflow.deploy.router import CANDIDATE, STABLE, WeightedRouter
 from pairflow.deploy.settings import DeployConfig
@@ -161,6 +161,7 @@ class LocalBackend:
             port=cfg.local.router_port,
             failover=cfg.local.failover,
             timeout_s=cfg.replay.timeout_s,
+            shadow=stable_url != candidate_url,  # a smoke bake has no stable to shadow
         )
         self.client = ReplayStats()
         self._next = 0
@@ -189,11 +190,12 @@ class LocalBackend:
         self._next += stats.sent
         self.client.add(stats)
 
-    def window(self, start: float, end: float) -> tuple[Samples, Samples]:
-        records = self.router.records()
-        return (
-            window_samples(records, STABLE, start, end),
-            window_samples(records, CANDIDATE, start, end),
+    def window(self, start: float, end: float) -> WindowCounts:
+        from pairflow.deploy.window import window_counts
+
+        router = self.router
+        return window_counts(
+            router.records(), STABLE, CANDIDATE, start, end, router.stable_answers()
         )
 
     def health(self) -> str | None:
@@ -227,6 +229,31 @@ class LocalBackend:
                 "errors": self.client.errors[:5],
             },
         }
+
+
+def launch_single(
+    candidate_uri: str,
+    pairs: list[dict[str, Any]],
+    cfg: DeployConfig,
+    log_dir: Path,
+    env: dict[str, str] | None = None,
+) -> LocalBackend:
+    """The smoke bake's backend: the candidate alone behind the router (no champion yet)."""
+    port = free_port()
+    proc = PredictorProcess(
+        serve_command(candidate_uri, port, cfg.local.command),
+        port,
+        log_dir / f"{CANDIDATE}.log",
+        cfg.local.ready_path,
+        env,
+    ).spawn()
+    try:
+        proc.wait_ready(cfg.local.startup_timeout_s)
+    except PredictorStartError as exc:
+        err = PredictorStartError(f"{CANDIDATE} {exc}")
+        err.role = CANDIDATE
+        raise err from exc
+    return LocalBackend(proc.url, proc.url, pairs, cfg, processes={CANDIDATE: proc})
 
 
 def launch_local(

@@ -1,9 +1,16 @@
 """The replayer: held-out pairs sent as predictor requests while a canary step bakes.
 
 Rows come from the manifest's held-out split (:func:`pairflow.holdout.split_holdout`), the
-rows train never saw. Each becomes one pair-scoring request (:func:`pair_request`); they are
-sent at a fixed rate with bounded concurrency, cycling through the rows, and every client
-outcome is counted so a test can assert that no client request failed.
+rows train never saw. Each becomes one request (:func:`pair_request`): a ranking request by
+default, the row's image with its own caption among ``candidates - 1`` other held-out
+captions (the true one at a position that varies by row), so each model's top-1 caption can
+be checked against the reference and compared between the two models on the same request;
+or, with ``task='classify'``, the image (with its caption, which a fusion classifier reads)
+and the row's label as reference. Requests
+carry the row's key and reference in ``X-Pairflow-Key`` / ``X-Pairflow-Reference`` headers
+(the router records them). They are sent at a fixed rate with bounded concurrency, cycling
+through the rows, and every client outcome is counted so a test can assert that no client
+request failed.
 """
 
 from __future__ import annotations
@@ -45,11 +52,72 @@ def encode_image(path: str, px: int) -> str:
 
 
 def pair_request(row: dict[str, Any]) -> dict[str, Any]:
-    """A V1 pair-scoring request (``pairflow serve``'s protocol) for one row (image base64)."""
+    """A V1 request (``pairflow serve``'s protocol) for one row (image base64): ranking of
+    the row's ``captions`` when it has several, classify for ``task='classify'``, else one
+    pair scored."""
+    if row.get("task") == "classify":
+        # the caption goes along: a fusion classifier (train.model=classifier) classifies the
+        # image-caption pair; a CLIP classifies the image zero-shot and ignores it
+        instance = {"image": row["image_b64"], "caption": str(row["caption"])}
+        return {"task": "classify", "instances": [instance]}
+    captions = row.get("captions") or [str(row["caption"])]
     return {
         "task": "score",
-        "instances": [{"image": row["image_b64"], "caption": str(row["caption"])}],
+        "instances": [{"image": row["image_b64"], "caption": str(c)} for c in captions],
     }
+
+
+def request_headers(row: dict[str, Any]) -> dict[str, str]:
+    """The row's key and reference answer, for the router's paired comparison."""
+    from pairflow.deploy.router import KEY_HEADER, REFERENCE_HEADER
+
+    headers = {KEY_HEADER: str(row.get("key", row.get("id", "")))}
+    if row.get("reference") is not None:
+        headers[REFERENCE_HEADER] = str(row["reference"])
+    return headers
+
+
+def attach_references(
+    pairs: list[dict[str, Any]], candidates: int, task: str, variants: int = 1
+) -> list[dict[str, Any]]:
+    """Every row with its request shape, key and reference answer.
+
+    ``rank``: ``variants`` requests per row, each the row's caption plus ``candidates - 1``
+    distinct captions of other rows (a different set per variant), the true one at a
+    position that varies (reference = that position; key ``id#variant``). Requests sharing
+    an image are distinct requests, not distinct images: the paired comparison counts
+    requests. ``classify``: one request per row, reference = the row's label.
+    """
+    if task == "classify":
+        out = []
+        for row in pairs:
+            label = row.get("label")
+            ref = None if label is None or label != label else str(label)
+            out.append({**row, "task": "classify", "reference": ref, "key": str(row["id"])})
+        return out
+    if candidates < 2:
+        return [{**row, "key": str(row["id"])} for row in pairs]
+    n = len(pairs)
+    out = []
+    for v in range(variants):
+        for i, row in enumerate(pairs):
+            own = str(row["caption"])
+            others: list[str] = []
+            j = i + 1 + v * (candidates - 1)
+            while len(others) < candidates - 1 and j < i + 1 + v * (candidates - 1) + n:
+                text = str(pairs[j % n]["caption"])
+                if text != own and text not in others:
+                    others.append(text)
+                j += 1
+            if not others:
+                out.append({**row, "key": f"{row['id']}#{v}"})
+                continue
+            pos = (i + v) % (len(others) + 1)
+            captions = [*others[:pos], own, *others[pos:]]
+            out.append(
+                {**row, "captions": captions, "reference": str(pos), "key": f"{row['id']}#{v}"}
+            )
+    return out
 
 
 def _resolve(uri: str, base: Path | None) -> str:
@@ -87,8 +155,16 @@ def load_pairs(
     return pairs
 
 
-def holdout_pairs(manifest: str | Path, fraction: float, px: int) -> list[dict[str, Any]]:
-    """The held-out rows of ``manifest`` ready to replay (all rows when none is held out)."""
+def holdout_pairs(
+    manifest: str | Path,
+    fraction: float,
+    px: int,
+    candidates: int = 1,
+    task: str = "rank",
+    variants: int = 1,
+) -> list[dict[str, Any]]:
+    """The held-out rows of ``manifest`` ready to replay (all rows when none is held out),
+    with their references (:func:`attach_references`)."""
     from pairflow.data.schema import read_manifest
     from pairflow.holdout import split_holdout
 
@@ -97,7 +173,8 @@ def holdout_pairs(manifest: str | Path, fraction: float, px: int) -> list[dict[s
     if held.empty:
         log.warning("replay: no held-out rows in %s; replaying all %d rows", manifest, len(frame))
         held = frame
-    return load_pairs(held, px, base=Path(manifest).parent)
+    pairs = load_pairs(held, px, base=Path(manifest).parent)
+    return attach_references(pairs, candidates, task, variants)
 
 
 @dataclass
@@ -137,9 +214,11 @@ async def replay(
     timeout = aiohttp.ClientTimeout(total=timeout_s)
     tasks: list[asyncio.Task[None]] = []
 
-    async def one(session: aiohttp.ClientSession, body: dict[str, Any]) -> None:
+    async def one(
+        session: aiohttp.ClientSession, body: dict[str, Any], headers: dict[str, str]
+    ) -> None:
         try:
-            async with session.post(url.rstrip("/") + path, json=body) as resp:
+            async with session.post(url.rstrip("/") + path, json=body, headers=headers) as resp:
                 await resp.read()
                 stats.statuses[resp.status] = stats.statuses.get(resp.status, 0) + 1
                 if resp.status < 400:
@@ -157,10 +236,11 @@ async def replay(
         i = start_index
         while time.monotonic() - start < seconds:
             await sem.acquire()
-            body = build(pairs[i % len(pairs)])
+            row = pairs[i % len(pairs)]
+            body = build(row)
             i += 1
             stats.sent += 1
-            tasks.append(asyncio.create_task(one(session, body)))
+            tasks.append(asyncio.create_task(one(session, body, request_headers(row))))
             due = start + (i - start_index) / rate_per_s
             await asyncio.sleep(max(0.0, due - time.monotonic()))
         if tasks:

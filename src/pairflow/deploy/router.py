@@ -7,8 +7,12 @@ fails (5xx or connection error: e.g. the process died) is retried once on stable
 gets stable's answer, the failure still counts against the candidate.
 
 Every upstream attempt is recorded (:class:`pairflow.deploy.analysis.Record`): time, backend,
-outcome, latency and the pair score found in the response (``score_of``), which is what the
-canary analysis compares.
+outcome, latency, the pair score found in the response (``score_of``) and its top-1 answer
+(``answer_of``) with the request's key and reference (``X-Pairflow-Key`` /
+``X-Pairflow-Reference`` headers). With ``shadow`` on, a keyed request the candidate answers
+whose key stable has not answered yet is also sent to stable in the background, once per
+key; that shadow answer is kept for the paired quality comparison only (not in the records:
+no latency or error of it is analysed), so every candidate answer has stable's beside it.
 """
 
 from __future__ import annotations
@@ -34,6 +38,30 @@ STABLE, CANDIDATE = "stable", "candidate"
 _HOP_HEADERS = frozenset(
     {"connection", "keep-alive", "transfer-encoding", "content-length", "host", "upgrade"}
 )
+
+
+KEY_HEADER, REFERENCE_HEADER = "X-Pairflow-Key", "X-Pairflow-Reference"
+
+
+def answer_of(body: Any) -> str | None:
+    """A predictor response's top-1 answer: a classifier's ``label``, or the index of the
+    highest of several pair scores (the caption a CLIP model ranks first); None otherwise."""
+    if not isinstance(body, dict):
+        return None
+    preds = body.get("predictions")
+    if isinstance(preds, list) and preds and isinstance(preds[0], dict):
+        label = preds[0].get("label")
+        if isinstance(label, str):
+            return label
+    scores: list[float] = []
+    for item in preds if isinstance(preds, list) else body.get("scores") or []:
+        if isinstance(item, int | float) and not isinstance(item, bool):
+            scores.append(float(item))
+        elif isinstance(item, dict) and isinstance(item.get("score"), int | float):
+            scores.append(float(item["score"]))
+    if len(scores) < 2 or any(s != s for s in scores):
+        return None
+    return str(max(range(len(scores)), key=lambda i: scores[i]))
 
 
 def score_of(body: Any) -> float | None:
@@ -95,6 +123,7 @@ class WeightedRouter:
         timeout_s: float = 30.0,
         seed: int = 0,
         extract_score: Callable[[Any], float | None] = score_of,
+        shadow: bool = True,
     ) -> None:
         self.urls = {STABLE: stable_url.rstrip("/"), CANDIDATE: candidate_url.rstrip("/")}
         self.failover = failover
@@ -105,6 +134,9 @@ class WeightedRouter:
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
         self._records: list[Record] = []
+        self.shadow = shadow
+        self._stable_answers: dict[str, str] = {}
+        self._shadow_tasks: set[asyncio.Task[None]] = set()
         self._loop = LoopThread()
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -144,6 +176,10 @@ class WeightedRouter:
             self._loop.stop()
 
     async def _close(self) -> None:
+        for task in list(self._shadow_tasks):
+            task.cancel()
+        if self._shadow_tasks:
+            await asyncio.gather(*self._shadow_tasks, return_exceptions=True)
         if self._runner is not None:
             await self._runner.cleanup()
         if self._session is not None:
@@ -166,9 +202,16 @@ class WeightedRouter:
         with self._lock:
             return list(self._records)
 
+    def stable_answers(self) -> dict[str, str]:
+        """Stable's top-1 answer per request key (served or shadowed)."""
+        with self._lock:
+            return dict(self._stable_answers)
+
     def _record(self, rec: Record) -> None:
         with self._lock:
             self._records.append(rec)
+            if rec.backend == STABLE and rec.ok and rec.key and rec.answer is not None:
+                self._stable_answers.setdefault(rec.key, rec.answer)
 
     # -- proxying ----------------------------------------------------------------------------
 
@@ -179,15 +222,49 @@ class WeightedRouter:
         body = await request.read()
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS}
         target = self._pick()
-        status, payload, resp_headers = await self._forward(target, request, body, headers)
+        tags = (request.headers.get(KEY_HEADER), request.headers.get(REFERENCE_HEADER))
+        status, payload, resp_headers = await self._forward(target, request, body, headers, tags)
         if target == CANDIDATE and self.failover and (status is None or status >= 500):
-            status, payload, resp_headers = await self._forward(STABLE, request, body, headers)
+            status, payload, resp_headers = await self._forward(
+                STABLE, request, body, headers, tags
+            )
+        key = tags[0]
+        if self.shadow and target == CANDIDATE and key and key not in self.stable_answers():
+            task = asyncio.create_task(self._shadow(request, body, headers, key))
+            self._shadow_tasks.add(task)
+            task.add_done_callback(self._shadow_tasks.discard)
         if status is None:
             return web.json_response({"error": "no predictor reachable"}, status=502)
         return web.Response(body=payload, status=status, headers=resp_headers)
 
+    async def _shadow(
+        self, request: web.Request, body: bytes, headers: dict[str, str], key: str
+    ) -> None:
+        """Stable's answer to a request the candidate served (kept by key, not recorded)."""
+        assert self._session is not None
+        url = self.urls[STABLE] + request.rel_url.path_qs
+        try:
+            async with self._session.request(
+                request.method, url, data=body, headers=headers
+            ) as resp:
+                payload = await resp.read()
+                if resp.status >= 400:
+                    return
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            log.debug("router: shadow request to stable failed (%s)", exc)
+            return
+        _, answer = self._read(payload)
+        if answer is not None:
+            with self._lock:
+                self._stable_answers.setdefault(key, answer)
+
     async def _forward(
-        self, target: str, request: web.Request, body: bytes, headers: dict[str, str]
+        self,
+        target: str,
+        request: web.Request,
+        body: bytes,
+        headers: dict[str, str],
+        tags: tuple[str | None, str | None] = (None, None),
     ) -> tuple[int | None, bytes, dict[str, str]]:
         assert self._session is not None
         url = self.urls[target] + request.rel_url.path_qs
@@ -204,20 +281,22 @@ class WeightedRouter:
                 }
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             latency = time.perf_counter() - t0
-            self._record(Record(started, target, False, latency))
+            self._record(Record(started, target, False, latency, None, *tags))
             log.debug("router: %s unreachable (%s)", target, exc)
             return None, b"", {}
         latency = time.perf_counter() - t0
-        score = None
+        score, answer = None, None
         if status < 400 and "json" in out_headers.get("Content-Type", "").lower():
-            score = self._score(payload)
-        self._record(Record(started, target, status < 400, latency, score))
+            score, answer = self._read(payload)
+        key, reference = tags
+        self._record(Record(started, target, status < 400, latency, score, key, answer, reference))
         return status, payload, out_headers
 
-    def _score(self, payload: bytes) -> float | None:
+    def _read(self, payload: bytes) -> tuple[float | None, str | None]:
         import json
 
         try:
-            return self.extract_score(json.loads(payload))
+            body = json.loads(payload)
         except (ValueError, TypeError):
-            return None
+            return None, None
+        return self.extract_score(body), answer_of(body)

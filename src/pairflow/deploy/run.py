@@ -1,9 +1,11 @@
 """One deploy: resolve the versions, run the canary on the configured backend, record it.
 
 Outcomes (``decision`` in the report): ``promoted``, ``rolled_back``, ``promoted_initial``
-(no champion yet and ``first_deploy: promote``), ``blocked`` (promotion rules refuse the
-version before any traffic), ``already_champion``, ``not_deployed`` (nothing registered),
-``disabled``.
+(no champion yet and ``first_deploy: promote``, an explicit opt-out of any bake),
+``blocked`` (promotion rules refuse the version before any traffic), ``already_champion``,
+``not_deployed`` (nothing registered), ``disabled``. With no champion and the default
+``first_deploy: smoke`` the candidate is baked alone against the absolute SLOs
+(``mode: smoke``) and is ``promoted`` or ``rolled_back`` on them.
 """
 
 from __future__ import annotations
@@ -19,7 +21,14 @@ from pairflow.config import PairflowConfig
 from pairflow.deploy import aliases
 from pairflow.deploy.aliases import Rollout
 from pairflow.deploy.backend import CanaryBackend
-from pairflow.deploy.controller import PROMOTED, ROLLED_BACK, CanaryResult, StepRecord, run_canary
+from pairflow.deploy.controller import (
+    PROMOTED,
+    ROLLED_BACK,
+    CanaryResult,
+    StepRecord,
+    run_canary,
+    run_smoke,
+)
 
 log = logging.getLogger("pairflow.deploy")
 
@@ -42,13 +51,23 @@ def default_backend(
         from pairflow.deploy.kserve import KServeBackend
 
         return KServeBackend.from_config(rollout, dcfg)
-    from pairflow.deploy.local import launch_local
+    from pairflow.deploy.local import launch_local, launch_single
     from pairflow.deploy.replay import holdout_pairs
     from pairflow.tracking import resolve_tracking_uri
 
-    pairs = holdout_pairs(manifest, dcfg.replay.holdout_fraction, dcfg.replay.image_px)
-    assert rollout.stable is not None
+    rc = dcfg.replay
+    pairs = holdout_pairs(
+        manifest, rc.holdout_fraction, rc.image_px, rc.candidates, rc.task, rc.variants
+    )
     tracking = resolve_tracking_uri(cfg.mlflow.tracking_uri, cfg.run.workdir)
+    if rollout.stable is None:  # the first deploy's smoke bake
+        return launch_single(
+            rollout.uri(rollout.candidate),
+            pairs,
+            dcfg,
+            work_dir,
+            env={"MLFLOW_TRACKING_URI": tracking},
+        )
     return launch_local(
         rollout.uri(rollout.stable),
         rollout.uri(rollout.candidate),
@@ -102,19 +121,30 @@ def run_deploy(
         return finish("blocked", [f"promotion rules: {b}" for b in blockers])
     if rollout.stable == rollout.candidate:
         return DeployOutcome("already_champion", ["candidate is already the champion"], base)
-    if rollout.stable is None:
+    smoke = rollout.stable is None
+    if smoke:
         if dcfg.first_deploy == "fail":
             return finish("rolled_back", ["no champion to compare with (first_deploy: fail)"])
-        change = aliases.promote(reg, rollout, rcfg.policy, "first version: no champion yet")
-        return finish(
-            "promoted_initial", ["no champion yet: promoted without a canary"], aliases=change
-        )
-
-    result, backend_info = _canary(rollout, cfg, manifest, work_dir, backend_factory, on_step)
-    extra: dict[str, Any] = {"steps": [s.to_json() for s in result.steps], **backend_info}
+        if dcfg.first_deploy == "promote":
+            change = aliases.promote(reg, rollout, rcfg.policy, "first version: no champion yet")
+            return finish(
+                "promoted_initial",
+                ["no champion yet: promoted without a canary (first_deploy: promote)"],
+                aliases=change,
+            )
+    result, backend_info = _canary(
+        rollout, cfg, manifest, work_dir, backend_factory, on_step, smoke=smoke
+    )
+    extra: dict[str, Any] = {
+        "mode": "smoke" if smoke else "canary",
+        "steps": [s.to_json() for s in result.steps],
+        **backend_info,
+    }
     reason = "; ".join(result.reasons)
     if result.decision == PROMOTED:
         extra["aliases"] = aliases.promote(reg, rollout, rcfg.policy, f"canary passed: {reason}")
+    elif smoke:
+        extra["aliases"] = {"champion": None, "unchanged": True}
     else:
         aliases.record_rollback_event(reg, rollout, reason)
         extra["aliases"] = {"champion": rollout.stable, "unchanged": True}
@@ -128,6 +158,8 @@ def _canary(
     work_dir: Path,
     factory: BackendFactory,
     on_step: Callable[[StepRecord], None] | None,
+    *,
+    smoke: bool = False,
 ) -> tuple[CanaryResult, dict[str, Any]]:
     from pairflow.deploy.local import PredictorStartError
 
@@ -140,7 +172,8 @@ def _canary(
         return CanaryResult(ROLLED_BACK, [f"candidate did not start: {exc}"], []), {}
     try:
         backend.start()
-        result = run_canary(backend, cfg.deploy, on_step=on_step)
+        run = run_smoke if smoke else run_canary
+        result = run(backend, cfg.deploy, on_step=on_step)
         info = dict(backend.describe())
     except BaseException:
         backend.rollback()

@@ -18,9 +18,17 @@ class AnalysisConfig(Section):
     alpha: float = ui(
         0.05,
         "Canary alpha",
-        "Family-wise significance level of a step's tests (Holm-corrected across metrics).",
+        "Family-wise false-rollback level of the whole rollout: each analysed step tests at "
+        "alpha / steps, Holm-corrected across its metrics.",
         gt=0,
         lt=1,
+    )
+    power: float = Field(
+        0.9,
+        ge=0.5,
+        lt=1,
+        description="Power a step's window must have to detect each metric's minimum effect; "
+        "a smaller window is inconclusive (extended, then failed), never a pass.",
     )
     fail_fast_alpha: float = Field(
         0.001,
@@ -40,24 +48,57 @@ class AnalysisConfig(Section):
         0.5, ge=0, description="Requests in the first seconds of a step are not analysed."
     )
     min_error_rate_increase: float = Field(
-        0.01, ge=0, description="Smallest absolute error-rate increase that can fail a step."
+        0.02,
+        gt=0,
+        description="Minimum effect on errors (absolute): the candidate's rate at "
+        "max(min_error_rate_ratio x stable, stable + this) must be detected.",
+    )
+    min_error_rate_ratio: float = Field(
+        2.0, gt=1, description="Minimum effect on errors (relative to stable's rate)."
     )
     max_error_rate: float = Field(
         0.2, gt=0, le=1, description="Absolute guard: a candidate error rate above it fails."
     )
+    min_latency_exceedance: float = Field(
+        0.08,
+        gt=0,
+        lt=0.95,
+        description="Minimum effect on p95 latency: this much more of the candidate's "
+        "requests slower than stable's p95 (stable has <= 5% there) must be detected.",
+    )
     min_latency_increase: float = Field(
-        0.25, ge=0, description="Smallest relative p95 latency increase that can fail a step."
+        0.25,
+        ge=0,
+        description="Practical guard: a latency failure also needs the candidate's p95 this "
+        "much (relative) above stable's.",
     )
     min_latency_increase_ms: float = Field(
-        5.0, ge=0, description="Smallest absolute p95 latency increase (ms) that can fail."
+        5.0, ge=0, description="Practical guard: and this many ms above stable's p95."
     )
     min_quality_drop: float = Field(
-        0.02, ge=0, description="Smallest drop of the mean served pair score that can fail."
+        0.1,
+        gt=0,
+        lt=0.5,
+        description="Minimum effect on quality: accuracy drop on the same requests against "
+        "their reference answers (or disagreement with stable beyond this).",
     )
     inconclusive: Literal["extend", "fail"] = Field(
         "extend", description="Too few samples: extend the bake (up to max_extensions) or fail."
     )
     max_extensions: int = Field(2, ge=0, description="Bake extensions before an inconclusive fail.")
+    slo_error_rate: float = Field(
+        0.05,
+        gt=0,
+        lt=1,
+        description="Smoke bake (first deploy, no champion): the candidate's error rate must "
+        "be below this with 95% confidence (Clopper-Pearson upper bound).",
+    )
+    slo_latency_p95_ms: float = Field(
+        1000.0,
+        gt=0,
+        description="Smoke bake: the candidate's p95 latency must be below this with 95% "
+        "confidence (share of requests above it: upper bound < 5%).",
+    )
 
 
 class ReplayConfig(Section):
@@ -70,6 +111,25 @@ class ReplayConfig(Section):
     concurrency: int = Field(4, ge=1, description="Requests in flight at most.")
     timeout_s: float = Field(10.0, gt=0, description="Client timeout of one replayed request.")
     image_px: int = Field(32, ge=8, le=512, description="Replayed images are resized to this.")
+    task: Literal["rank", "classify"] = Field(
+        "rank",
+        description="Request shape: 'rank' (image + candidate captions; top-1 caption vs the "
+        "true one) or 'classify' (image; top-1 label vs the row's label).",
+    )
+    candidates: int = Field(
+        4,
+        ge=1,
+        le=32,
+        description="Captions per ranking request (the true one among held-out others); 1 "
+        "sends plain pair scores, which give no paired quality comparison.",
+    )
+    variants: int = Field(
+        8,
+        ge=1,
+        le=64,
+        description="Ranking requests per held-out row, each with other distractor captions: "
+        "more distinct requests for the paired quality comparison.",
+    )
     path: str = Field(
         "/v1/models/pairflow:predict", description="Predictor endpoint the pairs are sent to."
     )
@@ -144,6 +204,12 @@ class DeployConfig(Section):
     check_interval_s: float = Field(
         2.0, gt=0, description="Interim looks during a bake (fail fast on a clear regression)."
     )
+    max_bake_s: float = Field(
+        300.0,
+        gt=0,
+        description="Longest single bake extension: an inconclusive step extends by the time "
+        "its missing sample needs at the observed rate, at most this.",
+    )
     min_requests: int = ui(
         50,
         "Canary min requests",
@@ -152,8 +218,11 @@ class DeployConfig(Section):
     )
     alias_champion: str = Field("champion", description="Alias of the stable model version.")
     alias_previous: str = Field("previous", description="Alias the old champion moves to.")
-    first_deploy: Literal["promote", "fail"] = Field(
-        "promote", description="No champion yet: promote without a canary, or fail."
+    first_deploy: Literal["smoke", "promote", "fail"] = Field(
+        "smoke",
+        description="No champion yet: 'smoke' bakes the candidate alone against the absolute "
+        "SLOs (analysis.slo_*) and promotes only if it meets them; 'promote' promotes without "
+        "any traffic (explicit opt-out); 'fail' refuses.",
     )
     analysis: AnalysisConfig = Field(default_factory=AnalysisConfig)
     replay: ReplayConfig = Field(default_factory=ReplayConfig)

@@ -17,24 +17,29 @@ def _cell(value: Any, fmt: str = "{:.4g}") -> str:
 
 
 def steps_table(steps: list[dict[str, Any]]) -> list[str]:
-    """One row per step: traffic, requests, errors, p95, score, p-values, verdict."""
+    """One row per step: traffic, requests, errors, p95, paired agreement, p-values, the
+    sample each test needed for its power, verdict."""
     lines = [
-        "| weight | verdict | requests s/c | errors s/c | p95 ms s/c | score s/c "
-        "| p err | p lat | p quality | reasons |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| weight | verdict | requests s/c | errors s/c | p95 ms s/c | agree/compared "
+        "| p err | p lat | p quality | needed c (err/lat/q) | reasons |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for st in steps:
         s, c = st.get("stable", {}), st.get("candidate", {})
+        q = st.get("quality") or {}
         p = {m["metric"]: m.get("p_adjusted") for m in st.get("metrics", [])}
+        need = {m["metric"]: m.get("required_candidate") for m in st.get("metrics", [])}
         reasons = "; ".join(st.get("reasons", [])).replace("|", "/")
         lines.append(
             f"| {st['weight']}% | **{st['verdict']}** "
             f"| {_cell(s.get('requests'))}/{_cell(c.get('requests'))} "
             f"| {_cell(s.get('errors'))}/{_cell(c.get('errors'))} "
             f"| {_cell(s.get('latency_p95_ms'))}/{_cell(c.get('latency_p95_ms'))} "
-            f"| {_cell(s.get('score_mean'))}/{_cell(c.get('score_mean'))} "
+            f"| {_cell(q.get('agree'))}/{_cell(q.get('compared'))} "
             f"| {_cell(p.get('error_rate'), '{:.2g}')} | {_cell(p.get('latency_p95'), '{:.2g}')} "
-            f"| {_cell(p.get('quality'), '{:.2g}')} | {reasons} |"
+            f"| {_cell(p.get('quality'), '{:.2g}')} "
+            f"| {_cell(need.get('error_rate'))}/{_cell(need.get('latency_p95'))}"
+            f"/{_cell(need.get('quality'))} | {reasons} |"
         )
     return lines
 
@@ -51,6 +56,11 @@ def deploy_markdown(report: StageReport) -> str:
     ]
     lines += [f"- {r}" for r in m.get("reasons", [])]
     if m.get("steps"):
-        lines += ["", "p-values are Holm-adjusted; s = stable, c = candidate.", ""]
+        lines += [
+            "",
+            "p-values are Holm-adjusted; s = stable, c = candidate; 'needed' is the candidate "
+            "sample each test needs for its power at the minimum effect.",
+            "",
+        ]
         lines += steps_table(m["steps"])
     return "\n".join(lines) + "\n\n" + report_markdown(report)

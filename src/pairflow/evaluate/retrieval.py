@@ -3,7 +3,10 @@
 Pair ``i`` is image ``i`` with caption ``i``: in a similarity matrix ``sim[q, j]`` the correct
 item of query ``q`` is ``j == q``. Ranks are 1-based and pessimistic on ties: an item scoring
 exactly as high as the correct one counts as ranked above it, so a constant model earns no
-credit.
+credit. Non-finite scores are pessimistic too: a query whose correct score is NaN ranks last,
+and a NaN competitor counts as ranked above the correct item (a diverged model scores 0, never
+1). The gate fails any non-finite embedding before these numbers are read
+(:func:`nonfinite_rows`).
 """
 
 from __future__ import annotations
@@ -23,8 +26,18 @@ def ranks_of_matches(sim: FloatArray) -> npt.NDArray[np.int64]:
     if s.ndim != 2 or s.shape[0] != s.shape[1]:
         raise ValueError(f"similarity matrix must be square, got shape {s.shape}")
     correct = np.diagonal(s)[:, None]
-    at_least = (s >= correct).sum(axis=1)  # includes the correct item itself
+    # includes the correct item itself; NaN competitors count as above the correct item
+    at_least = ((s >= correct) | np.isnan(s)).sum(axis=1)
+    at_least[np.isnan(correct[:, 0])] = s.shape[1]
     return np.asarray(at_least, dtype=np.int64)
+
+
+def nonfinite_rows(values: FloatArray) -> npt.NDArray[np.int64]:
+    """Indices of the rows of ``values`` (1-D or 2-D) holding a NaN or an infinity."""
+    a = np.asarray(values, dtype=np.float64)
+    finite = np.isfinite(a)
+    bad = ~(finite.reshape(a.shape[0], -1).all(axis=1) if a.ndim > 1 else finite)
+    return np.asarray(np.flatnonzero(bad), dtype=np.int64)
 
 
 def hits_at_k(ranks: IntArray, k: int) -> npt.NDArray[np.float64]:

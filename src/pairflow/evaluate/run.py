@@ -22,7 +22,15 @@ from pairflow.evaluate import champion as champ
 from pairflow.evaluate.bootstrap import DeltaCI, paired_bootstrap
 from pairflow.evaluate.classification import classification_metrics
 from pairflow.evaluate.drift import compare
-from pairflow.evaluate.gate import DriftOutcome, GateDecision, decide
+from pairflow.evaluate.finite import nonfinite_outputs
+from pairflow.evaluate.gate import (
+    Chance,
+    DriftOutcome,
+    GateDecision,
+    accuracy_chance,
+    decide,
+    recall_chance,
+)
 from pairflow.evaluate.kinds import load_champion, with_kind_check
 from pairflow.evaluate.reference import Reference, build_reference, read_reference, write_reference
 from pairflow.evaluate.retrieval import clip_retrieval_metrics, zero_shot_predictions
@@ -297,6 +305,7 @@ def evaluate_frame(
         if info is not None
         else f"no champion ({champ.champion_uri(cfg.register_.model_name)} not found)"
     )
+    holdout_ids = [str(v) for v in holdout["id"]]
     gate = decide(
         cand.kind,
         cand_m.scalars,
@@ -304,6 +313,8 @@ def evaluate_frame(
         ev,
         champion_note=note,
         drift=drift,
+        chances=chance_levels(rows, labels, class_names),
+        nonfinite=nonfinite_outputs(cand_scores, holdout_ids, class_names),
     )
     gate = with_kind_check(gate, cand.kind, champ_kind, info.label if info else "")
     log.info("evaluate gate %s: %s", "PASSED" if gate.passed else "FAILED", "; ".join(gate.reasons))
@@ -325,6 +336,20 @@ def evaluate_frame(
         seconds=round(time.perf_counter() - start, 3),
         extra={"reference_embeddings": emb_note, **({"notes": notes} if notes else {})},
     )
+
+
+def chance_levels(
+    rows: np.ndarray, labels: np.ndarray, class_names: list[str]
+) -> dict[str, Chance]:
+    """Chance level of each floored metric on the evaluated rows (``rows`` mask)."""
+    y = labels[rows]
+    named = [class_names[i] for i in y[y >= 0]]
+    acc = accuracy_chance(named)
+    return {
+        "i2t_recall_at_1": recall_chance(int(rows.sum())),
+        "zero_shot_accuracy": acc,
+        "accuracy": acc,
+    }
 
 
 def align_logits(

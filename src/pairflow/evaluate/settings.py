@@ -12,15 +12,27 @@ from pairflow.config_fields import Section, ui
 class EvaluateConfig(Section):
     """Held-out metrics, champion comparison, the rollout gate and the drift report."""
 
-    min_recall_at_1: float = ui(
-        0.0, "Min recall@1", "Absolute floor on held-out image-to-text recall@1.", ge=0, le=1
-    )
-    min_accuracy: float = ui(
-        0.0,
-        "Min accuracy",
-        "Absolute floor on held-out accuracy (classifier; zero-shot accuracy for CLIP).",
+    min_recall_at_1: float | None = Field(
+        None,
+        description="Floor on held-out image-to-text recall@1; unset: chance (1/held-out "
+        "queries) + floor_over_chance x (1 - chance).",
         ge=0,
         le=1,
+    )
+    min_accuracy: float | None = Field(
+        None,
+        description="Floor on held-out accuracy (classifier; zero-shot accuracy for CLIP); "
+        "unset: chance (majority class share) + floor_over_chance x (1 - chance).",
+        ge=0,
+        le=1,
+    )
+    floor_over_chance: float = ui(
+        0.1,
+        "Floor over chance",
+        "Unset floors sit this share of the way from chance to perfect (Cohen's-kappa-like); "
+        "every floored metric must also beat chance at the confidence level.",
+        ge=0,
+        lt=1,
     )
     holdout_fraction: float = Field(0.2, ge=0, lt=1, description="Share of ids held out.")
     non_inferiority_margin: float = ui(

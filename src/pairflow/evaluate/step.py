@@ -6,7 +6,6 @@ and evaluated row counts are report figures.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,12 +16,11 @@ from pairflow import tracking
 from pairflow.config import PairflowConfig
 from pairflow.data.schema import empty_rejected, read_manifest, write_manifest
 from pairflow.report import StageOutputs, StageReport, Stopwatch
-from pairflow.steps import finish_stage, load_step_config, model_passthrough, setup_logging
+from pairflow.steps import finish_stage, load_step_config, setup_logging
 
 log = logging.getLogger("pairflow.evaluate.step")
 
 STAGE = "evaluate"
-NOT_IMPLEMENTED_MARKER = "NOT_IMPLEMENTED.json"
 
 
 @dataclass
@@ -55,10 +53,6 @@ class StepOutcome:
     markdown: str = ""
 
 
-def _untrained(model_dir: str) -> bool:
-    return (Path(model_dir) / NOT_IMPLEMENTED_MARKER).is_file()
-
-
 def evaluate_step(
     config_path: str,
     manifest: str,
@@ -71,21 +65,10 @@ def evaluate_step(
 ) -> StepOutcome:
     """Evaluate the candidate in ``model_dir`` against the champion and decide the gate.
 
-    When train produced no model (its issue not landed: a ``NOT_IMPLEMENTED.json`` marker)
-    nothing is measured and the gate is not enforced (``implemented: false``).
+    There is no pass-through: a missing or unreadable model fails the step.
     """
     setup_logging()
     cfg = load_step_config(config_path)
-    if _untrained(model_dir):
-        gate = {
-            "passed": True,
-            "enforced": False,
-            "reasons": ["train produced no model (not implemented): gate not enforced"],
-        }
-        if files is not None:
-            _skipped_files(files, "train produced no model: nothing evaluated")
-        rep = model_passthrough(STAGE, config_path, manifest, outputs, kfp_run_id, gate=gate)
-        return StepOutcome(True, rep)
     return _evaluate(cfg, manifest, model_dir, outputs, kfp_run_id, embeddings, files)
 
 
@@ -215,20 +198,3 @@ def _log_gate(
     for page in (html, plots):
         if page is not None and page.is_file():
             client.log_artifact(run_id, str(page), "evaluate")
-
-
-def _skipped_files(files: EvaluateFiles, reason: str) -> None:
-    from pairflow.evaluate.drift import _placeholder
-
-    files.drift_html.parent.mkdir(parents=True, exist_ok=True)
-    _placeholder(files.drift_html, reason)
-    files.reference.parent.mkdir(parents=True, exist_ok=True)
-    files.reference.write_text(json.dumps({"skipped": reason}) + "\n")
-    if files.summary is not None:
-        files.summary.parent.mkdir(parents=True, exist_ok=True)
-        files.summary.write_text(f"## evaluate\n\n> {reason}\n")
-    if files.plots is not None:
-        from pairflow.evaluate.plots import plots_html
-
-        files.plots.parent.mkdir(parents=True, exist_ok=True)
-        files.plots.write_text(plots_html([], f"pairflow evaluate: {reason}"))

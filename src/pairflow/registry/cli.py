@@ -169,6 +169,9 @@ def show_cmd(
     for key, val in sorted((full.tags or {}).items()):
         table.add_row(key, str(val)[:200])
     console.print(table)
+    from pairflow.registry.decisions import version_decisions
+
+    console.print(Markdown(version_decisions(reg.client, full.name, str(full.version))))
 
 
 @registry_app.command("approve")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from pairflow import tracking
 from pairflow.data.schema import empty_rejected, read_manifest, write_manifest
+from pairflow.errors import InputDataError
 from pairflow.registry.register_version import RegisterInputs, RegisterResult, register_model
 from pairflow.report import StageOutputs, StageReport, Stopwatch
 from pairflow.steps import load_step_config
@@ -20,15 +21,11 @@ def _opt(path: str | None) -> Path | None:
     return Path(path) if path else None
 
 
-NOT_IMPLEMENTED_MARKER = "NOT_IMPLEMENTED.json"
-
-
-def _no_model(model_dir: str, trained_model: str) -> bool:
-    """True when upstream stages left only a not-implemented marker (nothing to register)."""
-    dirs = [Path(d) for d in (model_dir, trained_model) if d]
-    return bool(dirs) and all(
-        (d / NOT_IMPLEMENTED_MARKER).is_file() or not d.exists() for d in dirs
-    )
+def _check_model_inputs(model_dir: str, trained_model: str) -> None:
+    """A model input that is given must hold files: there is no pass-through registration."""
+    for name, value in (("model", model_dir), ("trained_model", trained_model)):
+        if value and not (Path(value).is_dir() and any(Path(value).iterdir())):
+            raise InputDataError(f"register: input {name} ({value}) holds no model files")
 
 
 def register_step(
@@ -54,14 +51,7 @@ def register_step(
     ``models:/NAME/VERSION`` when the gate passed (deploy's input), else an empty string.
     ``card_out``: where to write the model card (the component's Markdown output).
     """
-    if _no_model(model_dir, trained_model):
-        from pairflow.steps import model_passthrough
-
-        log.warning("register: upstream produced no model (not implemented): nothing registered")
-        model_passthrough(
-            "register", config_path, manifest, outputs, kfp_run_id, registered_version=None
-        )
-        return ""
+    _check_model_inputs(model_dir, trained_model)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     watch = Stopwatch()
     cfg = load_step_config(config_path)

@@ -1,0 +1,49 @@
+"""Decision explanations render the recorded numbers of the gate and the canary."""
+
+from __future__ import annotations
+
+import numpy as np
+from tests.canary_sim import Arm, SimBackend, SimClock
+
+from pairflow.deploy.controller import run_canary
+from pairflow.deploy.settings import DeployConfig
+from pairflow.evaluate.bootstrap import paired_bootstrap
+from pairflow.evaluate.gate import accuracy_chance, decide, recall_chance
+from pairflow.evaluate.settings import EvaluateConfig
+from pairflow.registry.decisions import canary_records, decisions_markdown, gate_rows
+
+
+def test_gate_and_canary_numbers_are_rendered() -> None:
+    hits = (np.random.default_rng(0).random(120) < 0.5).astype(float)
+    ci = paired_bootstrap("i2t_recall_at_1", hits, hits)
+    gate = decide(
+        "clip",
+        {"i2t_recall_at_1": 0.5, "zero_shot_accuracy": 0.4},
+        [ci],
+        EvaluateConfig(),
+        champion_note="champion v1",
+        chances={
+            "i2t_recall_at_1": recall_chance(120),
+            "zero_shot_accuracy": accuracy_chance(["a", "b", "c"] * 40),
+        },
+    ).to_dict()
+    rows = gate_rows(gate)
+    floor = next(r for r in rows if r[0] == "floor")
+    assert floor[1] == "i2t_recall_at_1" and floor[4] == "120"
+    assert "chance 0.008333 (1/120 held-out queries)" in floor[5] and floor[6] == "PASS"
+    assert any(r[0] == "non_inferiority" and r[3].startswith("[0, 0]") for r in rows)
+
+    cfg = DeployConfig(steps=[50, 100])
+    cfg.analysis.warmup_s = 0
+    clock = SimClock()
+    backend = SimBackend(np.random.default_rng(1), clock, Arm(), Arm(slow_share=0.1), rate=500)
+    result = run_canary(backend, cfg, clock=clock)
+    report = {"decision": result.decision, "reasons": result.reasons, **result.to_json()}
+    records = canary_records(report)
+    lat = next(r for r in records if r["metric"] == "latency_p95")
+    assert lat["regression"] is True and lat["p"] is not None and lat["p"] < 0.05
+    assert lat["n"][0] > 0 and lat["power"] == 0.9
+    md = decisions_markdown(gate, report)
+    assert "| 50% | latency_p95 | exceedance_over_stable_p95_fisher_greater |" in md
+    assert "**rolled_back**" in md and "regression; step fail" in md
+    assert "needed c/s (power)" in md and "### Gate decision" in md
