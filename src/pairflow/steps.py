@@ -92,29 +92,6 @@ def write_stage_outputs(
     )
 
 
-def _passthrough(
-    stage: str,
-    df: pd.DataFrame,
-    outputs: StageOutputs,
-    watch: Stopwatch,
-    *,
-    shard: int | None = None,
-    **metrics: Any,
-) -> StageReport:
-    write_manifest(df, outputs.kept)
-    write_manifest(empty_rejected(list(df.columns)), outputs.rejected)
-    return StageReport(
-        stage=stage,
-        rows_in=len(df),
-        rows_out=len(df),
-        seconds=watch.seconds,
-        implemented=False,
-        shard=shard,
-        metrics=metrics,
-        notes=[f"{stage} is not implemented yet: rows passed through unchanged"],
-    )
-
-
 # ---------------------------------------------------------------------------------------------
 # config and ingest
 
@@ -315,35 +292,6 @@ def _concat_sorted(frames: list[pd.DataFrame]) -> pd.DataFrame:
         return frames[0] if frames else empty_rejected()
     out = pd.concat(nonempty, ignore_index=True)
     return out.sort_values("id", kind="stable").reset_index(drop=True)
-
-
-# ---------------------------------------------------------------------------------------------
-# model stages (pass-through until their issues land)
-
-
-def model_passthrough(
-    stage: str,
-    config_path: str,
-    manifest: str,
-    outputs: StageOutputs,
-    kfp_run_id: str,
-    **metrics: Any,
-) -> StageReport:
-    setup_logging()
-    watch = Stopwatch()
-    cfg = load_step_config(config_path)
-    df = read_manifest(manifest)
-    return finish_stage(
-        _passthrough(stage, df, outputs, watch, **metrics), outputs, cfg, kfp_run_id
-    )
-
-
-def not_implemented_marker(path: str | Path, stage: str) -> None:
-    p = Path(path)
-    p.mkdir(parents=True, exist_ok=True)
-    (p / "NOT_IMPLEMENTED.json").write_text(
-        json.dumps({"stage": stage, "implemented": False, "model": None}) + "\n"
-    )
 
 
 # ---------------------------------------------------------------------------------------------
