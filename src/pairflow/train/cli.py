@@ -18,8 +18,26 @@ def register(app: typer.Typer) -> None:
         out: OutOpt,
         config: ConfigOpt = None,
         set_: SetOpt = None,
+        launcher: Annotated[
+            str | None,
+            typer.Option("--launcher", help="local (torchrun) or trainjob; sets train.launcher."),
+        ] = None,
+        dry_run: Annotated[
+            bool,
+            typer.Option(
+                "--dry-run", help="trainjob: print the TrainJob as YAML; nothing is sent."
+            ),
+        ] = False,
     ) -> None:
         """Train the configured model: writes model/, kept/rejected.parquet, report.json."""
+        if launcher is not None:
+            set_ = [*(set_ or []), f"train.launcher={launcher}"]
+        if dry_run:
+            from pairflow.config import load_config
+            from pairflow.train.dry_run import trainjob_yaml
+
+            typer.echo(trainjob_yaml(load_config(config, set_ or []), input_, out), nl=False)
+            return
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 

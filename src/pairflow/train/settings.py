@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from pairflow.config_fields import Section, ui
+from pairflow.kubeflow import names
 
 
 class AugmentConfig(Section):
@@ -32,17 +33,26 @@ class AugmentConfig(Section):
 class TrainJobConfig(Section):
     """Kubeflow Trainer v2 ``TrainJob`` settings (``train.launcher: trainjob``)."""
 
-    namespace: str = "kubeflow"
-    runtime: str = Field("torch-distributed", description="ClusterTrainingRuntime name.")
+    namespace: str = Field(names.NAMESPACE, description="Namespace of the TrainJob.")
+    runtime: str = Field(
+        names.TRAINING_RUNTIME, description="ClusterTrainingRuntime name (manifests/base)."
+    )
     image: str = Field("", description="Trainer image (by digest); empty: kubeflow.base_image.")
+    nproc_per_node: int = Field(
+        1,
+        ge=1,
+        description="Processes per node (TrainJob numProcPerNode); train.world_size must be a "
+        "multiple: nodes = world_size / nproc_per_node.",
+    )
     gpus_per_node: int = Field(0, ge=0)
     cpu: str = "2"
     memory: str = "8Gi"
     env: dict[str, str] = Field(default_factory=dict, description="Extra container env vars.")
     shared_dir: str = Field(
         "",
-        description="Shared storage (s3:// prefix or a PVC mount path) where the job writes the "
-        "model; the component reads it back from there.",
+        description="Storage every node and the step reach: an s3:// prefix (the usual choice), "
+        "or the mount path of a PVC that the runtime mounts in every trainer pod. Each job "
+        "gets <shared_dir>/<job name>/ with inputs, checkpoints (resume), model and result.",
     )
     timeout_s: int = Field(3600, ge=1)
     poll_s: float = Field(10.0, gt=0)

@@ -1,16 +1,15 @@
-"""Cluster launcher: a Kubeflow Trainer v2 ``TrainJob`` (trainer.kubeflow.org/v1alpha1).
+"""Cluster launcher: a Kubeflow Trainer v2 ``TrainJob`` (trainer.kubeflow.org/v1alpha1, v2.3).
 
-:func:`trainjob_body` builds the object from config: ``spec.runtimeRef`` names a
-ClusterTrainingRuntime (e.g. ``torch-distributed``, which runs torchrun on every node),
-``spec.trainer`` sets ``image``, ``command`` (``python -m pairflow.train ...``), ``numNodes``,
-``resourcesPerNode`` (CPU, memory, ``nvidia.com/gpu``) and ``env``. :func:`run_trainjob`
-creates it with ``CustomObjectsApi``, polls its ``status.conditions`` until ``Complete`` or
-``Failed`` is True (or the timeout passes), streams the trainer pods' logs (``CoreV1Api``,
-pods labelled with the JobSet name), and deletes the job when ``cleanup`` is set. The model is
-written by rank 0 to shared storage (``train.trainjob.shared_dir``) and read back by the step.
-
-Tests drive the wait/cleanup logic with a fake ``CustomObjectsApi`` (no cluster is available
-here); the body is checked against the field names of the v1alpha1 API.
+:func:`trainjob_body` builds the object from config: ``spec.runtimeRef`` names the
+ClusterTrainingRuntime of ``manifests/`` (``pairflow-torch``, names in
+:mod:`pairflow.kubeflow.names`), ``spec.trainer`` sets ``image``, ``command``
+(``python -m pairflow.train.node --shared <job folder>``: it reads the ``PET_*`` env the
+Trainer's torch plugin injects and runs torchrun, see :mod:`pairflow.train.node`),
+``numNodes``, ``numProcPerNode``, ``resourcesPerNode`` and ``env`` (``PET_*`` names are
+reserved: the Trainer's webhook rejects them). :func:`run_trainjob` creates it with
+``CustomObjectsApi``, polls ``status.conditions`` until ``Complete`` or ``Failed`` (or the
+timeout), streams the pods' logs, names the failed pods' container reasons when it failed, and
+deletes the job when ``cleanup`` is set.
 """
 
 from __future__ import annotations
@@ -57,19 +56,36 @@ def job_name(prefix: str, kfp_run_id: str = "") -> str:
     return f"{prefix}-{suffix}-{uuid.uuid4().hex[:5]}"[:63].rstrip("-")
 
 
+# kubeflow/trainer v2.3.0 pkg/constants: TorchRunReservedEnvNames
+RESERVED_ENV = frozenset(
+    {"PET_NNODES", "PET_NPROC_PER_NODE", "PET_NODE_RANK", "PET_MASTER_ADDR", "PET_MASTER_PORT"}
+)
+
+
+def node_command(job_uri: str) -> list[str]:
+    """The pod command: the node entry on the job's shared folder."""
+    return ["python", "-m", "pairflow.train.node", "--shared", job_uri]
+
+
 def trainjob_body(
     name: str,
     cfg: TrainJobConfig,
     *,
     num_nodes: int,
     image: str,
-    worker_argv: list[str],
+    command: list[str],
     env: dict[str, str] | None = None,
     labels: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """The TrainJob object for ``kubectl apply``/``create_namespaced_custom_object``."""
     if not image:
         raise TrainJobError("train.trainjob.image (or kubeflow.base_image) is empty")
+    reserved = sorted(RESERVED_ENV & {*cfg.env, *(env or {})})
+    if reserved:
+        raise TrainJobError(
+            f"train.trainjob.env sets {reserved}: the Trainer injects these itself and rejects "
+            "a TrainJob that sets them"
+        )
     requests: dict[str, str] = {"cpu": cfg.cpu, "memory": cfg.memory}
     limits: dict[str, str] = {"memory": cfg.memory}
     if cfg.gpus_per_node:
@@ -92,8 +108,9 @@ def trainjob_body(
             },
             "trainer": {
                 "image": image,
-                "command": ["python", "-m", "pairflow.train", *worker_argv],
+                "command": command,
                 "numNodes": num_nodes,
+                "numProcPerNode": cfg.nproc_per_node,
                 "resourcesPerNode": {"requests": requests, "limits": limits},
                 "env": [{"name": k, "value": v} for k, v in sorted(merged_env.items())],
             },
@@ -124,12 +141,14 @@ def run_trainjob(
     *,
     on_line: Callable[[str], None] = print,
     logs: Callable[[str], list[str]] | None = None,
+    pod_failures: Callable[[str], list[str]] | None = None,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
 ) -> JobOutcome:
     """Create the TrainJob, wait for Complete/Failed (``cfg.timeout_s``), clean up by config.
 
-    ``logs(name)`` returns new log lines since the last call (see :class:`PodLogStreamer`).
+    ``logs(name)`` returns new log lines since the last call (see :class:`PodLogStreamer`);
+    ``pod_failures(name)`` the failed pods' reasons (see :func:`failed_pod_reasons`).
     Raises :class:`TrainJobError` when the job failed or timed out (after cleanup).
     """
     name = str(body["metadata"]["name"])
@@ -142,6 +161,7 @@ def run_trainjob(
     start = clock()
     state: str | None = None
     message = ""
+    failed_reasons: list[str] = []
     try:
         while True:
             obj = api.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)
@@ -149,6 +169,8 @@ def run_trainjob(
                 for line in logs(name):
                     on_line(line)
             state, message = job_state(obj)
+            if state == "Failed" and pod_failures is not None:
+                failed_reasons = pod_failures(name)
             if state is not None:
                 break
             if clock() - start > cfg.timeout_s:
@@ -166,7 +188,8 @@ def run_trainjob(
                 on_line(f"TrainJob {ns}/{name}: cleanup failed ({exc})")
     seconds = clock() - start
     if state == "Failed":
-        raise TrainJobError(f"TrainJob {ns}/{name} failed: {message}")
+        pods = f"; {'; '.join(failed_reasons)}" if failed_reasons else ""
+        raise TrainJobError(f"TrainJob {ns}/{name} failed: {message}{pods}")
     on_line(f"TrainJob {ns}/{name} complete in {seconds:.0f} s")
     return JobOutcome(name, str(state), message, seconds)
 
@@ -195,6 +218,39 @@ class PodLogStreamer:
         except Exception as exc:  # noqa: BLE001 - pods may not exist yet; logs are best effort
             out.append(f"(logs unavailable: {type(exc).__name__})")
         return out
+
+
+def failed_pod_reasons(core: Any, namespace: str, name: str) -> list[str]:
+    """``pod/container: reason (exit N): message`` of the job's failed containers.
+
+    Pods carry the JobSet label with the TrainJob's name (the Trainer names the JobSet after
+    the TrainJob); a container counts when its last or current state is terminated with a
+    non-zero exit code, or it waits with a reason such as ImagePullBackOff.
+    """
+    out: list[str] = []
+    try:
+        pods = core.list_namespaced_pod(namespace, label_selector=f"{JOBSET_LABEL}={name}")
+    except Exception as exc:  # noqa: BLE001 - the job's own failure message is still raised
+        return [f"(pod statuses unavailable: {type(exc).__name__}: {exc})"]
+    for pod in pods.items:
+        status = pod.status
+        for cs in (status.init_container_statuses or []) + (status.container_statuses or []):
+            for st in (cs.state, cs.last_state):
+                term = getattr(st, "terminated", None) if st is not None else None
+                if term is not None and term.exit_code:
+                    msg = (term.message or "").strip().splitlines()
+                    out.append(
+                        f"{pod.metadata.name}/{cs.name}: {term.reason or 'Error'} "
+                        f"(exit {term.exit_code})" + (f": {msg[-1]}" if msg else "")
+                    )
+                    break
+                wait = getattr(st, "waiting", None) if st is not None else None
+                if wait is not None and wait.reason not in (None, "ContainerCreating"):
+                    out.append(f"{pod.metadata.name}/{cs.name}: {wait.reason}: {wait.message}")
+                    break
+        if not out and status.phase == "Failed":
+            out.append(f"{pod.metadata.name}: {status.reason or 'Failed'}: {status.message}")
+    return out
 
 
 def kubernetes_apis() -> tuple[Any, Any]:
