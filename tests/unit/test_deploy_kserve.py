@@ -355,3 +355,48 @@ def test_names_match_the_manifests() -> None:
     monitor = find_object(objs, "PodMonitor")
     (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
     assert endpoint["interval"] == f"{names.SCRAPE_INTERVAL_S:g}s"
+
+
+def test_cli_dry_run_prints_every_patch_and_each_applies(tmp_path: Any) -> None:
+    import subprocess
+
+    import yaml
+    from tests.manifests_render import MANIFESTS, kubectl
+    from typer.testing import CliRunner
+
+    from pairflow.cli import app
+
+    rendered = subprocess.run(
+        [kubectl(), "kustomize", str(MANIFESTS / "overlays" / "prod")],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    (tmp_path / "prod.yaml").write_text(rendered)
+    argv = ["deploy", "--backend", "kserve", "--dry-run", "--model", "models:/pairflow-clip/7",
+            "--stable", "6", "--isvc-file", str(tmp_path / "prod.yaml"),
+            "--set", "deploy.bake_s=60"]  # fmt: skip
+    res = CliRunner().invoke(app, argv)
+    assert res.exit_code == 0, (res.output, res.exception)
+    docs = list(yaml.safe_load_all(res.output))
+    assert [d["action"] for d in docs] == [
+        "start", "step 10%", "step 25%", "step 50%", "rollback", "promote",
+    ]  # fmt: skip
+    assert all(d["kubectl"].startswith("kubectl patch inferenceservice pairflow-predictor -n "
+                                       "pairflow --type=json") for d in docs)  # fmt: skip
+    isvc = rendered_isvc()
+    state = isvc
+    for doc in docs[:4]:  # start and every step, in order
+        state = jsonpatch.apply_patch(state, doc["patch"])
+        validate_object(state)
+    env = {e["name"]: e.get("value") for e in state["spec"]["predictor"]["containers"][0]["env"]}
+    assert env["MODEL_URI"] == "models:/pairflow-clip/7"
+    assert state["spec"]["predictor"]["canaryTrafficPercent"] == 50
+    for end, uri in ((docs[4], "models:/pairflow-clip/6"), (docs[5], "models:/pairflow-clip/7")):
+        final = jsonpatch.apply_patch(state, end["patch"])
+        validate_object(final)
+        env = {
+            e["name"]: e.get("value") for e in final["spec"]["predictor"]["containers"][0]["env"]
+        }
+        assert env["MODEL_URI"] == uri
+    # a bake too short for 4 scrapes of the PodMonitor's interval is refused up front
+    res = CliRunner().invoke(app, argv[:-2])
+    assert res.exit_code != 0 and "bake_s >= 60" in str(res.exception)
