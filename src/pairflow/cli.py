@@ -458,18 +458,23 @@ def ui(
     workdir: Annotated[Path, typer.Option("--workdir", help="Work dir of the runs.")] = Path(
         ".pairflow/demo"
     ),
-    port: Annotated[int, typer.Option("--port")] = 5000,
+    port: Annotated[int, typer.Option("--port", min=1, max=65535)] = 5000,
 ) -> None:
-    """Open the MLflow UI on the local sqlite store (127.0.0.1)."""
+    """Open the MLflow UI on the local sqlite store (127.0.0.1).
+
+    SIGTERM and SIGINT are passed on to the MLflow server, and its whole process group
+    (server and workers) is stopped before this command returns.
+    """
     from pairflow.tracking import resolve_tracking_uri
+    from pairflow.ui_server import run_until_signalled
 
     uri = resolve_tracking_uri("", workdir)
     mlflow_bin = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
-    console.print(f"MLflow UI on http://127.0.0.1:{port} for {uri}")
-    subprocess.run(
-        [mlflow_bin, "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)],
-        check=False,
+    console.print(f"MLflow UI on http://127.0.0.1:{port} for {uri}", markup=False, highlight=False)
+    code = run_until_signalled(
+        [mlflow_bin, "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)]
     )
+    raise typer.Exit(code)
 
 
 @app.command("bench")
