@@ -410,6 +410,12 @@ def _demo_round(
         # non-inferiority margin (the default, for thousands of queries) would block every
         # candidate, better or not. The demo judges at 10 points.
         "evaluate.non_inferiority_margin=0.1",
+        # The canary bakes each step until its window has the power (0.9) to detect the
+        # minimum effects. One analysed step at 50% and a 5-point error-rate effect keep
+        # that to ~600 replayed requests (default steps 10/25/50 with a 2-point effect
+        # need several thousand); the decision table shows the sizes each test needed.
+        "deploy.steps=[50,100]",
+        "deploy.analysis.min_error_rate_increase=0.05",
         *sets,
     ]
     cfg = load_config(config, overrides)

@@ -41,6 +41,23 @@ def test_fastest_within_drop_skips_variants_losing_too_much_recall() -> None:
     assert choose_variant(METRICS, "fastest", 0.06, 32).name == "student_int8"
 
 
+def test_latency_budget_against_the_champion() -> None:
+    # champion p50 28 ms, +10%: int8_onnx (30 ms) fits, fp32 variants do not
+    fits = choose_variant(METRICS, "smallest", 0.01, 32, champion_p50_ms=28.0, max_slowdown=0.1)
+    assert fits.name == "int8_onnx" and fits.eligible == ["int8_onnx"]
+    assert fits.budget is not None and fits.budget["met"] is True
+    assert fits.budget["limit_ms"] == 30.8 and "within the latency budget" in fits.reason
+    # a distilled champion at 10 ms: nothing within the quality drop fits; the fastest
+    # eligible ships and the budget is recorded as not met, with the numbers
+    over = choose_variant(METRICS, "fastest", 0.01, 32, champion_p50_ms=10.0, max_slowdown=0.1)
+    assert over.name == "int8_onnx" and over.budget is not None
+    assert over.budget["met"] is False and over.budget["chosen_p50_ms"] == 30.0
+    assert "latency budget not met" in over.reason and "11.00 ms" in over.reason
+    assert over.to_dict()["latency_budget"]["champion_p50_ms"] == 10.0
+    # no champion (first run): no budget
+    assert choose_variant(METRICS, "fastest", 0.01, 32, max_slowdown=0.1).budget is None
+
+
 def test_smallest_and_fixed_rules() -> None:
     assert choose_variant(METRICS, "smallest", 0.01, 32).name == "int8_onnx"
     assert choose_variant(METRICS, "fp32_torch", 1.0, 32).name == "fp32_torch"

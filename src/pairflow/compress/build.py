@@ -213,6 +213,9 @@ def _load_source(model_dir: str | Path, s3: S3Config | None) -> tuple[Any, Class
     return trained.clip, Classifier(spec, trained.head, cl.TorchClassifier(trained), trained)
 
 
+CHAMPION_KEY = "_champion"  # the champion's variant among the timed ones (never a variant name)
+
+
 def compress_model(
     model_dir: str | Path,
     frame: pd.DataFrame,
@@ -223,9 +226,12 @@ def compress_model(
     s3: S3Config | None = None,
     seed: int = 0,
     progress: Progress | None = None,
+    champion: tuple[Path, str] | None = None,
 ) -> CompressResult:
     """Write all variants of the CLIP or classifier in ``model_dir`` into ``out_dir`` and
-    choose one (classifiers: accuracy instead of recall@1)."""
+    choose one (classifiers: accuracy instead of recall@1). ``champion``: the champion's
+    shipped variant (folder, kind), timed interleaved with the variants for the latency
+    budget (``compress.max_slowdown_vs_champion``)."""
     say = progress or (lambda msg: log.info("%s", msg))
     loaded, classifier = _load_source(model_dir, s3)
     assert loaded.path is not None
@@ -317,14 +323,18 @@ def compress_model(
                 value = recall(img, txt, held.captions)
             metrics[name] = {"metric": metric_name, metric_name: round(value, 4)}
     del runners  # the latency process loads its own copies
+    timed = {name: (out / name, kind) for name, kind in kinds.items()}
+    if champion is not None:
+        timed[CHAMPION_KEY] = champion
     latency, latency_setup = measure_saved_latency(
-        {name: (out / name, kind) for name, kind in kinds.items()},
+        timed,
         held,
         cfg.latency_batch_sizes,
         threads,
         cfg.latency_repeats,
         progress=say,
     )
+    champion_latency = latency.pop(CHAMPION_KEY, None)
     delta_key = delta_name(metric_name)
     base = metrics[BASELINE][metric_name]
     sizes = {name: _size(out / name, _model_files(out / name)) for name in kinds}
@@ -342,8 +352,15 @@ def compress_model(
             threads=threads,
             **extra.get(name, {}),
         )
+    sel = str(cfg.selection_batch_size)
     choice = choose_variant(
-        metrics, cfg.selection, cfg.max_recall_drop, cfg.selection_batch_size, metric_name
+        metrics,
+        cfg.selection,
+        cfg.max_recall_drop,
+        cfg.selection_batch_size,
+        metric_name,
+        champion_p50_ms=champion_latency[sel]["p50_ms"] if champion_latency else None,
+        max_slowdown=cfg.max_slowdown_vs_champion,
     )
     records = [
         VariantRecord(
@@ -367,6 +384,7 @@ def compress_model(
             "max_recall_drop": cfg.max_recall_drop,
             "batch_size": cfg.selection_batch_size,
             **choice.to_dict(),
+            **({"champion_latency_ms": champion_latency} if champion_latency else {}),
         },
         variants=records,
     )

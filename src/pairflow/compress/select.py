@@ -17,9 +17,17 @@ class Choice:
     name: str
     reason: str
     eligible: list[str]
+    budget: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"chosen": self.name, "reason": self.reason, "eligible": self.eligible}
+        out: dict[str, Any] = {
+            "chosen": self.name,
+            "reason": self.reason,
+            "eligible": self.eligible,
+        }
+        if self.budget is not None:
+            out["latency_budget"] = self.budget
+        return out
 
 
 def delta_name(metric: str) -> str:
@@ -33,6 +41,9 @@ def choose_variant(
     max_recall_drop: float,
     batch_size: int,
     metric: str = "recall_at_1",
+    *,
+    champion_p50_ms: float | None = None,
+    max_slowdown: float | None = None,
 ) -> Choice:
     """Pick a variant from per-variant ``metrics`` (the ``metric``'s delta, ``size_bytes``,
     ``latency_ms[str(batch_size)]["p50_ms"]``).
@@ -40,6 +51,11 @@ def choose_variant(
     Eligible: the fp32 baseline and every variant whose ``metric`` (recall@1, or accuracy
     for classifiers) is at most ``max_recall_drop`` below it. ``fastest`` takes the lowest
     p50 at ``batch_size``, ``smallest`` the fewest bytes, ``fp32_torch`` the baseline.
+
+    Latency budget: with the champion's p50 (measured interleaved with the variants) and
+    ``max_slowdown``, eligible variants must also be no slower than ``champion x (1 +
+    max_slowdown)``; when none is, the fastest quality-eligible variant is chosen and the
+    budget is recorded as not met (the canary then judges it; the reason says why).
     """
     if BASELINE not in metrics:
         raise CompressError(f"selection needs the {BASELINE!r} baseline among the variants")
@@ -50,11 +66,39 @@ def choose_variant(
         for name, m in metrics.items()
         if name == BASELINE or float(m[delta]) >= -max_recall_drop - _EPS
     ]
-    if rule == "fp32_torch":
-        return Choice(BASELINE, "selection rule fp32_torch", eligible)
 
     def p50(name: str) -> float:
         return float(metrics[name]["latency_ms"][str(batch_size)]["p50_ms"])
+
+    budget: dict[str, Any] | None = None
+    if champion_p50_ms is not None and max_slowdown is not None:
+        limit = champion_p50_ms * (1 + max_slowdown)
+        fits = [n for n in eligible if p50(n) <= limit + _EPS]
+        budget = {
+            "champion_p50_ms": round(champion_p50_ms, 3),
+            "max_slowdown": max_slowdown,
+            "limit_ms": round(limit, 3),
+            "batch_size": batch_size,
+            "met": bool(fits),
+        }
+        if not fits:
+            name = min(eligible, key=p50)
+            budget["chosen_p50_ms"] = p50(name)
+            reason = (
+                f"latency budget not met: no variant within {max_recall_drop:.3f} {label} of "
+                f"fp32 is at most {limit:.2f} ms at batch {batch_size} (champion "
+                f"{champion_p50_ms:.2f} ms + {max_slowdown:.0%}); fastest eligible "
+                f"{name} at {p50(name):.2f} ms"
+            )
+            return Choice(name, reason, eligible, budget)
+        eligible = fits
+    if rule == "fp32_torch":
+        if budget is not None and BASELINE not in eligible:
+            name = min(eligible, key=p50)
+            budget["chosen_p50_ms"] = p50(name)
+            why = f"fp32_torch over the latency budget ({budget['limit_ms']} ms); fastest: {name}"
+            return Choice(name, why, eligible, budget)
+        return Choice(BASELINE, "selection rule fp32_torch", eligible, budget)
 
     if rule == "fastest":
         name = min(eligible, key=p50)
@@ -70,4 +114,10 @@ def choose_variant(
         )
     else:
         raise CompressError(f"compress.selection: unknown rule {rule!r}")
-    return Choice(name, reason, eligible)
+    if budget is not None:
+        budget["chosen_p50_ms"] = p50(name)
+        reason += (
+            f"; within the latency budget {budget['limit_ms']} ms (champion "
+            f"{champion_p50_ms:.2f} ms + {max_slowdown:.0%})"
+        )
+    return Choice(name, reason, eligible, budget)

@@ -73,6 +73,13 @@ class CompressConfig(Section):
         le=1,
     )
     selection_batch_size: int = Field(32, ge=1, description="Batch size whose p50 ranks speed.")
+    max_slowdown_vs_champion: float | None = Field(
+        0.1,
+        ge=0,
+        description="Latency budget: with a champion, a variant ships only if its p50 at the "
+        "selection batch size is at most the champion's (measured interleaved with the "
+        "variants) x (1 + this); None: no budget.",
+    )
     parity_min_cosine: float = Field(
         0.999, gt=0, le=1, description="Min cosine of ONNX vs torch embeddings, per row."
     )

@@ -72,6 +72,29 @@ def _log_artifacts(cfg: PairflowConfig, kfp_run_id: str, out: Path) -> None:
         client.log_artifact(run_id, str(out / name), "compress")
 
 
+def champion_variant(cfg: PairflowConfig) -> tuple[Path, str] | None:
+    """The champion's shipped variant (folder, kind) for the latency budget; None when there
+    is no champion (first run) or it is not a registered compress variant."""
+    from pairflow.clipfilter.model import ModelLoadError
+    from pairflow.serve.load import download_version, registered_variant, resolve_mlflow
+
+    uri = tracking.resolve_tracking_uri(cfg.mlflow.tracking_uri, cfg.run.workdir)
+    alias = f"models:/{cfg.register_.model_name}@{cfg.deploy.alias_champion}"
+    try:
+        pinned, _ = resolve_mlflow(alias, uri)
+        root = download_version(pinned, uri)
+    except ModelLoadError as exc:
+        log.info("compress: no champion for the latency budget (%s)", exc)
+        return None
+    found = registered_variant(root)
+    if found is None:
+        log.warning("compress: champion %s is not a registered variant: no latency budget", pinned)
+        return None
+    name, kind, folder, _ = found
+    log.info("compress: latency budget against champion %s (%s, %s)", pinned, name, kind)
+    return folder, kind
+
+
 def compress_step(
     config_path: str,
     manifest: str,
@@ -93,6 +116,9 @@ def compress_step(
         holdout_fraction=cfg.evaluate.holdout_fraction,
         s3=cfg.data.s3,
         seed=cfg.run.seed,
+        champion=champion_variant(cfg)
+        if cfg.compress.max_slowdown_vs_champion is not None
+        else None,
     )
     write_manifest(df, outputs.kept)
     write_manifest(empty_rejected(list(df.columns)), outputs.rejected)
