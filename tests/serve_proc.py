@@ -88,26 +88,34 @@ def start_serve(
 
 @dataclass
 class Load:
-    """Threads posting ``body`` to ``path`` until stopped; one fresh connection per request."""
+    """Threads posting ``body`` to ``path`` until stopped; one fresh connection per request
+    (``fresh``) or one kept-alive connection per thread."""
 
     url: str
     path: str
     body: bytes
     threads: int
+    fresh: bool = True
     results: list[tuple[float, float, int | str]] = field(default_factory=list)  # start, s, code
     _stop: threading.Event = field(default_factory=threading.Event)
     _workers: list[threading.Thread] = field(default_factory=list)
 
     def _run(self) -> None:
+        kept = None if self.fresh else httpx.Client(base_url=self.url, timeout=60)
         while not self._stop.is_set():
             t0 = time.monotonic()
             try:
-                with httpx.Client(base_url=self.url, timeout=60) as c:
-                    r = c.post(self.path, content=self.body, headers={"connection": "close"})
+                if kept is not None:
+                    r = kept.post(self.path, content=self.body)
+                else:
+                    with httpx.Client(base_url=self.url, timeout=60) as c:
+                        r = c.post(self.path, content=self.body, headers={"connection": "close"})
                 code: int | str = r.status_code
             except httpx.TransportError as exc:
                 code = type(exc).__name__
             self.results.append((t0, time.monotonic() - t0, code))
+        if kept is not None:
+            kept.close()
 
     def start(self) -> Load:
         self._workers = [threading.Thread(target=self._run) for _ in range(self.threads)]
