@@ -211,3 +211,35 @@ def test_smoke_bake_against_absolute_slos() -> None:
     assert any("latency_p95" in r and r.startswith("FAIL") for r in res.reasons)
     low, high = clopper_pearson(0, 59)
     assert low == 0.0 and high < 0.05  # 59 clean requests are the least that show < 5%
+
+
+def test_replayed_requests_carry_a_reference_answer() -> None:
+    from pairflow.deploy.replay import attach_references, pair_request, request_headers
+    from pairflow.deploy.router import answer_of
+    from pairflow.deploy.run import replay_task
+
+    rows = [
+        {"id": f"r{i}", "caption": f"a {c} shape", "image_b64": "x", "label": c}
+        for i, c in enumerate(["red", "blue", "green", "grey", "pink"])
+    ]
+    ranked = attach_references(rows, candidates=3, task="rank", variants=2)
+    assert len(ranked) == 10 and len({r["key"] for r in ranked}) == 10
+    for r in ranked:
+        assert len(r["captions"]) == 3 and r["captions"][int(r["reference"])] == r["caption"]
+        body = pair_request(r)
+        assert [i["caption"] for i in body["instances"]] == r["captions"]
+        assert request_headers(r) == {
+            "X-Pairflow-Key": r["key"],
+            "X-Pairflow-Reference": r["reference"],
+        }
+    # the two variants of a row rank it among different distractors
+    assert ranked[0]["captions"] != ranked[5]["captions"]
+    # a model's answer is its top-1 caption; a classifier's, its label
+    assert answer_of({"predictions": [{"score": 0.1}, {"score": 0.7}, {"score": 0.2}]}) == "1"
+    assert answer_of({"predictions": [{"label": "red", "probabilities": {}}]}) == "red"
+    assert answer_of({"predictions": [{"score": 0.3}]}) is None  # one pair: no ranking
+    classify = attach_references(rows, candidates=3, task="classify")
+    assert [r["reference"] for r in classify] == ["red", "blue", "green", "grey", "pink"]
+    body = pair_request(classify[0])
+    assert body["task"] == "classify" and body["instances"][0]["image"] == "x"
+    assert (replay_task("classifier"), replay_task("clip")) == ("classify", "rank")

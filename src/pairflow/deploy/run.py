@@ -42,6 +42,12 @@ class DeployOutcome:
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
+def replay_task(model_kind: str) -> str:
+    """The replayed request shape for a model kind: top-1 label for a classifier, top-1
+    caption among candidates for CLIP."""
+    return "classify" if model_kind == "classifier" else "rank"
+
+
 def default_backend(
     rollout: Rollout, cfg: PairflowConfig, manifest: str, work_dir: Path
 ) -> CanaryBackend:
@@ -56,8 +62,9 @@ def default_backend(
     from pairflow.tracking import resolve_tracking_uri
 
     rc = dcfg.replay
+    task = rc.task if rc.task != "auto" else replay_task(cfg.train.model)
     pairs = holdout_pairs(
-        manifest, rc.holdout_fraction, rc.image_px, rc.candidates, rc.task, rc.variants
+        manifest, rc.holdout_fraction, rc.image_px, rc.candidates, task, rc.variants
     )
     tracking = resolve_tracking_uri(cfg.mlflow.tracking_uri, cfg.run.workdir)
     if rollout.stable is None:  # the first deploy's smoke bake

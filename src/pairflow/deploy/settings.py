@@ -111,10 +111,11 @@ class ReplayConfig(Section):
     concurrency: int = Field(4, ge=1, description="Requests in flight at most.")
     timeout_s: float = Field(10.0, gt=0, description="Client timeout of one replayed request.")
     image_px: int = Field(32, ge=8, le=512, description="Replayed images are resized to this.")
-    task: Literal["rank", "classify"] = Field(
-        "rank",
+    task: Literal["auto", "rank", "classify"] = Field(
+        "auto",
         description="Request shape: 'rank' (image + candidate captions; top-1 caption vs the "
-        "true one) or 'classify' (image; top-1 label vs the row's label).",
+        "true one), 'classify' (image; top-1 label vs the row's label), or 'auto' (classify "
+        "when train.model is classifier, else rank).",
     )
     candidates: int = Field(
         4,
