@@ -23,7 +23,9 @@ from tests.manifests_render import (
     validate_object,
 )
 
+from pairflow.kubeflow import names
 from pairflow.kubeflow.settings import KubeflowConfig
+from pairflow.train.settings import TrainJobConfig
 
 PREDICTOR_METRICS = {  # names exported by pairflow.serve.metrics (see alerts.yaml)
     "pairflow_predictor_requests_total",
@@ -197,7 +199,12 @@ def test_overlays_set_images_replicas_and_gpus(rendered: Any) -> None:
     if name == "prod":
         assert all(re.search(r"@sha256:[0-9a-f]{64}$", i) for i in images), images
     runtime = _one(objs, "ClusterTrainingRuntime")
-    assert runtime["metadata"]["name"] == KubeflowConfig().training_runtime
+    assert runtime["metadata"]["name"] == names.TRAINING_RUNTIME == TrainJobConfig().runtime
+    (job,) = runtime["spec"]["template"]["spec"]["replicatedJobs"]
+    labels = job["template"]["metadata"]["labels"]
+    assert labels["trainer.kubeflow.org/trainjob-ancestor-step"] == "trainer"
+    containers = job["template"]["spec"]["template"]["spec"]["containers"]
+    assert [c["name"] for c in containers] == [names.TRAINER_CONTAINER]  # gets PET_*
     # cluster-scoped upstream; kustomize, which has no scope for CRD kinds, still sets the
     # namespace, and kubectl drops it for a cluster-scoped kind
     assert (

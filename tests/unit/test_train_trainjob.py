@@ -252,3 +252,25 @@ def test_cli_dry_run_prints_the_trainjob_as_yaml(tmp_path: Any) -> None:
     assert not (tmp_path / "o").exists()  # nothing written, nothing sent
     res = CliRunner().invoke(app, ["train", "--input", "m", "--out", "o", "--dry-run"])
     assert res.exit_code != 0 and "--launcher trainjob" in str(res.exception)
+
+
+def test_node_entry_needs_the_trainer_env_and_worker_needs_torchrun(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from pairflow.errors import PairflowError
+    from pairflow.train.loop import init_distributed
+    from pairflow.train.node import NodeError, pet_env, torchrun_argv
+
+    with pytest.raises(NodeError, match="missing PET_NODE_RANK, PET_MASTER_ADDR"):
+        pet_env({"PET_NNODES": "2", "PET_NPROC_PER_NODE": "1", "PET_MASTER_PORT": "29400"})
+    pet = {"PET_NNODES": "2", "PET_NPROC_PER_NODE": "auto", "PET_NODE_RANK": "1",
+           "PET_MASTER_ADDR": "j-node-0-0.j", "PET_MASTER_PORT": "29400"}  # fmt: skip
+    argv = torchrun_argv(pet_env(pet), ["--out", "m"])
+    i = argv.index("torch.distributed.run")
+    assert argv[i + 1 : i + 11] == ["--nnodes", "2", "--nproc_per_node", "auto", "--node_rank",
+                                    "1", "--master_addr", "j-node-0-0.j", "--master_port",
+                                    "29400"]  # fmt: skip
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setenv("PET_NNODES", "2")
+    with pytest.raises(PairflowError, match="under torchrun"):
+        init_distributed()

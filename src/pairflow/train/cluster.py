@@ -2,9 +2,10 @@
 
 ``train.trainjob.shared_dir`` is an ``s3://`` prefix (or the mount path of a PVC the runtime
 mounts in every trainer pod). The job folder ``<shared_dir>/<job name>/`` gets ``job.json``,
-``config.json`` and the manifest; the nodes (:mod:`pairflow.train.node`) keep checkpoints there
-and write ``model/`` and ``result.json``, which the step copies back next to its model dir.
-The manifest's image URIs must be readable from the trainer pods (``s3://``).
+``config.json``, the manifest, and ``base/`` when the base model is a local folder; the nodes
+(:mod:`pairflow.train.node`) keep checkpoints there and write ``model/`` and ``result.json``,
+which the step copies back next to its model dir. The manifest's image URIs must be readable
+from the trainer pods (``s3://``).
 """
 
 from __future__ import annotations
@@ -60,9 +61,12 @@ def plan_job(cfg: PairflowConfig, args: WorkerArgs, kfp_run_id: str) -> PlannedJ
         )
     name = job_name(tj.name_prefix, kfp_run_id)
     store = SharedStore(tj.shared_dir, cfg.data.s3).child(name)
+    # a base on the step's local disk (e.g. the tiny CLIP built from config) goes along
+    local_base = bool(args.base) and Path(args.base).is_dir()
     job = {
         "manifest": "manifest" + (Path(args.manifest).suffix or ".parquet"),
-        "base": args.base,
+        "base": store.uri("base") if local_base else args.base,
+        "local_base": args.base if local_base else "",
         "tracking_uri": args.tracking_uri,
         "run_id": args.run_id,
     }
@@ -79,6 +83,8 @@ def plan_job(cfg: PairflowConfig, args: WorkerArgs, kfp_run_id: str) -> PlannedJ
 
 def stage_inputs(plan: PlannedJob, args: WorkerArgs) -> None:
     """Copy config, manifest and ``job.json`` into the job folder."""
+    if plan.job["local_base"]:
+        plan.store.push_tree(Path(plan.job["local_base"]), "base")
     plan.store.put(Path(args.config), "config.json")
     plan.store.put(Path(args.manifest), plan.job["manifest"])
     plan.store.put_bytes(json.dumps(plan.job, indent=2).encode(), JOB_FILE)

@@ -131,7 +131,17 @@ class FitResult:
 
 
 def init_distributed() -> tuple[int, int, torch.device]:
-    """Join the torchrun process group (env://) when WORLD_SIZE > 1; (rank, world, device)."""
+    """Join the torchrun process group (env://) when WORLD_SIZE > 1; (rank, world, device).
+
+    ``PET_*`` without ``WORLD_SIZE`` means a TrainJob pod ran the worker without torchrun:
+    every node would train alone, so that is an error (pods run ``pairflow.train.node``)."""
+    if "WORLD_SIZE" not in os.environ and int(os.environ.get("PET_NNODES", "1") or 1) > 1:
+        from pairflow.errors import PairflowError
+
+        raise PairflowError(
+            "PET_NNODES is set but WORLD_SIZE is not: run the worker under torchrun "
+            "(python -m pairflow.train.node in a TrainJob), not directly"
+        )
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
