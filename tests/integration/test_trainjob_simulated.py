@@ -144,7 +144,7 @@ def start_pods(
 def kill_pod(proc: subprocess.Popen[str]) -> None:
     """SIGKILL every process of the pod, as the kubelet ends a pod's cgroup (torchrun starts
     its workers in their own sessions, so the process group alone is not enough)."""
-    import psutil
+    import psutil  # type: ignore[import-untyped]
 
     root = psutil.Process(proc.pid)
     for p in [root, *root.children(recursive=True)]:
