@@ -309,18 +309,32 @@ def _as_admin(url: str, password: str, call: Any) -> Any:
                 os.environ[key] = value
 
 
+@pytest.fixture(scope="module")
+def pipeline_inputs(tmp_path_factory: pytest.TempPathFactory) -> tuple[GenerateSummary, Path]:
+    """160 synthetic rows with defects, and a reference CLIP pretrained on a separate clean
+    split (as ``pairflow demo`` does, smaller): training starts from it, so the first-run gate
+    (floors above chance) can pass and register/deploy run."""
+    from pairflow.clipfilter.bootstrap import pretrain_reference_clip
+    from pairflow.data.synthetic import generate_dataset
+
+    root = tmp_path_factory.mktemp("runtime-inputs")
+    data = generate_dataset(root / "data", 160, seed=11)
+    clip = pretrain_reference_clip(root / "clip", n=1500, epochs=8, batch_size=64)
+    return data, clip
+
+
 def test_committed_package_runs_in_the_runtime_env_against_authenticated_mlflow(
     runtime_venv: Path,
     auth_mlflow: dict[str, str],
     tmp_path: Path,
-    small_dataset: GenerateSummary,
-    untrained_clip: Path,
+    pipeline_inputs: tuple[GenerateSummary, Path],
 ) -> None:
+    dataset, clip = pipeline_inputs
     url = auth_mlflow["url"]
     work = tmp_path / "work"
     args = {
-        "run_workdir": str(work), "data_source": str(small_dataset.manifest), "data_shards": 2,
-        "clip_filter_model": str(untrained_clip), "clip_filter_top_fraction": 0.9,
+        "run_workdir": str(work), "data_source": str(dataset.manifest), "data_shards": 2,
+        "clip_filter_model": str(clip), "clip_filter_top_fraction": 0.9,
         "train_batch_size": 8, "train_epochs": 1, "train_launcher": "local",
         "deploy_backend": "local", "register_model_name": "rt-clip",
         "mlflow_experiment": "runtime-image",
@@ -342,6 +356,14 @@ def test_committed_package_runs_in_the_runtime_env_against_authenticated_mlflow(
 
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
+
+    from pairflow.summary import find_reports
+
+    (run_dir,) = [d for d in (work / "runs").iterdir() if d.is_dir()]
+    reports = find_reports(run_dir)
+    gate = reports["evaluate"].metrics["gate"]
+    assert gate["passed"], gate  # the gate's numbers and reasons, if the model fell short
+    assert reports["deploy"].metrics["decision"] == "promoted_initial", reports["deploy"].metrics
 
     # The pipeline user registered the model and deploy made it champion, through auth.
     os.environ.update(MLFLOW_TRACKING_USERNAME="admin",
