@@ -23,6 +23,7 @@ from pairflow.dedupe.near import (
     PhotometricRule,
     aligned_hamming_pairs,
     hamming_pairs,
+    layout_structure,
     photometric_match,
     weighted_layout_distance,
     weighted_layouts,
@@ -197,13 +198,18 @@ class _Layouts:
             crop[start : start + chunk] = layout_phash(np.ascontiguousarray(views[:, 1]))
         return full, crop
 
-    def dct_hashes(self, rows: IntArray, chunk: int = 1 << 14) -> IntArray:
-        """64-bit DCT hashes of the full-frame luma of canonical ``rows``."""
+    def dct_hashes(
+        self, rows: IntArray, chunk: int = 1 << 14
+    ) -> tuple[IntArray, npt.NDArray[np.float32]]:
+        """(64-bit DCT hashes, luma structure) of the full frames of canonical ``rows``;
+        structure is the std of the 8x8 luma grid (:func:`layout_structure`)."""
         out = np.empty(len(rows), dtype=np.int64)
+        structure = np.empty(len(rows), dtype=np.float32)
         for start in range(0, len(rows), chunk):
-            views = layout_array(self.words(rows[start : start + chunk]))
-            out[start : start + chunk] = layout_dct_hash(np.ascontiguousarray(views[:, 0]))
-        return out
+            full = np.ascontiguousarray(layout_array(self.words(rows[start : start + chunk]))[:, 0])
+            out[start : start + chunk] = layout_dct_hash(full)
+            structure[start : start + chunk] = layout_structure(full)
+        return out, structure
 
     def distance(self, a: IntArray, b: IntArray, threads: int = 1) -> npt.NDArray[np.float32]:
         """:func:`layout_distance` of canonical row pairs ``(a[k], b[k])``; chunks of pairs
@@ -285,22 +291,35 @@ def _photometric(
 ) -> tuple[IntArray, IntArray, list[str], dict[str, Any]]:
     """Pairs :class:`PhotometricRule` adds to the layout pairs ``found`` (canonical rows):
     DCT-hash candidates within ``rule.radius`` that the layout check rejected."""
-    dct = layouts.dct_hashes(rows)
-    pairs = hamming_pairs(dct, rule.radius, threads=threads)
-    a, b = rows[pairs.left], rows[pairs.right]
-    rms = layouts.distance(a, b, threads)
+    dct, structure = layouts.dct_hashes(rows)
+    # every row within the loose radius; only structured rows within the wider one (the
+    # structured branch needs both images structured), so flat images -- whose DCT hashes
+    # collide often -- never reach the wide search
+    loose = hamming_pairs(dct, rule.loose_dct, threads=threads)
+    wide = np.flatnonzero(structure >= rule.min_structure)
+    structured = hamming_pairs(dct[wide], rule.structured_dct, threads=threads)
     n = len(layouts.present)
+    a = np.concatenate([rows[loose.left], rows[wide[structured.left]]])
+    b = np.concatenate([rows[loose.right], rows[wide[structured.right]]])
+    ham = np.concatenate([loose.distance, structured.distance])
+    key = np.minimum(a, b) * n + np.maximum(a, b)
+    _, first = np.unique(key, return_index=True)
+    a, b, ham, key = a[first], b[first], ham[first], key[first]
     known = np.minimum(*found) * n + np.maximum(*found)
-    new = (rms > max_rms) & ~np.isin(np.minimum(a, b) * n + np.maximum(a, b), known)
-    a, b, ham, rms = a[new], b[new], pairs.distance[new], rms[new]
+    fresh = ~np.isin(key, known)
+    a, b, ham = a[fresh], b[fresh], ham[fresh]
+    rms = layouts.distance(a, b, threads)
+    new = rms > max_rms
+    a, b, ham, rms = a[new], b[new], ham[new], rms[new]
     la = layout_array(layouts.words(a))
     lb = layout_array(layouts.words(b))
     ok = photometric_match(la, lb, ham, rms, rule)
     a, b, ham, rms = a[ok], b[ok], ham[ok], rms[ok]
     details = [f"dct hamming {h}, layout rms {r:.2f}" for h, r in zip(ham, rms, strict=True)]
     metrics = {
-        "dct_radius": rule.radius,
-        "candidate_pairs": len(pairs),
+        "dct_radius": [rule.loose_dct, rule.structured_dct],
+        "structured_rows": len(wide),
+        "candidate_pairs": len(loose) + len(structured),
         "verified_pairs": len(a),
     }
     return a, b, details, metrics

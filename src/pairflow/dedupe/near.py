@@ -35,6 +35,7 @@ __all__ = [
     "brute_force_pairs",
     "hamming_pairs",
     "layout_distance",
+    "layout_structure",
     "photometric_match",
     "weighted_layout_distance",
     "weighted_layouts",
@@ -455,6 +456,13 @@ def _compensated_distance(a: npt.NDArray[np.float32], b: npt.NDArray[np.float32]
     return out
 
 
+def layout_structure(full: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
+    """Std of the 8x8 luma grid of full-frame layouts ``(n, 96)``: how much large-scale
+    structure an image has (flat renders and blank frames: a few levels; photos: tens)."""
+    out: npt.NDArray[np.float32] = full[:, : LAYOUT_BYTES - 32].astype(np.float32).std(axis=1)
+    return out
+
+
 def photometric_match(
     la: npt.NDArray[np.uint8],
     lb: npt.NDArray[np.uint8],
@@ -468,7 +476,7 @@ def photometric_match(
     luma = LAYOUT_BYTES - 32
     a = la.astype(np.float32)
     b = lb.astype(np.float32)
-    structure = np.minimum(a[:, 0, :luma].std(axis=1), b[:, 0, :luma].std(axis=1))
+    structure = np.minimum(layout_structure(la[:, 0]), layout_structure(lb[:, 0]))
     chroma = np.sqrt(((a[:, 0, luma:] - b[:, 0, luma:]) ** 2).mean(axis=1))
     candidates = (
         (dct_distance <= rule.structured_dct)
