@@ -319,3 +319,15 @@ def test_signature_declares_the_outputs_of_every_mode(tmp_path: Path) -> None:
     assert seen == set(declared)
     assert declared["score"].type.name == "double"
     assert "Array(double)" in str(declared["image_embedding"].type)
+
+
+def test_first_run_card_has_no_champion_row_and_readable_sizes() -> None:
+    first = _round_two_evaluate()
+    first.metrics["champion"] = None
+    variants = [{"variant": "fp32_torch", "kind": "torch", "size_bytes": 52_000, "p50_ms_b1": 1.0}]
+    card = build_model_card(
+        CardInputs(model_name="m", evaluate=first, variants=variants, chosen_variant="fp32_torch")
+    )
+    assert "first run: no champion" in card
+    assert "| chosen | 52.0 kB | 1.00 |" in card
+    assert not [ln for ln in card.splitlines() if ln.startswith("| champion")]

@@ -205,13 +205,19 @@ def _ratio(a: Any, b: Any, fmt: str = ".2f") -> str:
 
 
 def _mb(size: Any) -> str:
-    return f"{size / 1e6:.1f} MB" if isinstance(size, int | float) else "—"
+    if not isinstance(size, int | float):
+        return "—"
+    return f"{size / 1e6:.1f} MB" if size >= 1e6 else f"{size / 1e3:.1f} kB"
 
 
 def variant_section(
-    variants: list[dict[str, Any]], chosen: str, champion: dict[str, Any] | None
+    variants: list[dict[str, Any]],
+    chosen: str,
+    champion: dict[str, Any] | None,
+    has_champion: bool = True,
 ) -> list[str]:
-    """The chosen variant against fp32 torch and against the champion's shipped variant."""
+    """The chosen variant against fp32 torch and against the champion's shipped variant
+    (no champion row on a first run, ``has_champion`` False)."""
     if not variants:
         return [NA.format("no compressed variants (the trained model ships as is)")]
     by_name = {str(v.get("variant")): v for v in variants}
@@ -220,11 +226,10 @@ def variant_section(
     lines = [f"Chosen: **{pick.get('variant')}** ({pick.get('kind', '?')})", ""]
     header = ["", "size", "p50 ms b1", "p50 ms b32", "recall@1 Δ vs fp32"]
     rows: list[list[Any]] = []
-    for label, row in (
-        ("chosen", pick),
-        ("fp32 torch", base),
-        (f"champion ({(champion or {}).get('variant', '?')})", champion),
-    ):
+    compared: list[tuple[str, dict[str, Any] | None]] = [("chosen", pick), ("fp32 torch", base)]
+    if has_champion:
+        compared.append((f"champion {(champion or {}).get('variant', '')}".rstrip(), champion))
+    for label, row in compared:
         if row is None:
             rows.append([label, NA.format("not measured"), "—", "—", "—"])
             continue
@@ -372,7 +377,12 @@ def build_model_card(inputs: CardInputs) -> str:
     sections: list[tuple[str, list[str]]] = [
         (
             "Chosen variant",
-            variant_section(inputs.variants, inputs.chosen_variant, inputs.champion_variant),
+            variant_section(
+                inputs.variants,
+                inputs.chosen_variant,
+                inputs.champion_variant,
+                has_champion=bool(ev is not None and ev.metrics.get("champion")),
+            ),
         ),
         ("Drift", drift_section(ev)),
     ]
