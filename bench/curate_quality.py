@@ -189,6 +189,16 @@ def main() -> None:
         "f1_above_peers": all(pf["f1"] > f for f in peers.values()),
         "recall_short_by": round(max(0.0, goal["recall_min"] - pf["recall"]), 4),
     }
+    result["notes"] = (
+        "pairflow's near-duplicate check was a colour layout (absolute levels) fitted to the "
+        "generator; on photos it missed brightness/contrast changes, overlays and one-sided "
+        "crops (recall 0.32). The photometric path (dedupe.near_photometric: a DCT hash of "
+        "the layout luma, a gain/offset-compensated layout check on structured images) "
+        "adds most re-encode/resize/format/upscale and many crop/overlay pairs. Brightness "
+        "changes of low-contrast photos stay missed: on the generator, distinct scenes "
+        "(flat background, one small shape) differ by no more than such a change does, so "
+        "every looser setting tried merged distinct generated scenes (see PhotometricRule)."
+    )
     result["load_average"] = list(os.getloadavg())
     out = write_result("curate_quality", result)
     print(pd.DataFrame(result["tools"]).loc[["precision", "recall", "f1"]].to_string())
