@@ -15,7 +15,7 @@ from pairflow.data.synthetic import GenerateSummary
 from pairflow.local_run import pipeline_steps
 from pairflow.pipelines.retrain import build_pipeline
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 STATUS = re.compile(r"^(?:✓ done|✗ failed|- skipped)\s+(?P<step>[a-z-]+)\b")
 
