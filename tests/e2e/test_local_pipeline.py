@@ -34,6 +34,12 @@ def test_pipeline_runs_end_to_end(
             "train.batch_size=8",
             "train.epochs=1",
             "register.model_name=e2e-clip",
+            # a 1-epoch fine-tune of random weights on ~40 rows is at chance (recall@1 1/15
+            # measured): this test checks the plumbing, so it opts out of the floors
+            # explicitly; tests/e2e/test_degraded_candidate.py shows the default gate failing
+            # such a model before deploy
+            "evaluate.min_recall_at_1=0.0",
+            "evaluate.require_above_chance=false",
         ],
     )
     result = run_pipeline_locally(cfg)

@@ -157,3 +157,13 @@ def test_default_floors_sit_above_chance_and_show_it() -> None:
     )
     assert not small.passed
     assert any("not above chance at 95% confidence" in r for r in small.reasons)
+
+
+def test_the_chance_check_is_off_only_when_asked_and_says_so() -> None:
+    chances = {"i2t_recall_at_1": recall_chance(15)}
+    at_chance = {"i2t_recall_at_1": 1 / 15}
+    explicit = EvaluateConfig(min_recall_at_1=0.0)
+    assert not decide("clip", at_chance, None, explicit, champion_note="-", chances=chances).passed
+    off = EvaluateConfig(min_recall_at_1=0.0, require_above_chance=False)
+    gate = decide("clip", at_chance, None, off, champion_note="-", chances=chances)
+    assert gate.passed and any("(chance check off)" in r for r in gate.reasons)

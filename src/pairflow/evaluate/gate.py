@@ -133,7 +133,9 @@ def lower_bound(value: float, n: int, confidence: float) -> float:
     return float(stats.beta.ppf(1.0 - confidence, k, n - k + 1))
 
 
-def _floor_check(f: Floor, value: float, confidence: float) -> tuple[bool, str, dict[str, Any]]:
+def _floor_check(
+    f: Floor, value: float, confidence: float, above_chance: bool = True
+) -> tuple[bool, str, dict[str, Any]]:
     chance, n = f.chance, f.chance.n
     low = lower_bound(value, n, confidence)
     pct = round(confidence * 100)
@@ -157,6 +159,9 @@ def _floor_check(f: Floor, value: float, confidence: float) -> tuple[bool, str, 
         return False, f"FAIL {shown}: not measurable", {**check, "passed": False}
     if value < f.floor:
         return False, f"FAIL {shown}: below the minimum", {**check, "passed": False}
+    if not above_chance:
+        check["chance_check"] = "off"
+        return True, f"PASS {shown} (chance check off)", {**check, "passed": True}
     if not math.isnan(chance.value) and not low > chance.value:
         why = f"FAIL {shown}: not above chance at {pct}% confidence"
         return False, why, {**check, "passed": False}
@@ -202,7 +207,7 @@ def decide(
         )
     for floor in floors(kind, cfg, chances or {}):
         value = float(metrics.get(floor.metric, math.nan))
-        ok, reason, check = _floor_check(floor, value, cfg.confidence)
+        ok, reason, check = _floor_check(floor, value, cfg.confidence, cfg.require_above_chance)
         failed = failed or not ok
         reasons.append(reason)
         checks.append(check)

@@ -34,6 +34,12 @@ class EvaluateConfig(Section):
         ge=0,
         lt=1,
     )
+    require_above_chance: bool = Field(
+        True,
+        description="Every floored metric's lower confidence bound must beat chance. Turning "
+        "it off is an explicit opt-out (plumbing tests with a model at chance); the gate's "
+        "reasons say it is off.",
+    )
     holdout_fraction: float = Field(0.2, ge=0, lt=1, description="Share of ids held out.")
     non_inferiority_margin: float = ui(
         0.01,
