@@ -174,7 +174,7 @@ def test_canary_outcome_goes_before_lineage_and_replaces_an_earlier_one() -> Non
         card,
         "rolled_back",
         ["p95 latency 2.1x stable"],
-        [{"weight": 0.1, "verdict": "ok"}, {"weight": 0.5, "verdict": "fail"}],
+        [{"weight": 10, "verdict": "ok"}, {"weight": 50, "verdict": "fail"}],
     )
     assert once.index("**Canary: rolled_back**") < once.index("## Lineage")
     assert "| 50% | fail |" in once and "- p95 latency 2.1x stable" in once

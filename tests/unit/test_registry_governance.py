@@ -212,3 +212,18 @@ def test_cli_promote_refuses_then_history_prints(reg: Registry, tmp_path: Path) 
     assert hist.exit_code == 0 and "reviewed" in hist.output and "dan" in hist.output
     listing = runner.invoke(app, ["registry", "list", NAME, *uri])
     assert "champion" in listing.output and "erin" in listing.output
+
+
+def test_deploy_decision_puts_the_canary_on_the_card(reg: Registry, tmp_path: Path) -> None:
+    from pairflow.deploy.aliases import Rollout, record_decision
+    from pairflow.registry.card import CardInputs, build_model_card
+
+    v = _version(reg, tmp_path, "passed")
+    card = build_model_card(CardInputs(model_name=NAME, lineage={"data_snapshot": "abc"}))
+    reg.client.update_model_version(NAME, v, description=card)
+    report = {"steps": [{"weight": 10, "verdict": "ok"}, {"weight": 50, "verdict": "fail"}]}
+    record_decision(reg, Rollout(NAME, v, None), "rolled_back", ["errors up at 50%"], report)
+    desc = reg.model_version(NAME, v).description or ""
+    assert desc.index("**Canary: rolled_back**") < desc.index("## Lineage")
+    assert "| 50% | fail |" in desc and "- errors up at 50%" in desc
+    assert desc.startswith(card[: card.index("## Lineage")])

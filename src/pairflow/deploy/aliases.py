@@ -143,7 +143,8 @@ def record_decision(
     report: dict[str, Any],
     kfp_run_id: str = "",
 ) -> None:
-    """Tag the candidate version with the decision and log the full report to its run."""
+    """Tag the candidate version with the decision, add the canary outcome to its model card
+    and log the full report to its run."""
     client = reg.client
     version = rollout.candidate
     steps = [
@@ -162,7 +163,16 @@ def record_decision(
             f"tag {rollout.name}/{version}",
             lambda k=key, v=value: client.set_model_version_tag(rollout.name, version, k, v),
         )
-    run_id = reg.model_version(rollout.name, version).run_id
+    mv = reg.model_version(rollout.name, version)
+    # The model card (the version's description) gets its canary section, before lineage.
+    from pairflow.registry.card import with_canary
+
+    card = with_canary(mv.description or "", decision, reasons, steps)
+    reg.call(
+        f"card of {rollout.name}/{version}",
+        lambda: client.update_model_version(rollout.name, version, description=card),
+    )
+    run_id = mv.run_id
     if run_id:
         reg.call(
             "log deploy report",

@@ -295,20 +295,15 @@ def drift_section(evaluate: StageReport | None) -> list[str]:
 
 
 def canary_section(decision: str, reasons: list[str], steps: list[dict[str, Any]]) -> list[str]:
-    """The canary's outcome: decision, why, and the verdict at each traffic weight."""
+    """The canary's outcome: decision, why, and the verdict at each traffic step
+    (``weight``: the candidate's traffic percent, deploy.steps)."""
     lines = [CANARY_HEADING, "", f"**Canary: {decision}**", ""]
     if steps:
-        lines += _table(
-            ["traffic to candidate", "verdict"],
-            [
-                [
-                    _f(s.get("weight"), ".0%") if s.get("weight") is not None else "—",
-                    s.get("verdict"),
-                ]
-                for s in steps
-            ],
-        )
-        lines.append("")
+        rows = [
+            [f"{s['weight']}%" if s.get("weight") is not None else "—", s.get("verdict")]
+            for s in steps
+        ]
+        lines += [*_table(["candidate traffic", "step verdict"], rows), ""]
     lines += [f"- {r}" for r in reasons[:6]]
     return lines
 
