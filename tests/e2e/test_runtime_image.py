@@ -16,9 +16,10 @@ image: their ``command`` + ``args`` from the YAML, with the venv's ``bin`` first
 * The resolve-config executor started with a KFP pod environment and no tracking URI exits
   non-zero with one line naming the setting.
 
-Building the venv downloads torch and every dependency (about 5.5 min here with a cold pip
-cache and PyPI's CUDA torch; the PyTorch CPU index, used when reachable as in CI, is far
-smaller), so the module is ``slow``; the venv is built once per session.
+Building the venv downloads torch and every dependency (425-701 s here on 2 shared cores at
+load average 13-19, with PyPI's CUDA torch because the PyTorch CPU index is unreachable here;
+CI uses the CPU index, far smaller); the package run took 318-479 s at that load. The module is
+``slow``; the venv is built once per session.
 """
 
 from __future__ import annotations
@@ -363,7 +364,9 @@ def test_committed_package_runs_in_the_runtime_env_against_authenticated_mlflow(
     reports = find_reports(run_dir)
     gate = reports["evaluate"].metrics["gate"]
     assert gate["passed"], gate  # the gate's numbers and reasons, if the model fell short
-    assert reports["deploy"].metrics["decision"] == "promoted_initial", reports["deploy"].metrics
+    deployed = reports["deploy"].metrics
+    assert deployed["decision"].startswith("promoted"), deployed
+    assert deployed["aliases"]["champion_to"] == "1", deployed
 
     # The pipeline user registered the model and deploy made it champion, through auth.
     os.environ.update(MLFLOW_TRACKING_USERNAME="admin",
