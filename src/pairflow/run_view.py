@@ -132,12 +132,14 @@ class StepBoard:
     def _print_failure(self, event: StepEvent) -> None:
         tail = log_tail(event.log)
         out = self.live.console if self.live is not None else self.console
+        # soft_wrap: paths and error lines are printed whole, never folded or cropped
         out.print(
-            Text(f"step {event.task} failed; last {len(tail)} lines of {event.log}:", "bold red")
+            Text(f"step {event.task} failed; last {len(tail)} lines of {event.log}:", "bold red"),
+            soft_wrap=True,
         )
         for line in tail:
-            out.print(Text(f"  | {line}"), overflow="ellipsis", no_wrap=True, crop=True)
-        out.print(Text(f"full log: {event.log}", "red"))
+            out.print(Text(f"  | {line}"), soft_wrap=True)
+        out.print(Text(f"full log: {event.log}", "red"), soft_wrap=True)
 
     # -- rendering ---------------------------------------------------------------------------
 
