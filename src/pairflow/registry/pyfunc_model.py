@@ -85,13 +85,17 @@ class PairClipModel(PythonModel):
         self.labels: list[str] = (
             list(json.loads(Path(labels_path).read_text())) if labels_path else []
         )
+        self.trained: Any = None
         if self.kind == "onnx":
             from pairflow.compress.variants import open_variant
 
             self.variant = open_variant(context.artifacts[VARIANT_ARTIFACT], "onnx")
+            self.head_labels: list[str] | None = self.variant.labels
+            if self.head_labels:  # an exported classifier: its head's classes
+                self.labels = list(self.head_labels)
             return
+        self.head_labels = None
         hf = Path(context.artifacts[HF_ARTIFACT])
-        self.trained: Any = None
         if (hf / TRAINED_META).is_file():
             from pairflow.train.artifact import load_trained
 
@@ -160,7 +164,7 @@ class PairClipModel(PythonModel):
             return self._embeddings(images, captions)
         if mode == "scores":
             return self._scores(images, captions)
-        if self.trained is not None and self.trained.kind == "classifier":
+        if self.head_labels or (self.trained is not None and self.trained.kind == "classifier"):
             return self._classify(images, captions)
         return self._labels(images)
 
@@ -173,20 +177,25 @@ class PairClipModel(PythonModel):
                 raise ValueError(f"row {i}: the classifier needs both image and caption")
         if not images:
             return pd.DataFrame({"label": [], "label_score": [], "probabilities": []})
-        pixels = self.clip.processor(images=[decode_image(v) for v in images], return_tensors="pt")[
-            "pixel_values"
-        ]
-        tok = self.clip.processor.tokenizer(
-            [str(c) for c in captions],
-            padding=True,
-            truncation=True,
-            max_length=self.clip.max_text_length,
-            return_tensors="pt",
-        )
-        with torch.inference_mode():
-            probs = self.trained.classify(pixels, tok["input_ids"], tok["attention_mask"]).softmax(
-                dim=-1
+        decoded = [decode_image(v) for v in images]
+        texts = [str(c) for c in captions]
+        if self.kind == "onnx":  # the exported classifier (ONNX towers + head)
+            ids, mask = self.variant.tokenize(texts)
+            logits = self.variant.classify(self.variant.preprocess_images(decoded), ids, mask)
+            probs = torch.from_numpy(logits).float().softmax(dim=-1)
+        else:
+            pixels = self.clip.processor(images=decoded, return_tensors="pt")["pixel_values"]
+            tok = self.clip.processor.tokenizer(
+                texts,
+                padding=True,
+                truncation=True,
+                max_length=self.clip.max_text_length,
+                return_tensors="pt",
             )
+            with torch.inference_mode():
+                probs = self.trained.classify(
+                    pixels, tok["input_ids"], tok["attention_mask"]
+                ).softmax(dim=-1)
         best = probs.argmax(dim=-1).tolist()
         return pd.DataFrame(
             {
