@@ -122,6 +122,16 @@ class PairClipModel(PythonModel):
             out = features(self.clip.model.get_image_features(pixel_values=pixels))
         return F.normalize(out.float(), dim=-1)
 
+    def _tokenize(self, texts: list[str]) -> Any:
+        """The torch model's tokenizer output (padded, truncated to its text length)."""
+        return self.clip.processor.tokenizer(
+            texts,
+            padding=True,
+            truncation=True,
+            max_length=self.clip.max_text_length,
+            return_tensors="pt",
+        )
+
     def _embed_texts(self, texts: list[str]) -> Any:
         import torch
         import torch.nn.functional as F
@@ -131,13 +141,7 @@ class PairClipModel(PythonModel):
             return torch.from_numpy(self.variant.embed_texts(ids, mask))
         from pairflow.clipfilter.scoring import features
 
-        tok = self.clip.processor.tokenizer(
-            texts,
-            padding=True,
-            truncation=True,
-            max_length=self.clip.max_text_length,
-            return_tensors="pt",
-        )
+        tok = self._tokenize(texts)
         with torch.inference_mode():
             out = features(
                 self.clip.model.get_text_features(
@@ -185,13 +189,7 @@ class PairClipModel(PythonModel):
             probs = torch.from_numpy(logits).float().softmax(dim=-1)
         else:
             pixels = self.clip.processor(images=decoded, return_tensors="pt")["pixel_values"]
-            tok = self.clip.processor.tokenizer(
-                texts,
-                padding=True,
-                truncation=True,
-                max_length=self.clip.max_text_length,
-                return_tensors="pt",
-            )
+            tok = self._tokenize(texts)
             with torch.inference_mode():
                 probs = self.trained.classify(
                     pixels, tok["input_ids"], tok["attention_mask"]

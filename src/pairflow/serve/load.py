@@ -244,6 +244,22 @@ def _shallowest(root: Path, filename: str) -> Path | None:
     return None
 
 
+def _pyfunc_flavor(root: Path) -> tuple[Path, dict[str, Any]] | None:
+    """(MLmodel path, its ``python_function`` flavor table) of the shallowest MLmodel under
+    ``root``, or None when there is none."""
+    import yaml  # only registered models need it
+
+    mlmodel = _shallowest(root, "MLmodel")
+    if mlmodel is None:
+        return None
+    try:
+        meta = yaml.safe_load(mlmodel.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ModelLoadError(f"{mlmodel}: unreadable MLmodel ({exc})") from exc
+    pyfunc = (meta.get("flavors") or {}).get("python_function") or {}
+    return mlmodel, pyfunc if isinstance(pyfunc, dict) else {}
+
+
 def find_variant_index(root: Path) -> Path | None:
     """The folder holding ``variants.json`` (compress's index), shallowest first."""
     hit = _shallowest(root, INDEX_FILE)
@@ -254,16 +270,10 @@ def registered_variant(root: Path) -> tuple[str, str, Path, Path] | None:
     """(variant name, kind, variant folder, HF folder) of a registered pyfunc model, if
     ``root`` is one. Folders come from the MLmodel's artifact table: MLflow stores each
     artifact under its source's base name (``artifacts/int8_onnx``), not under its key."""
-    import yaml
-
-    mlmodel = _shallowest(root, "MLmodel")
-    if mlmodel is None:
+    found = _pyfunc_flavor(root)
+    if found is None:
         return None
-    try:
-        meta = yaml.safe_load(mlmodel.read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise ModelLoadError(f"{mlmodel}: unreadable MLmodel ({exc})") from exc
-    pyfunc = (meta.get("flavors") or {}).get("python_function") or {}
+    mlmodel, pyfunc = found
     conf = pyfunc.get("config") or {}
     if not isinstance(conf, dict) or "variant" not in conf:
         return None
@@ -377,16 +387,11 @@ def registered_labels(root: Path) -> list[str] | None:
     """The label set of a registered pyfunc model (its ``labels`` artifact), if it has one."""
     import json
 
-    import yaml
-
-    mlmodel = _shallowest(root, "MLmodel")
-    if mlmodel is None:
+    found = _pyfunc_flavor(root)
+    if found is None:
         return None
-    try:
-        meta = yaml.safe_load(mlmodel.read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise ModelLoadError(f"{mlmodel}: unreadable MLmodel ({exc})") from exc
-    table = ((meta.get("flavors") or {}).get("python_function") or {}).get("artifacts") or {}
+    mlmodel, pyfunc = found
+    table = pyfunc.get("artifacts") or {}
     entry = table.get("labels") if isinstance(table, dict) else None
     rel = entry.get("path") if isinstance(entry, dict) else None
     if not rel:
