@@ -184,8 +184,10 @@ def test_registered_classifier_answers_classify(
     labels = runs["second"].reports["evaluate"].metrics["classes"]
     assert len(labels) >= 2
     kept = pd.read_parquet(next(runs["second"].run_dir.glob("gather-filtered*/kept"))).head(4)
-    mlflow.set_tracking_uri(mlflow_server)
-    model = mlflow.pyfunc.load_model(uri)
+    from pairflow.registry.logged_model import tracking_uri
+
+    with tracking_uri(mlflow_server):  # set_tracking_uri would leak into later tests' env
+        model = mlflow.pyfunc.load_model(uri)
     frame = pd.DataFrame(
         {"image": [_png(p) for p in kept["image"]], "caption": list(kept["caption"])}
     )

@@ -378,7 +378,8 @@ def test_committed_package_runs_in_the_runtime_env_against_authenticated_mlflow(
         perm = _as_admin(
             url,
             auth_mlflow["admin_password"],
-            lambda c: c.get_registered_model_permission("rt-clip", PIPELINE_USER),
+            # the auth client of MLflow 3.17: one permission lookup for every resource type
+            lambda c: c.get_user_permission(PIPELINE_USER, "registered_model", "rt-clip"),
         )
         assert perm.permission == "MANAGE"  # it created the model: the pipeline user did it
         exp = admin.get_experiment_by_name("runtime-image")

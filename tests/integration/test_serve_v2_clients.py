@@ -642,9 +642,13 @@ def test_sigterm_under_load_finishes_accepted_and_refuses_new(served: ServeProc)
     before = [c for t0, _, c in load.results if t0 < sigterm_at - 0.5]
     after = [c for t0, _, c in load.results if t0 >= sigterm_at]
     assert before and set(before) == {200}, before  # accepted before SIGTERM: all completed
-    # any request: completed, or refused at connect; never an error status or a cut answer
-    codes = [c for _, _, c in load.results]
-    assert set(codes) <= {200, "ConnectError"}, codes
+    # any request: completed, or refused; never an error status or a cut answer. A connection
+    # that reached the kernel's accept queue as the listener closed is reset before the server
+    # read a byte of it (httpx ReadError, no response bytes): refused, for requests sent after
+    # SIGTERM only. A cut answer would be a RemoteProtocolError.
+    sent_before = [c for t0, _, c in load.results if t0 < sigterm_at]
+    assert set(sent_before) <= {200, "ConnectError"}, sent_before
+    assert set(after) <= {200, "ConnectError", "ReadError"}, after
     assert "ConnectError" in after, after  # new connections were refused
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{served.url}/v2/health/live", timeout=2)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -51,6 +52,8 @@ def test_ui_stops_its_server_and_workers(tmp_path: Path, sig: signal.Signals) ->
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        # the UI serves the workdir's own store, not whatever an earlier test pointed MLflow at
+        env={k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"},
     )
     try:
         _wait_http(f"http://127.0.0.1:{port}/health", proc)

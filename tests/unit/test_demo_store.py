@@ -4,11 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from pairflow.cli import fresh_demo_store
 from pairflow.tracking import resolve_tracking_uri
 
 
-def test_the_demo_store_is_removed_and_a_foreign_one_kept(tmp_path: Path) -> None:
+def test_the_demo_store_is_removed_and_a_foreign_one_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # the demo's own store only
     workdir = tmp_path / "demo"
     (workdir / "mlartifacts" / "1").mkdir(parents=True)
     (workdir / "mlflow.db").write_bytes(b"an earlier demo")

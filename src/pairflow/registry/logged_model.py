@@ -59,7 +59,7 @@ def example_input() -> Any:
 
 def signature() -> Any:
     """Inputs, the ``mode`` param, and the outputs of every mode (each present in one mode:
-    ``scores`` → score; ``labels`` → label, label_score (+ probabilities from a classifier);
+    ``scores`` → score; ``labels`` → label, label_score + probabilities;
     ``embeddings`` → the two vectors)."""
     from mlflow.models.signature import ModelSignature
     from mlflow.types.schema import AnyType, Array, ColSpec, ParamSchema, ParamSpec, Schema

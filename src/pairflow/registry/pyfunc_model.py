@@ -34,6 +34,9 @@ VARIANT_ARTIFACT = "variant"
 TRAINED_META = "pairflow_model.json"  # pairflow.train.artifact.META_FILE
 
 
+ZERO_SHOT_SCALE = 100.0  # CLIP's logit scale ceiling, used for zero-shot class probabilities
+
+
 def decode_image(value: Any) -> Any:
     """A PIL RGB image from a path, ``file://`` or ``data:`` URI, base64 text, or bytes
     (raw image bytes, or base64 text as bytes)."""
@@ -232,14 +235,17 @@ class PairClipModel(PythonModel):
         if not self.labels:
             raise ValueError("labels: this model version was registered without a label set")
         if not images:
-            return pd.DataFrame({"label": [], "label_score": []})
+            return pd.DataFrame({"label": [], "label_score": [], "probabilities": []})
         img = self._embed_images([decode_image(v) for v in images])
         txt = self._embed_texts([LABEL_PROMPT.format(label=label) for label in self.labels])
         sims = img @ txt.T
         best = sims.argmax(dim=-1).tolist()
+        # zero-shot class probabilities as the server gives them: softmax of scaled cosines
+        probs = (ZERO_SHOT_SCALE * sims).softmax(dim=-1)
         return pd.DataFrame(
             {
                 "label": [self.labels[j] for j in best],
                 "label_score": [float(sims[i, j]) for i, j in enumerate(best)],
+                "probabilities": [[float(p) for p in row] for row in probs.tolist()],
             }
         )

@@ -30,6 +30,7 @@ from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 from PIL import Image
 
 from pairflow.parallel import available_cpus
+from pairflow.registry.pyfunc_model import ZERO_SHOT_SCALE
 from pairflow.serve.batching import DirectRunner, MicroBatcher, Runner
 from pairflow.serve.limits import (
     Pair,
@@ -50,7 +51,6 @@ log = logging.getLogger("pairflow.serve.predictor")
 
 Embeddings = tuple[np.ndarray | None, np.ndarray | None]
 Outputs = tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]  # image, text, logits
-ZERO_SHOT_SCALE = 100.0  # CLIP's logit scale ceiling, used for zero-shot class probabilities
 
 
 def embed_pairs(model: ServableModel, pairs: Sequence[Pair]) -> list[Embeddings]:
