@@ -247,6 +247,21 @@ def window_ratio(n_stable: int, n_candidate: int, weight: int) -> float:
 # -- tests -------------------------------------------------------------------------------------
 
 
+def _required(
+    stable: ArmCounts,
+    candidate: ArmCounts,
+    p0: float,
+    p1: float,
+    weight: int,
+    level: float,
+    cfg: AnalysisConfig,
+) -> tuple[int, int]:
+    """(stable, candidate) requests needed to detect ``p0 -> p1`` at ``cfg.power``, split in the
+    window's observed traffic ratio."""
+    ratio = window_ratio(stable.requests, candidate.requests, weight)
+    return _split(two_proportion_n(p0, p1, ratio, level, cfg.power), ratio)
+
+
 def _fisher_greater(c_hit: int, c_n: int, s_hit: int, s_n: int) -> tuple[float | None, float]:
     res = stats.fisher_exact([[c_hit, c_n - c_hit], [s_hit, s_n - s_hit]], alternative="greater")
     stat = float(res.statistic)
@@ -266,9 +281,7 @@ def error_rate_test(
     p0 = stable.error_rate
     plan0 = planning_rate(p0)
     p1 = min(0.999, max(plan0 * cfg.min_error_rate_ratio, plan0 + cfg.min_error_rate_increase))
-    ratio = window_ratio(stable.requests, candidate.requests, weight)
-    need_c = two_proportion_n(plan0, p1, ratio, level, cfg.power) if plan else 0
-    need_s, _ = _split(need_c, ratio)
+    need_s, need_c = _required(stable, candidate, plan0, p1, weight, level, cfg) if plan else (0, 0)
     return MetricResult(
         metric="error_rate",
         test="fisher_exact_greater",
@@ -306,9 +319,7 @@ def latency_test(
     p0 = s_hit / s.total
     plan0 = planning_rate(p0)
     p1 = min(0.999, plan0 + cfg.min_latency_exceedance)
-    ratio = window_ratio(stable.requests, candidate.requests, weight)
-    need_c = two_proportion_n(plan0, p1, ratio, level, cfg.power) if plan else 0
-    need_s, _ = _split(need_c, ratio)
+    need_s, need_c = _required(stable, candidate, plan0, p1, weight, level, cfg) if plan else (0, 0)
     s95, c95 = threshold, c.quantile_bound(0.95)
     increase = c95 - s95
     guard = increase * 1000 >= cfg.min_latency_increase_ms and (
