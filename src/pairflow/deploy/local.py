@@ -231,45 +231,15 @@ class LocalBackend:
         }
 
 
-def launch_single(
-    candidate_uri: str,
-    pairs: list[dict[str, Any]],
-    cfg: DeployConfig,
-    log_dir: Path,
-    env: dict[str, str] | None = None,
-) -> LocalBackend:
-    """The smoke bake's backend: the candidate alone behind the router (no champion yet)."""
-    port = free_port()
-    proc = PredictorProcess(
-        serve_command(candidate_uri, port, cfg.local.command),
-        port,
-        log_dir / f"{CANDIDATE}.log",
-        cfg.local.ready_path,
-        env,
-    ).spawn()
-    try:
-        proc.wait_ready(cfg.local.startup_timeout_s)
-    except PredictorStartError as exc:
-        err = PredictorStartError(f"{CANDIDATE} {exc}")
-        err.role = CANDIDATE
-        raise err from exc
-    return LocalBackend(proc.url, proc.url, pairs, cfg, processes={CANDIDATE: proc})
-
-
-def launch_local(
-    stable_uri: str,
-    candidate_uri: str,
-    pairs: list[dict[str, Any]],
-    cfg: DeployConfig,
-    log_dir: Path,
-    env: dict[str, str] | None = None,
-) -> LocalBackend:
-    """Start both predictors (``serve_command``, loading side by side) and return a backend
-    routing between them."""
+def _start_predictors(
+    uris: dict[str, str], cfg: DeployConfig, log_dir: Path, env: dict[str, str] | None
+) -> dict[str, PredictorProcess]:
+    """Start one predictor per role (``serve_command``, loading side by side) and wait until
+    each is ready; on failure every started one is stopped and the error names the role."""
     procs: dict[str, PredictorProcess] = {}
-    role = STABLE
+    role = next(iter(uris))
     try:
-        for role, uri in ((STABLE, stable_uri), (CANDIDATE, candidate_uri)):
+        for role, uri in uris.items():
             port = free_port()
             procs[role] = PredictorProcess(
                 serve_command(uri, port, cfg.local.command),
@@ -291,4 +261,30 @@ def launch_local(
         for proc in procs.values():
             proc.stop()
         raise
+    return procs
+
+
+def launch_single(
+    candidate_uri: str,
+    pairs: list[dict[str, Any]],
+    cfg: DeployConfig,
+    log_dir: Path,
+    env: dict[str, str] | None = None,
+) -> LocalBackend:
+    """The smoke bake's backend: the candidate alone behind the router (no champion yet)."""
+    procs = _start_predictors({CANDIDATE: candidate_uri}, cfg, log_dir, env)
+    url = procs[CANDIDATE].url
+    return LocalBackend(url, url, pairs, cfg, processes=procs)
+
+
+def launch_local(
+    stable_uri: str,
+    candidate_uri: str,
+    pairs: list[dict[str, Any]],
+    cfg: DeployConfig,
+    log_dir: Path,
+    env: dict[str, str] | None = None,
+) -> LocalBackend:
+    """Start both predictors and return a backend routing between them."""
+    procs = _start_predictors({STABLE: stable_uri, CANDIDATE: candidate_uri}, cfg, log_dir, env)
     return LocalBackend(procs[STABLE].url, procs[CANDIDATE].url, pairs, cfg, processes=procs)
