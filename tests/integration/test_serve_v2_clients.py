@@ -629,14 +629,44 @@ def test_soak_valid_and_hostile_traffic(served: ServeProc, capsys: Any) -> None:
 # -- shutdown (stops the module's server: keep last) -----------------------------------------
 
 
+def _read_until_closed(sock: socket.socket) -> bytes:
+    sock.settimeout(10)
+    chunks = []
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+    sock.close()
+    return b"".join(chunks)
+
+
 def test_sigterm_under_load_finishes_accepted_and_refuses_new(served: ServeProc) -> None:
     body = json.dumps(
         {"instances": [{"image": _b64(PHOTOS[i % 4]), "caption": "x"} for i in range(4)]}
     ).encode()
     load = Load(served.url, V1, body, threads=6).start()
     time.sleep(3)
+    host, port = served.url.removeprefix("http://").split(":")
+    ready = f"GET /v2/models/{NAME}/ready HTTP/1.1\r\nhost: x\r\n".encode()
+    fresh = socket.create_connection((host, int(port)))  # accepted, nothing sent yet
+    partial = socket.create_connection((host, int(port)))
+    partial.sendall(ready)  # headers begun, not finished
+    idle = socket.create_connection((host, int(port)))  # kept alive between two requests
+    idle.sendall(ready + b"\r\n")
+    first = b""
+    while b'"ready":true}' not in first:  # the first answer, headers and body
+        first += idle.recv(4096)
+    assert first.startswith(b"HTTP/1.1 200"), first
+    time.sleep(0.3)
     sigterm_at = time.monotonic()
     served.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.5)
+    # sent after SIGTERM on connections the server accepted before it: answered, then closed
+    fresh.sendall(ready + b"\r\n")
+    partial.sendall(b"\r\n")
+    for sock in (fresh, partial):
+        answer = _read_until_closed(sock)
+        assert answer.startswith(b"HTTP/1.1 200"), answer
+        assert b"connection: close" in answer.lower(), answer
+    assert _read_until_closed(idle) == b""  # idle between requests: closed at once
     assert served.proc.wait(timeout=40) == 0, served.tail()
     load.stop()
     before = [c for t0, _, c in load.results if t0 < sigterm_at - 0.5]

@@ -14,8 +14,9 @@ Process contract (what ``pairflow serve`` and the deploy backends rely on):
   ``serve.max_connections``. gRPC gets the same body cap (``max_receive_message_length``)
   and ``maximum_concurrent_rpcs`` (RESOURCE_EXHAUSTED beyond).
 - SIGTERM or SIGINT: uvicorn and the gRPC server stop accepting (new connections are
-  refused), finish in-flight requests (up to ``serve.grace_period_s``), the model's thread
-  pools are released and the process exits 0.
+  refused), finish in-flight requests (up to ``serve.grace_period_s``), answer a request
+  that a connection accepted just before sends just after (see :func:`timed_http_protocol`),
+  the model's thread pools are released and the process exits 0.
 - a model that fails to load stops the server; the process exits 2 with one error line.
 
 Speed: the event loop is uvloop's when installed, and the per-request log lines (uvicorn's
@@ -214,11 +215,35 @@ def timed_http_protocol(header_timeout_s: float) -> type:
     """uvicorn's httptools protocol with a deadline on request headers (uvicorn 0.55 has
     none: a client trickling headers holds its connection forever). The clock starts when
     the connection opens or a new request begins and stops when its headers are complete;
-    on expiry the client gets 408 and the connection is closed."""
+    on expiry the client gets 408 and the connection is closed.
+
+    Graceful shutdown, as Go's ``http.Server.Shutdown`` does it: uvicorn closes every
+    connection without a response cycle at once, which cuts a request whose bytes are in
+    flight on a connection accepted a moment before SIGTERM (the client sees the connection
+    closed with no answer). Here a connection in the middle of a request's headers, or one
+    that has not sent its first request yet, gets :data:`NEW_CONNECTION_GRACE_S` (at most the
+    header deadline) to send it; that request is answered with ``connection: close``. A
+    kept-alive connection idle between requests is closed at once, as before."""
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    grace_s = min(NEW_CONNECTION_GRACE_S, header_timeout_s)
 
     class HeaderTimedProtocol(HttpToolsProtocol):
         _header_timer: asyncio.TimerHandle | None = None
+        _requests_begun = 0
+        _in_headers = False
+        _draining = False
+
+        def shutdown(self) -> None:
+            if self.cycle is None and (self._requests_begun == 0 or self._in_headers):
+                self._draining = True
+                self.loop.call_later(grace_s, self._close_if_idle)
+                return
+            super().shutdown()
+
+        def _close_if_idle(self) -> None:
+            if (self.cycle is None or self.cycle.response_complete) and not self._in_headers:
+                self.transport.close()
 
         def _arm(self) -> None:
             if self._header_timer is None:
@@ -235,11 +260,16 @@ def timed_http_protocol(header_timeout_s: float) -> type:
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
+            self._requests_begun += 1
+            self._in_headers = True
             self._arm()
 
         def on_headers_complete(self) -> None:
             self._disarm()
+            self._in_headers = False
             super().on_headers_complete()
+            if self._draining and self.cycle is not None:
+                self.cycle.keep_alive = False
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
@@ -260,6 +290,7 @@ def timed_http_protocol(header_timeout_s: float) -> type:
     return HeaderTimedProtocol
 
 
+NEW_CONNECTION_GRACE_S = 2.0  # on shutdown: time a just-accepted connection gets to send
 cfg_name = ["pairflow"]  # model name for the header-timeout metric (set by run())
 
 
