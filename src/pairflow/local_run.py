@@ -105,6 +105,24 @@ def _task_of(full_command: list[str]) -> tuple[str, Path]:
     return task_dir.name, task_dir
 
 
+@contextlib.contextmanager
+def _root_logger_restored() -> Iterator[None]:
+    """Give the root logger its handlers and level back after a kfp.local run.
+
+    kfp.local (2.17, ``logging_utils.local_logger_context``) swaps the root handlers for a
+    ``StreamHandler(sys.stdout)`` around every task and restores the list it saw; with
+    ParallelFor iterations in threads, one task saves another's handler and puts it back
+    for good. That handler writes to the run's orchestration log, which is closed after the
+    run: every later log line then fails with "I/O operation on closed file"."""
+    root_logger = logging.getLogger()
+    handlers, level = root_logger.handlers[:], root_logger.level
+    try:
+        yield
+    finally:
+        root_logger.handlers[:] = handlers
+        root_logger.setLevel(level)
+
+
 class _TaskLogs:
     """Runs each kfp.local task subprocess with its output in a log file per task.
 
@@ -246,6 +264,7 @@ def run_pipeline_locally(
     task_logs = _TaskLogs(root, verbose=verbose, listener=listener, stdout=stdout)
     orchestration_log = root / f".kfp-{os.getpid()}-{time.time_ns()}.log"
     with (
+        _root_logger_restored(),
         warnings.catch_warnings(),
         task_logs.installed(),
         orchestration_log.open("w", encoding="utf-8") as kfp_log,

@@ -14,7 +14,7 @@ from onnx import numpy_helper
 
 from pairflow.clipfilter.bootstrap import save_untrained_clip
 from pairflow.compress.build import CompressResult, compress_model
-from pairflow.compress.errors import ParityError, VariantError
+from pairflow.compress.errors import LatencyBudgetError, ParityError, VariantError
 from pairflow.compress.export import check_parity, export_towers
 from pairflow.compress.measure import load_held_out
 from pairflow.compress.settings import CompressConfig
@@ -94,6 +94,62 @@ def test_any_variant_loads_and_embeds_like_the_fp32_model(
     assert load_variant(out).name == VariantIndex.read(out).chosen
     with pytest.raises(VariantError, match="no variant 'nope'"):
         load_variant(out, "nope")
+
+
+def test_champion_is_timed_with_the_variants_and_bounds_the_choice(
+    compressed: tuple[CompressResult, Path],
+    rows_and_model: tuple[object, Path],
+    tmp_path: Path,
+) -> None:
+    """The latency budget's real path: the champion's shipped variant (here the distilled
+    int8 student of the module's run) is timed in the same process, interleaved with the new
+    variants, and its p50 bounds the choice; a miss stops compress under the default policy."""
+    _, first = compressed
+    df, model = rows_and_model
+    champion = (first / "student_int8", "onnx")
+    base = {"int8": True, "static_vision": False, "latency_repeats": 5}
+    # generous budget: something fits, and the record holds the champion's own timings
+    out = tmp_path / "loose"
+    cfg = CompressConfig(**base, max_slowdown_vs_champion=100.0)
+    result = compress_model(model, df, cfg, out, holdout_fraction=HOLDOUT, champion=champion)  # type: ignore[arg-type]
+    sel = result.index.selection
+    champ = sel["champion_latency_ms"]
+    assert set(champ) == {"1", "32"} and champ["32"]["p50_ms"] > 0
+    budget = sel["latency_budget"]
+    assert budget["met"] is True
+    assert budget["champion_p50_ms"] == pytest.approx(champ["32"]["p50_ms"], abs=1e-3)
+    assert budget["limit_ms"] == pytest.approx(budget["champion_p50_ms"] * 101, rel=1e-3)
+    chosen = result.index.get(result.index.chosen).metrics["latency_ms"]["32"]["p50_ms"]
+    assert chosen == budget["chosen_p50_ms"] <= budget["limit_ms"]
+    # no slack over a smaller champion: every variant of the full model is slower than the
+    # distilled int8 student, so nothing fits and, by default, nothing ships
+    cfg = CompressConfig(**base, max_slowdown_vs_champion=0.0)
+    with pytest.raises(LatencyBudgetError, match=r"latency budget not met.*variants\.md"):
+        compress_model(
+            model, df, cfg, tmp_path / "tight", holdout_fraction=HOLDOUT, champion=champion
+        )  # type: ignore[arg-type]
+    missed = VariantIndex.read(tmp_path / "tight").selection
+    assert missed["latency_budget"]["met"] is False
+    assert missed["latency_budget"]["chosen_p50_ms"] > missed["latency_budget"]["limit_ms"]
+
+
+def test_candidate_latency_against_the_champion_before_compress(
+    compressed: tuple[CompressResult, Path], rows_and_model: tuple[object, Path]
+) -> None:
+    """What the evaluate gate reports: the fp32 candidate and the champion's shipped variant
+    (here the module run's int8 student) timed together, in the latency worker."""
+    from pairflow.compress.versus_champion import latency_versus_champion
+
+    _, first = compressed
+    df, model = rows_and_model
+    cfg = CompressConfig(latency_repeats=5)
+    got = latency_versus_champion(model, df, (first / "student_int8", "onnx"), cfg)  # type: ignore[arg-type]
+    assert got.batch_size == 32 and got.champion_variant == "student_int8"
+    assert 0 < got.candidate_p50_ms <= got.candidate_p95_ms
+    assert 0 < got.champion_p50_ms <= got.champion_p95_ms
+    assert got.ratio == pytest.approx(got.candidate_p50_ms / got.champion_p50_ms)
+    check = got.check()
+    assert check["check"] == "latency" and check["gated"] is False and check["interleaved"]
 
 
 def test_corrupted_onnx_export_fails_parity(

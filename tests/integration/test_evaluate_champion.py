@@ -201,6 +201,11 @@ def test_first_run_then_champion_gate(setup: dict[str, Path], mlflow_server: str
     d = eq["deltas"]["i2t_recall_at_1"]
     assert (d["delta"], d["low"], d["high"]) == (0.0, 0.0, 0.0)
     assert eq["drift"]["skipped"] is False and eq["drift"]["detected"] is False
+    # this champion is a bare HF directory, not a compressed variant: nothing to time against
+    assert any(r.startswith("SKIP latency: champion models:/") for r in eq["gate"]["reasons"]), eq[
+        "gate"
+    ]["reasons"]
+    assert first_page and "latency" not in [c["check"] for c in metrics["gate"]["checks"]]
 
     worse, bad, bad_files = _run(setup, equal_cfg, setup["untrained"])
     assert not worse

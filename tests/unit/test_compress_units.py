@@ -11,10 +11,15 @@ import pytest
 import torch
 
 from pairflow.compress.distill import build_student, kd_kl, kept_layers, student_config
-from pairflow.compress.errors import CalibrationError, CompressError, StudentConfigError
+from pairflow.compress.errors import (
+    CalibrationError,
+    CompressError,
+    LatencyBudgetError,
+    StudentConfigError,
+)
 from pairflow.compress.measure import fair_latency_env, recall_at_1
 from pairflow.compress.quantize import quantize_static_vision
-from pairflow.compress.select import choose_variant
+from pairflow.compress.select import choose_variant, enforce_latency_budget
 from pairflow.compress.settings import CompressConfig, StudentConfig
 
 
@@ -56,6 +61,22 @@ def test_latency_budget_against_the_champion() -> None:
     assert over.to_dict()["latency_budget"]["champion_p50_ms"] == 10.0
     # no champion (first run): no budget
     assert choose_variant(METRICS, "fastest", 0.01, 32, max_slowdown=0.1).budget is None
+
+
+def test_a_missed_latency_budget_stops_compress_unless_the_canary_is_asked_to_judge() -> None:
+    over = choose_variant(METRICS, "fastest", 0.01, 32, champion_p50_ms=10.0, max_slowdown=0.1)
+    with pytest.raises(LatencyBudgetError) as err:
+        enforce_latency_budget(over, "stop", "out/variants.md")
+    text = str(err.value)
+    for part in ("11.00 ms", "int8_onnx at 30.00 ms", "out/variants.md", "=canary"):
+        assert part in text, text
+    enforce_latency_budget(over, "canary", "out/variants.md")  # ships, budget not met
+    fits = choose_variant(METRICS, "fastest", 0.01, 32, champion_p50_ms=28.0, max_slowdown=0.1)
+    enforce_latency_budget(fits, "stop", "out/variants.md")  # met: nothing to stop
+    enforce_latency_budget(choose_variant(METRICS, "fastest", 0.01, 32), "stop", "x")  # no champion
+    with pytest.raises(CompressError, match="unknown policy"):
+        enforce_latency_budget(over, "maybe", "x")
+    assert CompressConfig().on_latency_budget_miss == "stop"
 
 
 def test_smallest_and_fixed_rules() -> None:

@@ -47,3 +47,28 @@ def test_gate_and_canary_numbers_are_rendered() -> None:
     assert "| 50% | latency_p95 | exceedance_over_stable_p95_fisher_greater |" in md
     assert "**rolled_back**" in md and "regression; step fail" in md
     assert "needed c/s (power)" in md and "### Gate decision" in md
+
+
+def test_latency_against_the_champion_is_reported_not_gated() -> None:
+    from pairflow.compress.versus_champion import LatencyVersusChampion
+    from pairflow.registry.card import budget_line
+
+    measured = LatencyVersusChampion(32, 18.0, 24.0, 6.0, 8.0, "int8_onnx", 20, 0.1)
+    assert measured.ratio == 3.0
+    reason = measured.reason()
+    assert reason.startswith("INFO latency at batch 32") and "3.00x" in reason
+    assert "p50 18.00 ms" in reason and "champion (int8_onnx) p50 6.00 ms" in reason
+    assert "within +10% of the champion" in reason
+    gate = {"passed": True, "checks": [measured.check()]}
+    (row,) = gate_rows(gate)
+    assert row[0] == "latency" and row[-1] == "INFO"
+    assert row[2] == "18 (fp32 candidate)" and "champion int8_onnx 6 (3x)" in row[3]
+    assert "| latency | p50 ms at batch 32 |" in decisions_markdown(gate)
+    # compress's budget, as the card's variant section says it
+    met = {"met": True, "chosen_p50_ms": 6.3, "limit_ms": 6.6, "champion_p50_ms": 6.0}
+    line = budget_line({**met, "batch_size": 32, "max_slowdown": 0.1})[1]
+    assert line.startswith("Latency budget met: chosen p50 6.30 ms at batch 32 vs limit 6.60")
+    assert "(champion 6.00 ms + 10%" in line
+    missed = budget_line({**met, "met": False, "batch_size": 32, "max_slowdown": 0.1})[1]
+    assert missed.startswith("Latency budget NOT met")
+    assert budget_line(None) == []

@@ -26,7 +26,12 @@ from pairflow.compress import quantize as qz
 from pairflow.compress.errors import CalibrationError, CompressError
 from pairflow.compress.measure import HeldOut, embed_all, load_held_out, measure_saved_latency
 from pairflow.compress.measure import recall_at_1 as recall
-from pairflow.compress.select import BASELINE, choose_variant, delta_name
+from pairflow.compress.select import (
+    BASELINE,
+    choose_variant,
+    delta_name,
+    enforce_latency_budget,
+)
 from pairflow.compress.settings import CompressConfig
 from pairflow.compress.table import variants_markdown
 from pairflow.compress.towers import count_parameters
@@ -172,7 +177,7 @@ class Classifier:
 _WEIGHT_FILES = ("model.safetensors", "fusion_head.safetensors")
 
 
-def _load_source(model_dir: str | Path, s3: S3Config | None) -> tuple[Any, Classifier | None]:
+def load_source(model_dir: str | Path, s3: S3Config | None) -> tuple[Any, Classifier | None]:
     """The CLIP (``LoadedClip``) and, for a classifier artifact, its head.
 
     Anything compress would not carry into every variant is refused: an unknown model kind
@@ -233,7 +238,7 @@ def compress_model(
     shipped variant (folder, kind), timed interleaved with the variants for the latency
     budget (``compress.max_slowdown_vs_champion``)."""
     say = progress or (lambda msg: log.info("%s", msg))
-    loaded, classifier = _load_source(model_dir, s3)
+    loaded, classifier = load_source(model_dir, s3)
     assert loaded.path is not None
     model, processor = loaded.model, loaded.processor
     model.train(False)
@@ -391,6 +396,7 @@ def compress_model(
     index.write(out)
     table = variants_markdown(index, held_out_rows=held.rows)
     (out / "variants.md").write_text(table)
+    enforce_latency_budget(choice, cfg.on_latency_budget_miss, str(out / "variants.md"))
     say(f"chosen variant: {choice.name} ({choice.reason})")
     return CompressResult(
         index, table, held.rows, calibration_rows, distill_info, dict(latency_setup)

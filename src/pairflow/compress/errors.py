@@ -23,3 +23,7 @@ class StudentConfigError(CompressError):
 
 class VariantError(CompressError):
     """A compressed-model directory or variant that cannot be read."""
+
+
+class LatencyBudgetError(CompressError):
+    """No variant within the quality drop is as fast as the champion allows: nothing ships."""

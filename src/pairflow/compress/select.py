@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pairflow.compress.errors import CompressError
+from pairflow.compress.errors import CompressError, LatencyBudgetError
 
 BASELINE = "fp32_torch"
 _EPS = 1e-9
@@ -55,7 +55,8 @@ def choose_variant(
     Latency budget: with the champion's p50 (measured interleaved with the variants) and
     ``max_slowdown``, eligible variants must also be no slower than ``champion x (1 +
     max_slowdown)``; when none is, the fastest quality-eligible variant is chosen and the
-    budget is recorded as not met (the canary then judges it; the reason says why).
+    budget is recorded as not met (:func:`enforce_latency_budget` then stops compress, or
+    lets the canary judge it; the reason says why).
     """
     if BASELINE not in metrics:
         raise CompressError(f"selection needs the {BASELINE!r} baseline among the variants")
@@ -121,3 +122,19 @@ def choose_variant(
             f"{champion_p50_ms:.2f} ms + {max_slowdown:.0%})"
         )
     return Choice(name, reason, eligible, budget)
+
+
+def enforce_latency_budget(choice: Choice, policy: str, table: str) -> None:
+    """Raise :class:`LatencyBudgetError` when ``choice`` missed its latency budget and
+    ``policy`` (``compress.on_latency_budget_miss``) is ``stop``; ``table`` names where the
+    measured variants are written."""
+    if choice.budget is None or choice.budget["met"] or policy == "canary":
+        return
+    if policy != "stop":
+        raise CompressError(f"compress.on_latency_budget_miss: unknown policy {policy!r}")
+    raise LatencyBudgetError(
+        f"{choice.reason}. Nothing ships (compress.on_latency_budget_miss=stop); the measured "
+        f"variants are in {table}. To let the canary judge the fastest variant instead, set "
+        "compress.on_latency_budget_miss=canary; to drop the budget, "
+        "compress.max_slowdown_vs_champion=null."
+    )

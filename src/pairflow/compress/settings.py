@@ -80,6 +80,12 @@ class CompressConfig(Section):
         "selection batch size is at most the champion's (measured interleaved with the "
         "variants) x (1 + this); None: no budget.",
     )
+    on_latency_budget_miss: Literal["stop", "canary"] = Field(
+        "stop",
+        description="When no variant fits the latency budget: 'stop' fails compress (nothing "
+        "is registered or deployed; the variant table says why); 'canary' ships the fastest "
+        "eligible variant with the budget recorded as not met, for the canary to judge.",
+    )
     parity_min_cosine: float = Field(
         0.999, gt=0, le=1, description="Min cosine of ONNX vs torch embeddings, per row."
     )

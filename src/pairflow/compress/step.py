@@ -72,14 +72,15 @@ def _log_artifacts(cfg: PairflowConfig, kfp_run_id: str, out: Path) -> None:
         client.log_artifact(run_id, str(out / name), "compress")
 
 
-def champion_variant(cfg: PairflowConfig) -> tuple[Path, str] | None:
+def champion_variant(cfg: PairflowConfig, ref: str | None = None) -> tuple[Path, str] | None:
     """The champion's shipped variant (folder, kind) for the latency budget; None when there
-    is no champion (first run) or it is not a registered compress variant."""
+    is no champion (first run) or it is not a registered compress variant. ``ref``: a
+    ``models:/`` URI instead of the champion alias."""
     from pairflow.clipfilter.model import ModelLoadError
     from pairflow.serve.load import download_version, registered_variant, resolve_mlflow
 
     uri = tracking.resolve_tracking_uri(cfg.mlflow.tracking_uri, cfg.run.workdir)
-    alias = f"models:/{cfg.register_.model_name}@{cfg.deploy.alias_champion}"
+    alias = ref or f"models:/{cfg.register_.model_name}@{cfg.deploy.alias_champion}"
     try:
         pinned, _ = resolve_mlflow(alias, uri)
         root = download_version(pinned, uri)

@@ -41,6 +41,12 @@ class EvaluateConfig(Section):
         "reasons say it is off.",
     )
     holdout_fraction: float = Field(0.2, ge=0, lt=1, description="Share of ids held out.")
+    report_latency: bool = Field(
+        True,
+        description="With a champion, time the candidate (fp32, before compression) against "
+        "the champion's shipped variant, interleaved at compress.selection_batch_size, and "
+        "report it with the gate (not gated: compress enforces the latency budget).",
+    )
     non_inferiority_margin: float = ui(
         0.01,
         "Non-inferiority margin",

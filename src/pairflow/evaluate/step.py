@@ -15,6 +15,7 @@ from typing import Any
 from pairflow import tracking
 from pairflow.config import PairflowConfig
 from pairflow.data.schema import empty_rejected, read_manifest, write_manifest
+from pairflow.evaluate.gate import GateDecision
 from pairflow.report import StageOutputs, StageReport, Stopwatch
 from pairflow.steps import finish_stage, load_step_config, setup_logging
 
@@ -136,6 +137,8 @@ def run_evaluation(
         progress=progress,
         champion=champion,
     )
+    if cfg.evaluate.report_latency and result.champion_info is not None:
+        report_latency(cfg, df, model_dir, result.champion_info.uri, result.gate)
     write_manifest(df, outputs.kept)
     write_manifest(empty_rejected(list(df.columns)), outputs.rejected)
     report = StageReport(
@@ -172,6 +175,27 @@ def run_evaluation(
         confusion=confusion.astype(int).tolist() if confusion is not None else None,
         markdown=markdown,
     )
+
+
+def report_latency(
+    cfg: PairflowConfig, frame: Any, model_dir: str, champion_ref: str, gate: GateDecision
+) -> None:
+    """Add the candidate's latency against the champion's shipped variant to ``gate`` (a
+    report line and a ``latency`` check; never a failure: compress enforces the budget)."""
+    from pairflow.compress.step import champion_variant
+    from pairflow.compress.versus_champion import latency_versus_champion
+
+    champion = champion_variant(cfg, champion_ref) if champion_ref.startswith("models:/") else None
+    if champion is None:
+        gate.reasons.append(
+            f"SKIP latency: champion {champion_ref} is not a registered compressed variant; "
+            "nothing to time against"
+        )
+        return
+    log.info("evaluate: timing the candidate against the champion's %s", champion[0].name)
+    measured = latency_versus_champion(model_dir, frame, champion, cfg.compress, s3=cfg.data.s3)
+    gate.reasons.append(measured.reason())
+    gate.checks.append(measured.check())
 
 
 def _log_gate(

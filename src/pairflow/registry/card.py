@@ -48,6 +48,8 @@ class CardInputs:
     experiment_id: str = ""
     # The champion's chosen variant (size_bytes, p50_ms_b1, ...), when it has one.
     champion_variant: dict[str, Any] | None = None
+    # compress's latency budget against the champion (variants.json selection.latency_budget)
+    latency_budget: dict[str, Any] | None = None
 
 
 def cell(value: Any) -> str:
@@ -156,6 +158,17 @@ def _gate_rows(metrics: dict[str, Any]) -> list[list[str]]:
             found = "skipped" if seen is None else ("drift" if seen else "no drift")
             result = result if seen is not None else "SKIP"
             rows.append(["drift", found, "—", "—", f"policy {chk.get('policy')}", result])
+        elif kind == "latency":
+            rows.append(
+                [
+                    f"p50 latency ms, batch {chk.get('batch_size')} (fp32, before compress)",
+                    _f(chk.get("candidate_p50_ms")),
+                    f"{_f(chk.get('champion_p50_ms'))} ({chk.get('champion_variant')})",
+                    f"{_f(chk.get('ratio'))}x",
+                    "reported; compress enforces the budget",
+                    "INFO",
+                ]
+            )
     return rows
 
 
@@ -210,14 +223,30 @@ def _mb(size: Any) -> str:
     return f"{size / 1e6:.1f} MB" if size >= 1e6 else f"{size / 1e3:.1f} kB"
 
 
+def budget_line(budget: dict[str, Any] | None) -> list[str]:
+    """compress's latency budget against the champion, as one sentence (none without one)."""
+    if not budget:
+        return []
+    verdict = "met" if budget.get("met") else "NOT met"
+    return [
+        "",
+        f"Latency budget {verdict}: chosen p50 {_f(budget.get('chosen_p50_ms'), '.2f')} ms at "
+        f"batch {budget.get('batch_size')} vs limit {_f(budget.get('limit_ms'), '.2f')} ms "
+        f"(champion {_f(budget.get('champion_p50_ms'), '.2f')} ms + "
+        f"{_f(100 * float(budget.get('max_slowdown') or 0), '.0f')}%, timed interleaved).",
+    ]
+
+
 def variant_section(
     variants: list[dict[str, Any]],
     chosen: str,
     champion: dict[str, Any] | None,
     has_champion: bool = True,
+    budget: dict[str, Any] | None = None,
 ) -> list[str]:
     """The chosen variant against fp32 torch and against the champion's shipped variant
-    (no champion row on a first run, ``has_champion`` False)."""
+    (no champion row on a first run, ``has_champion`` False), then compress's latency
+    ``budget`` when there was one."""
     if not variants:
         return [NA.format("no compressed variants (the trained model ships as is)")]
     by_name = {str(v.get("variant")): v for v in variants}
@@ -253,7 +282,7 @@ def variant_section(
             )
     if ratios:
         lines += ["", "; ".join(ratios)]
-    return lines
+    return lines + budget_line(budget)
 
 
 # -- 3. drift ---------------------------------------------------------------------------------
@@ -377,6 +406,7 @@ def build_model_card(inputs: CardInputs) -> str:
                 inputs.chosen_variant,
                 inputs.champion_variant,
                 has_champion=bool(ev is not None and ev.metrics.get("champion")),
+                budget=inputs.latency_budget,
             ),
         ),
         ("Drift", drift_section(ev)),

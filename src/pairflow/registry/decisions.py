@@ -78,6 +78,20 @@ def gate_rows(gate: dict[str, Any]) -> list[list[str]]:
         elif kind == "drift":
             bound, threshold = "—", f"policy {chk.get('policy')}"
             result = "SKIP" if chk.get("value") is None else result
+        elif kind == "latency":
+            rows.append(
+                [
+                    kind,
+                    f"p50 ms at batch {chk.get('batch_size')}",
+                    f"{_f(chk.get('candidate_p50_ms'))} (fp32 candidate)",
+                    f"champion {chk.get('champion_variant')} {_f(chk.get('champion_p50_ms'))}"
+                    f" ({_f(chk.get('ratio'))}x)",
+                    _f(chk.get("repeats")),
+                    "reported; the budget is enforced at compress",
+                    "INFO",
+                ]
+            )
+            continue
         else:
             bound, threshold = "—", _f(chk.get("threshold"))
         rows.append(

@@ -375,6 +375,7 @@ def _register(job: _Registration, cfg: PairflowConfig, inputs: RegisterInputs) -
             run_id=run_id,
             experiment_id=experiment_id,
             champion_variant=_champion_variant(job, evaluate),
+            latency_budget=variants.selection.get("latency_budget"),
         )
     )
     job.log_artifacts(run_id, variants, reports, card_md)

@@ -40,6 +40,8 @@ class VariantSet:
     others: list[Variant]
     hf_dir: Path
     index: Path | None
+    # compress's selection record (rule, reason, latency budget against the champion)
+    selection: dict[str, Any] = field(default_factory=dict)
 
     def table(self) -> list[dict[str, Any]]:
         rows = []
@@ -106,7 +108,8 @@ def resolve_variants(compressed: Path | None, trained: Path | None) -> VariantSe
             "model directory is available for load_clip users"
         )
     others = [v for v in variants if v is not chosen and v.path.is_dir()]
-    return VariantSet(chosen, others, hf, index)
+    selection = data.get("selection") if isinstance(data.get("selection"), dict) else {}
+    return VariantSet(chosen, others, hf, index, dict(selection))
 
 
 def _fallback_hf(variants: list[Variant], trained: Path | None) -> Path | None:
