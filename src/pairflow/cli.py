@@ -263,6 +263,14 @@ def _highlights(reports: dict[str, StageReport]) -> list[str]:
             f"{var.get('size_ratio')}x smaller than fp32 torch, recall@1 delta "
             f"{var.get('recall_delta')})"
         )
+        budget = (cmp.metrics.get("selection") or {}).get("latency_budget")
+        if isinstance(budget, dict):
+            lines.append(
+                f"  latency budget {'met' if budget.get('met') else 'NOT met'}: "
+                f"{budget.get('chosen_p50_ms')} ms at batch {budget.get('batch_size')} vs limit "
+                f"{budget.get('limit_ms')} ms (champion {budget.get('champion_p50_ms')} ms + "
+                f"{100 * float(budget.get('max_slowdown') or 0):.0f}%)"
+            )
     dep = reports.get("deploy")
     if dep is not None:
         reasons = "; ".join(str(r) for r in dep.metrics.get("reasons", []))

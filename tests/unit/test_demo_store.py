@@ -30,3 +30,34 @@ def test_the_demo_store_is_removed_and_a_foreign_one_kept(
     other.write_bytes(b"someone's store")
     said = fresh_demo_store(workdir, f"sqlite:///{other}")
     assert "not the demo's own: kept" in said and other.exists()
+
+
+def test_run_highlights_state_the_latency_budget_against_the_champion() -> None:
+    from pairflow.cli import _highlights
+    from pairflow.report import StageReport
+
+    budget = {
+        "met": False,
+        "chosen_p50_ms": 6.64,
+        "batch_size": 32,
+        "limit_ms": 5.34,
+        "champion_p50_ms": 4.85,
+        "max_slowdown": 0.1,
+    }
+    compress = StageReport(
+        stage="compress",
+        rows_in=1,
+        rows_out=1,
+        metrics={
+            "chosen": "int8_onnx",
+            "selection": {"latency_budget": budget},
+            "variants": {"int8_onnx": {"speedup_b32": 2.8, "size_ratio": 2.8}},
+        },
+    )
+    lines = _highlights({"compress": compress})
+    assert lines[0].startswith("compress: chose int8_onnx (2.8x faster")
+    assert lines[1] == (
+        "  latency budget NOT met: 6.64 ms at batch 32 vs limit 5.34 ms (champion 4.85 ms + 10%)"
+    )
+    del compress.metrics["selection"]  # first run: no champion, no budget line
+    assert len(_highlights({"compress": compress})) == 1
