@@ -178,6 +178,35 @@ def test_canary_outcome_goes_before_lineage_and_replaces_an_earlier_one() -> Non
     )
     assert once.index("**Canary: rolled_back**") < once.index("## Lineage")
     assert "| 50% | fail |" in once and "- p95 latency 2.1x stable" in once
+    assert "| step | metric |" not in once  # steps without per-test numbers
+    measured = {
+        "weight": 50,
+        "verdict": "fail",
+        "metrics": [
+            {
+                "metric": "latency_p95",
+                "test": "exceedance_over_stable_p95_fisher_greater",
+                "stable": 11.07,
+                "candidate": 24.5,
+                "statistic": 6.1,
+                "p_adjusted": 0.0004,
+                "n_candidate": 370,
+                "n_stable": 349,
+                "required_candidate": 305,
+                "required_stable": 305,
+                "power": 0.9,
+                "min_effect": 0.08,
+                "level": 0.0167,
+                "regression": True,
+                "powered": True,
+            }
+        ],
+    }
+    numbers = with_canary(card, "rolled_back", [], [measured])
+    row = next(ln for ln in numbers.splitlines() if "exceedance_over_stable_p95" in ln)
+    for cell in ("| 50% | latency_p95 |", "| 0.0004 |", "| 370/349 |", "| 305/305 (0.9) |"):
+        assert cell in row, row
+    assert "regression; step fail" in row
     twice = with_canary(once, "promoted", [], [])
     assert twice.count("## Canary") == 1 and "**Canary: promoted**" in twice
     assert "rolled_back" not in twice

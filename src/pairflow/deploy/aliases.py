@@ -167,7 +167,8 @@ def record_decision(
     # The model card (the version's description) gets its canary section, before lineage.
     from pairflow.registry.card import with_canary
 
-    card = with_canary(mv.description or "", decision, reasons, steps)
+    # the full steps: the card's canary table shows each test's numbers
+    card = with_canary(mv.description or "", decision, reasons, list(report.get("steps") or []))
     reg.call(
         f"card of {rollout.name}/{version}",
         lambda: client.update_model_version(rollout.name, version, description=card),

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
+from pairflow.registry.decisions import CANARY_HEADER, canary_records, canary_rows, table
 from pairflow.report import StageReport
 from pairflow.summary import STAGE_ORDER
 
@@ -334,6 +335,9 @@ def canary_section(decision: str, reasons: list[str], steps: list[dict[str, Any]
         ]
         lines += [*_table(["candidate traffic", "step verdict"], rows), ""]
     lines += [f"- {r}" for r in reasons[:6]]
+    records = canary_records({"steps": steps})
+    if records:  # every test's numbers: statistic, p, sample sizes against the powered size
+        lines += ["", *table(CANARY_HEADER, canary_rows(records))]
     return lines
 
 
