@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import pandas as pd
 import pytest
 import torch
 from onnx import numpy_helper
@@ -106,12 +107,13 @@ def test_champion_is_timed_with_the_variants_and_bounds_the_choice(
     variants, and its p50 bounds the choice; a miss stops compress under the default policy."""
     _, first = compressed
     df, model = rows_and_model
+    assert isinstance(df, pd.DataFrame)
     champion = (first / "student_int8", "onnx")
     base = {"int8": True, "static_vision": False, "latency_repeats": 5}
     # generous budget: something fits, and the record holds the champion's own timings
     out = tmp_path / "loose"
     cfg = CompressConfig(**base, max_slowdown_vs_champion=100.0)
-    result = compress_model(model, df, cfg, out, holdout_fraction=HOLDOUT, champion=champion)  # type: ignore[arg-type]
+    result = compress_model(model, df, cfg, out, holdout_fraction=HOLDOUT, champion=champion)
     sel = result.index.selection
     champ = sel["champion_latency_ms"]
     assert set(champ) == {"1", "32"} and champ["32"]["p50_ms"] > 0
@@ -127,7 +129,7 @@ def test_champion_is_timed_with_the_variants_and_bounds_the_choice(
     with pytest.raises(LatencyBudgetError, match=r"latency budget not met.*variants\.md"):
         compress_model(
             model, df, cfg, tmp_path / "tight", holdout_fraction=HOLDOUT, champion=champion
-        )  # type: ignore[arg-type]
+        )
     missed = VariantIndex.read(tmp_path / "tight").selection
     assert missed["latency_budget"]["met"] is False
     assert missed["latency_budget"]["chosen_p50_ms"] > missed["latency_budget"]["limit_ms"]
@@ -142,8 +144,9 @@ def test_candidate_latency_against_the_champion_before_compress(
 
     _, first = compressed
     df, model = rows_and_model
+    assert isinstance(df, pd.DataFrame)
     cfg = CompressConfig(latency_repeats=5)
-    got = latency_versus_champion(model, df, (first / "student_int8", "onnx"), cfg)  # type: ignore[arg-type]
+    got = latency_versus_champion(model, df, (first / "student_int8", "onnx"), cfg)
     assert got.batch_size == 32 and got.champion_variant == "student_int8"
     assert 0 < got.candidate_p50_ms <= got.candidate_p95_ms
     assert 0 < got.champion_p50_ms <= got.champion_p95_ms
