@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from pairflow.cli_options import ConfigOpt, OutOpt, SetOpt
+from pairflow.compress.select import budget_sentence
 from pairflow.config import PairflowConfig, load_config, pipeline_params
 from pairflow.errors import PairflowError
 from pairflow.report import StageReport
@@ -265,12 +266,7 @@ def _highlights(reports: dict[str, StageReport]) -> list[str]:
         )
         budget = (cmp.metrics.get("selection") or {}).get("latency_budget")
         if isinstance(budget, dict):
-            lines.append(
-                f"  latency budget {'met' if budget.get('met') else 'NOT met'}: "
-                f"{budget.get('chosen_p50_ms')} ms at batch {budget.get('batch_size')} vs limit "
-                f"{budget.get('limit_ms')} ms (champion {budget.get('champion_p50_ms')} ms + "
-                f"{100 * float(budget.get('max_slowdown') or 0):.0f}%)"
-            )
+            lines.append(f"  {budget_sentence(budget)}")
     dep = reports.get("deploy")
     if dep is not None:
         reasons = "; ".join(str(r) for r in dep.metrics.get("reasons", []))

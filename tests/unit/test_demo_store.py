@@ -57,7 +57,8 @@ def test_run_highlights_state_the_latency_budget_against_the_champion() -> None:
     lines = _highlights({"compress": compress})
     assert lines[0].startswith("compress: chose int8_onnx (2.8x faster")
     assert lines[1] == (
-        "  latency budget NOT met: 6.64 ms at batch 32 vs limit 5.34 ms (champion 4.85 ms + 10%)"
+        "  Latency budget NOT met: chosen p50 6.64 ms at batch 32 vs limit 5.34 ms "
+        "(champion 4.85 ms + 10%, timed interleaved)."
     )
     del compress.metrics["selection"]  # first run: no champion, no budget line
     assert len(_highlights({"compress": compress})) == 1

@@ -124,6 +124,23 @@ def choose_variant(
     return Choice(name, reason, eligible, budget)
 
 
+def budget_sentence(budget: Mapping[str, Any]) -> str:
+    """A choice's latency budget against the champion (:attr:`Choice.budget`) in one
+    sentence, for the run summary and the model card."""
+
+    def ms(key: str) -> str:
+        value = budget.get(key)
+        return f"{value:.2f}" if isinstance(value, int | float) else "—"
+
+    verdict = "met" if budget.get("met") else "NOT met"
+    return (
+        f"Latency budget {verdict}: chosen p50 {ms('chosen_p50_ms')} ms at batch "
+        f"{budget.get('batch_size')} vs limit {ms('limit_ms')} ms (champion "
+        f"{ms('champion_p50_ms')} ms + {100 * float(budget.get('max_slowdown') or 0):.0f}%, "
+        "timed interleaved)."
+    )
+
+
 def enforce_latency_budget(choice: Choice, policy: str, table: str) -> None:
     """Raise :class:`LatencyBudgetError` when ``choice`` missed its latency budget and
     ``policy`` (``compress.on_latency_budget_miss``) is ``stop``; ``table`` names where the

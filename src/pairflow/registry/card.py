@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
+from pairflow.compress.select import budget_sentence
 from pairflow.registry.decisions import CANARY_HEADER, canary_records, canary_rows, table
 from pairflow.report import StageReport
 from pairflow.summary import STAGE_ORDER
@@ -226,16 +227,7 @@ def _mb(size: Any) -> str:
 
 def budget_line(budget: dict[str, Any] | None) -> list[str]:
     """compress's latency budget against the champion, as one sentence (none without one)."""
-    if not budget:
-        return []
-    verdict = "met" if budget.get("met") else "NOT met"
-    return [
-        "",
-        f"Latency budget {verdict}: chosen p50 {_f(budget.get('chosen_p50_ms'), '.2f')} ms at "
-        f"batch {budget.get('batch_size')} vs limit {_f(budget.get('limit_ms'), '.2f')} ms "
-        f"(champion {_f(budget.get('champion_p50_ms'), '.2f')} ms + "
-        f"{_f(100 * float(budget.get('max_slowdown') or 0), '.0f')}%, timed interleaved).",
-    ]
+    return ["", budget_sentence(budget)] if budget else []
 
 
 def variant_section(
