@@ -651,9 +651,12 @@ def test_sigterm_under_load_finishes_accepted_and_refuses_new(served: ServeProc)
     partial.sendall(ready)  # headers begun, not finished
     idle = socket.create_connection((host, int(port)))  # kept alive between two requests
     idle.sendall(ready + b"\r\n")
+    idle.settimeout(10)
     first = b""
     while b'"ready":true}' not in first:  # the first answer, headers and body
-        first += idle.recv(4096)
+        chunk = idle.recv(4096)
+        assert chunk, f"closed before its first answer was complete: {first!r}"
+        first += chunk
     assert first.startswith(b"HTTP/1.1 200"), first
     time.sleep(0.3)
     sigterm_at = time.monotonic()

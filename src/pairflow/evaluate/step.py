@@ -10,7 +10,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pairflow import tracking
 from pairflow.config import PairflowConfig
@@ -18,6 +18,9 @@ from pairflow.data.schema import empty_rejected, read_manifest, write_manifest
 from pairflow.evaluate.gate import GateDecision
 from pairflow.report import StageOutputs, StageReport, Stopwatch
 from pairflow.steps import finish_stage, load_step_config, setup_logging
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger("pairflow.evaluate.step")
 
@@ -178,7 +181,11 @@ def run_evaluation(
 
 
 def report_latency(
-    cfg: PairflowConfig, frame: Any, model_dir: str, champion_ref: str, gate: GateDecision
+    cfg: PairflowConfig,
+    frame: pd.DataFrame,
+    model_dir: str,
+    champion_ref: str,
+    gate: GateDecision,
 ) -> None:
     """Add the candidate's latency against the champion's shipped variant to ``gate`` (a
     report line and a ``latency`` check; never a failure: compress enforces the budget)."""

@@ -230,12 +230,12 @@ def timed_http_protocol(header_timeout_s: float) -> type:
 
     class HeaderTimedProtocol(HttpToolsProtocol):
         _header_timer: asyncio.TimerHandle | None = None
-        _requests_begun = 0
+        _spoke = False  # a request has begun on this connection
         _in_headers = False
         _draining = False
 
         def shutdown(self) -> None:
-            if self.cycle is None and (self._requests_begun == 0 or self._in_headers):
+            if self.cycle is None and (not self._spoke or self._in_headers):
                 self._draining = True
                 self.loop.call_later(grace_s, self._close_if_idle)
                 return
@@ -260,7 +260,7 @@ def timed_http_protocol(header_timeout_s: float) -> type:
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
-            self._requests_begun += 1
+            self._spoke = True
             self._in_headers = True
             self._arm()
 
