@@ -23,6 +23,7 @@ from pairflow.deploy.settings import DeployConfig
 from pairflow.errors import ConfigError
 from pairflow.evaluate.settings import EvaluateConfig
 from pairflow.kubeflow.settings import KubeflowConfig
+from pairflow.monitor.settings import MonitorConfig
 from pairflow.registry.settings import RegisterConfig
 from pairflow.serve.settings import ServeConfig
 from pairflow.train.settings import TrainConfig
@@ -233,6 +234,7 @@ class PairflowConfig(Section):
     deploy: DeployConfig = Field(default_factory=DeployConfig)
     mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
     kubeflow: KubeflowConfig = Field(default_factory=KubeflowConfig)
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig)
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
 

@@ -1,0 +1,2 @@
+"""Watch served traffic: request logging (sink), drift against the champion's reference,
+and a guarded retrain trigger."""
