@@ -43,7 +43,13 @@ COLOUR_RGB: Mapping[str, tuple[int, int, int]] = {
     "yellow": (240, 210, 30),
     "purple": (135, 55, 185),
     "orange": (245, 135, 25),
+    # the shifted source's palette (``generate_dataset(shift=True)``), disjoint from COLOURS
+    "pink": (250, 150, 200),
+    "teal": (0, 128, 128),
+    "brown": (120, 70, 30),
+    "cyan": (70, 220, 235),
 }
+SHIFT_COLOURS: tuple[str, ...] = ("pink", "teal", "brown", "cyan")
 POSITIONS: tuple[str, ...] = ("top left", "top right", "bottom left", "bottom right", "center")
 SIZES: tuple[str, ...] = ("small", "large")
 SOURCES: tuple[str, ...] = ("synthetic-a", "synthetic-b")
@@ -158,18 +164,18 @@ def _pick(rng: np.random.Generator, options: tuple[str, ...]) -> str:
     return options[int(rng.integers(len(options)))]
 
 
-def _draw_scene(rng: np.random.Generator) -> _Scene:
+def _draw_scene(rng: np.random.Generator, colours: tuple[str, ...] = COLOURS) -> _Scene:
     return _Scene(
         shape=_pick(rng, LABELS),
-        colour=_pick(rng, COLOURS),
+        colour=_pick(rng, colours),
         count=int(rng.integers(1, 4)),
         position=_pick(rng, POSITIONS),
         size=_pick(rng, SIZES),
     )
 
 
-def _draw_row(rng: np.random.Generator) -> _RowDraw:
-    scene = _draw_scene(rng)
+def _draw_row(rng: np.random.Generator, colours: tuple[str, ...] = COLOURS) -> _RowDraw:
+    scene = _draw_scene(rng, colours)
     template = int(rng.integers(len(_TEMPLATES)))
     fmt = "png" if rng.random() < 0.5 else "jpeg"
     return _RowDraw(scene=scene, template=template, fmt=fmt, source=_pick(rng, SOURCES))
@@ -480,18 +486,22 @@ def generate_dataset(
     defect_share: float = 0.25,
     image_size: int = 64,
     progress: Callable[[int, int], None] | None = None,
+    shift: bool = False,
 ) -> GenerateSummary:
     """Write ``n`` image-caption rows (with injected defects unless ``defects=False``).
 
     Writes ``out_dir/images/``, ``ground_truth.parquet`` and, last, ``manifest.parquet``;
     the same arguments give byte-identical files. ``out_dir/images`` is replaced; nothing
     is written outside ``out_dir``. ``progress(done, total)`` is called after each row.
+    ``shift=True`` draws colours from :data:`SHIFT_COLOURS` instead of :data:`COLOURS` (a
+    new source for drift tests; the same seed draws the same scenes otherwise).
     """
     _check_args(n, seed, defect_share, image_size)
     root = np.random.default_rng(seed)
     attr_rng, plan_rng, defect_rng = root.spawn(3)
     row_rngs = root.spawn(n)
-    draws = [_draw_row(attr_rng) for _ in range(n)]
+    colours = SHIFT_COLOURS if shift else COLOURS
+    draws = [_draw_row(attr_rng, colours) for _ in range(n)]
     n_defects = round(n * defect_share) if defects else 0
     plan = _plan(n, n_defects, plan_rng)
     wanted = {orig for _, orig in plan.values() if orig is not None}
