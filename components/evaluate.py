@@ -30,13 +30,16 @@ def evaluate(
     drift: Output[HTML],
     reference: Output[Dataset],
     plots: Output[HTML],
+    serving_reference: Output[Dataset],
     embeddings: Input[Dataset] = None,
 ) -> bool:
     """Measure the candidate and the champion on held-out rows; return whether the gate passed.
 
     ``embeddings`` (optional): the clip-filter's embeddings of the curated rows, used for the
     drift reference of this run. ``reference`` is that reference, for register to attach;
-    ``plots`` (recall@k, deltas with intervals, confusion matrices) goes to register too.
+    ``plots`` (recall@k, deltas with intervals, confusion matrices) goes to register too,
+    and ``serving_reference`` (this run's rows embedded by the candidate: the drift monitor's
+    baseline once it serves).
     """
     from pathlib import Path
 
@@ -45,7 +48,11 @@ def evaluate(
 
     out = StageOutputs(kept=kept.path, rejected=rejected.path, report=report.path)
     files = EvaluateFiles(
-        Path(drift.path), Path(reference.path), Path(summary.path), Path(plots.path)
+        Path(drift.path),
+        Path(reference.path),
+        Path(summary.path),
+        Path(plots.path),
+        Path(serving_reference.path),
     )
     result = evaluate_step(
         config.path,
@@ -65,4 +72,5 @@ def evaluate(
         {"rows_in": rep.rows_in, "rows_out": rep.rows_out, "implemented": rep.implemented}
     )
     reference.metadata.update({"format": "pairflow-drift-reference/1"})
+    serving_reference.metadata.update({"format": "pairflow-drift-reference/1", "role": "serving"})
     return result.passed

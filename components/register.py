@@ -29,6 +29,7 @@ def register(
     drift_html: Input[HTML] = None,
     eval_plots: Input[HTML] = None,
     drift_reference: Input[Dataset] = None,
+    serving_reference: Input[Dataset] = None,
 ) -> str:
     """Register the chosen variant; return its ``models:/`` URI (empty unless the gate passed)."""
     from pairflow.registry.step import register_step
@@ -64,6 +65,7 @@ def register(
         drift_html=path(drift_html),
         eval_plots=[path(eval_plots)] if eval_plots is not None else [],
         drift_reference=path(drift_reference),
+        serving_reference=path(serving_reference),
         kfp_run_name=kfp_run_name,
         card_out=model_card.path,
     )

@@ -161,6 +161,7 @@ def _dag(defaults_json: str, p: dict[str, Any]) -> None:
                 drift_html=ev.outputs["drift"],
                 eval_plots=ev.outputs["plots"],
                 drift_reference=ev.outputs["reference"],
+                serving_reference=ev.outputs["serving_reference"],
             )
             _no_cache(_io_bound(reg.set_display_name("register")))
             dep = deploy(

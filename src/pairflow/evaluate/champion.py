@@ -20,6 +20,9 @@ CHAMPION_ALIAS = "champion"
 DRIFT_REFERENCE_ARTIFACT = "pairflow/drift_reference.parquet"
 """Artifact path, inside the champion version's MLflow run, of its drift reference."""
 DRIFT_REFERENCE_FILE = "drift_reference.parquet"
+SERVING_REFERENCE_ARTIFACT = "pairflow/serving_reference.parquet"
+"""Artifact path, inside a version's MLflow run, of its serving reference (this run's rows
+embedded and scored by the version's own model: the drift monitor's baseline)."""
 
 
 class ChampionLookupError(PairflowError):

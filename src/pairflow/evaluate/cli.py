@@ -44,7 +44,7 @@ def register(app: typer.Typer) -> None:
         """Measure the candidate (and champion) on held-out rows and decide the gate.
 
         Writes kept/rejected.parquet, report.json, drift.html, drift_reference.parquet,
-        summary.md and plots.html into --out.
+        serving_reference.parquet, summary.md and plots.html into --out.
         Exit code 0: gate passed; 1: gate blocked; 2: bad input.
         """
         from rich.console import Console

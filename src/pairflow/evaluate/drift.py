@@ -8,6 +8,9 @@ own took minutes on 64-d embeddings): a logistic regression learns to tell refer
 new embeddings on half the rows; its ROC AUC on the other half above
 ``evaluate.embedding_drift_auc`` is drift. Embeddings are compared only when both sides were
 embedded by the same CLIP model (same digest). Its results are appended to the HTML.
+
+The same comparison judges a window of served traffic (``pairflow.monitor.drift``): its
+thresholds come in as :class:`DriftTests`, built from either config section.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from __future__ import annotations
 import importlib
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +34,34 @@ log = logging.getLogger("pairflow.evaluate.drift")
 NUMERIC = ("caption_chars", "caption_tokens", "width", "height", "clip_score")
 CATEGORICAL = ("label",)
 _MIN_ROWS = 10
+
+
+@dataclass(frozen=True)
+class DriftTests:
+    """Thresholds of one drift comparison (evaluate's or the monitor's)."""
+
+    drift_share: float
+    column_p: float
+    numeric_method: str
+    numeric_distance: float
+    embedding_auc: float
+    max_rows: int
+    seed: int
+
+    @classmethod
+    def of(cls, cfg: EvaluateConfig) -> DriftTests:
+        return cls(
+            drift_share=cfg.drift_share,
+            column_p=cfg.drift_column_p,
+            numeric_method=cfg.drift_numeric_method,
+            numeric_distance=cfg.drift_numeric_distance,
+            embedding_auc=cfg.embedding_drift_auc,
+            max_rows=cfg.max_drift_rows,
+            seed=cfg.seed,
+        )
+
+    def with_limits(self, drift_share: float, embedding_auc: float) -> DriftTests:
+        return replace(self, drift_share=drift_share, embedding_auc=embedding_auc)
 
 
 @dataclass
@@ -72,7 +103,7 @@ def _sample(ref: Reference, n: int, rng: np.random.Generator, with_emb: bool) ->
 def compare(
     reference: Reference | None,
     current: Reference,
-    cfg: EvaluateConfig,
+    config: EvaluateConfig | DriftTests,
     html_path: str | Path,
     *,
     missing_reason: str = "",
@@ -82,6 +113,7 @@ def compare(
     Without a reference (first run, or a champion without one) the HTML says why and the
     outcome is ``detected=None``.
     """
+    cfg = config if isinstance(config, DriftTests) else DriftTests.of(config)
     html = Path(html_path)
     html.parent.mkdir(parents=True, exist_ok=True)
     if reference is None:
@@ -99,8 +131,8 @@ def compare(
     reasons: list[str] = []
     if not same_model:
         reasons.append(_embedding_skip_reason(reference, current))
-    ref = _sample(reference, cfg.max_drift_rows, rng, same_model)
-    cur = _sample(current, cfg.max_drift_rows, rng, same_model)
+    ref = _sample(reference, cfg.max_rows, rng, same_model)
+    cur = _sample(current, cfg.max_rows, rng, same_model)
     num, cat = _usable_columns(ref.frame, cur.frame)
     use_emb = same_model and all(
         len(ref.emb[k]) >= _MIN_ROWS and len(cur.emb[k]) >= _MIN_ROWS for k in ("image", "text")
@@ -128,11 +160,11 @@ def compare(
         )
     for name in ("image", "text") if use_emb else ():
         auc = float(metrics[f"embedding_auc.{name}"])
-        hit = auc > cfg.embedding_drift_auc
+        hit = auc > cfg.embedding_auc
         detected |= hit
         reasons.append(
             f"{name} embeddings: classifier ROC AUC {auc:.3f} "
-            f"{'>' if hit else '<='} {cfg.embedding_drift_auc:.3f}"
+            f"{'>' if hit else '<='} {cfg.embedding_auc:.3f}"
         )
     metrics.update(
         skipped=False,
@@ -180,7 +212,7 @@ def _run_report(
     num: list[str],
     cat: list[str],
     use_emb: bool,
-    cfg: EvaluateConfig,
+    cfg: DriftTests,
     html: Path,
 ) -> dict[str, Any]:
     metrics: dict[str, Any] = {"column_p_values": {}, "drifted_columns": []}
@@ -194,7 +226,7 @@ def _run_report(
             auc = embedding_auc(ref.emb[name], cur.emb[name], cfg.seed)
             metrics[f"embedding_auc.{name}"] = auc
             rows.append((name, auc))
-        _append_html(html, rows, cfg.embedding_drift_auc)
+        _append_html(html, rows, cfg.embedding_auc)
     return metrics
 
 
@@ -203,7 +235,7 @@ def _evidently_report(
     cur: pd.DataFrame,
     num: list[str],
     cat: list[str],
-    cfg: EvaluateConfig,
+    cfg: DriftTests,
     html: Path,
 ) -> dict[str, Any]:
     # imported by name: evidently ships no type information
@@ -224,9 +256,9 @@ def _evidently_report(
             presets.DataDriftPreset(
                 columns=num + cat,
                 drift_share=cfg.drift_share,
-                num_method=cfg.drift_numeric_method,
+                num_method=cfg.numeric_method,
                 num_threshold=_numeric_cut(cfg),
-                cat_threshold=cfg.drift_column_p,
+                cat_threshold=cfg.column_p,
             )
         ]
     )
@@ -255,14 +287,14 @@ def _append_html(html: Path, rows: list[tuple[str, float]], threshold: float) ->
     html.write_text(text[:idx] + block + text[idx:] if idx >= 0 else text + block)
 
 
-def _numeric_cut(cfg: EvaluateConfig) -> float:
+def _numeric_cut(cfg: DriftTests) -> float:
     """Numeric columns: a distance cut (Wasserstein) or a p-value cut (KS)."""
-    if cfg.drift_numeric_method == "wasserstein":
-        return cfg.drift_numeric_distance
-    return cfg.drift_column_p
+    if cfg.numeric_method == "wasserstein":
+        return cfg.numeric_distance
+    return cfg.column_p
 
 
-def _summarise(snapshot: dict[str, Any], cfg: EvaluateConfig, numeric: set[str]) -> dict[str, Any]:
+def _summarise(snapshot: dict[str, Any], cfg: DriftTests, numeric: set[str]) -> dict[str, Any]:
     """Drift per column: p-values (categorical, KS) or normed distances (Wasserstein)."""
     out: dict[str, Any] = {"column_p_values": {}, "column_distances": {}, "drifted_columns": []}
     for m in snapshot.get("metrics", []):
@@ -275,12 +307,12 @@ def _summarise(snapshot: dict[str, Any], cfg: EvaluateConfig, numeric: set[str])
         elif kind.endswith(":ValueDrift"):
             col = str(conf.get("column"))
             v = float(value) if value is not None else float("nan")
-            if col in numeric and cfg.drift_numeric_method == "wasserstein":
+            if col in numeric and cfg.numeric_method == "wasserstein":
                 out["column_distances"][col] = v
                 drifted = v >= _numeric_cut(cfg)
             else:
                 out["column_p_values"][col] = v
-                drifted = v < cfg.drift_column_p
+                drifted = v < cfg.column_p
             if drifted:
                 out["drifted_columns"].append(col)
     return out

@@ -208,11 +208,14 @@ def evaluate_frame(
     embeddings: Embeddings | None = None,
     progress: Progress | None = None,
     champion: str | None = None,
+    serving_reference_out: Path | None = None,
 ) -> EvaluateResult:
     """Measure ``model_ref`` (and the champion) on the held-out rows of ``df``; gate it.
 
     ``champion`` overrides the MLflow lookup of ``models:/<register.model_name>@champion``
-    (see :func:`pairflow.evaluate.champion.resolve_champion`).
+    (see :func:`pairflow.evaluate.champion.resolve_champion`). ``serving_reference_out``:
+    where to write the candidate's serving reference (the drift monitor's baseline, see
+    :mod:`pairflow.evaluate.serving_reference`).
     """
     start = time.perf_counter()
     ev = cfg.evaluate
@@ -298,6 +301,12 @@ def evaluate_frame(
     write_reference(reference_out, current)
     say("drift report")
     drift = _drift(info, current, cfg, drift_html, tracking_uri)
+    extra: dict[str, Any] = {"reference_embeddings": emb_note}
+    if serving_reference_out is not None:
+        say("serving reference: this run's rows embedded by the candidate")
+        extra["serving_reference"] = _serving_reference(
+            cand.clip, holdout, cand_scores, train_rows, cfg, serving_reference_out
+        )
     note = (
         f"champion {info.uri} is version {info.version}"
         if info is not None and info.version
@@ -334,8 +343,40 @@ def evaluate_frame(
         model_ref=model_ref,
         model_digest=cand.clip.digest,
         seconds=round(time.perf_counter() - start, 3),
-        extra={"reference_embeddings": emb_note, **({"notes": notes} if notes else {})},
+        extra={**extra, **({"notes": notes} if notes else {})},
     )
+
+
+def _serving_reference(
+    clip: LoadedClip,
+    holdout: pd.DataFrame,
+    scores: HoldoutScores,
+    train_rows: pd.DataFrame,
+    cfg: PairflowConfig,
+    out: Path,
+) -> dict[str, Any]:
+    """Write the serving reference; its row counts and seconds for the report."""
+    from pairflow.evaluate.serving_reference import build_serving_reference
+
+    start = time.perf_counter()
+    ref = build_serving_reference(
+        clip,
+        holdout,
+        scores,
+        train_rows,
+        train_sample=cfg.evaluate.serving_reference_train_rows,
+        seed=cfg.evaluate.seed,
+        batch_size=cfg.evaluate.batch_size,
+        s3=cfg.data.s3,
+    )
+    write_reference(out, ref)
+    return {
+        "rows": len(ref.frame),
+        "embedded_rows": int(ref.meta.get("embedded_ids", 0)),
+        "holdout_rows": int(ref.meta["holdout_rows"]),
+        "train_rows": int(ref.meta["train_rows"]),
+        "seconds": round(time.perf_counter() - start, 3),
+    }
 
 
 def chance_levels(

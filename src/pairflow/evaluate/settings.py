@@ -90,5 +90,11 @@ class EvaluateConfig(Section):
     max_drift_rows: int = Field(
         5000, ge=100, description="Rows sampled per side for the drift report."
     )
+    serving_reference_train_rows: int = Field(
+        256,
+        ge=0,
+        description="Training rows (beside all held-out rows) the candidate embeds for its "
+        "serving reference, the drift monitor's baseline for served traffic.",
+    )
     batch_size: int = Field(64, ge=1, description="Pairs per forward pass when embedding.")
     seed: int = Field(0, description="Seed of bootstrap and drift sampling.")

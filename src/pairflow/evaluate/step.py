@@ -29,19 +29,25 @@ STAGE = "evaluate"
 
 @dataclass
 class EvaluateFiles:
-    """Extra outputs: drift HTML, this run's drift reference Parquet, a Markdown summary and
-    the evaluation plots (one HTML page)."""
+    """Extra outputs: drift HTML, this run's drift reference Parquet, a Markdown summary,
+    the evaluation plots (one HTML page) and the candidate's serving reference Parquet (the
+    drift monitor's baseline once the candidate serves)."""
 
     drift_html: Path
     reference: Path
     summary: Path | None = None
     plots: Path | None = None
+    serving_reference: Path | None = None
 
     @classmethod
     def in_dir(cls, out_dir: str | Path) -> EvaluateFiles:
         d = Path(out_dir)
         return cls(
-            d / "drift.html", d / "drift_reference.parquet", d / "summary.md", d / "plots.html"
+            d / "drift.html",
+            d / "drift_reference.parquet",
+            d / "summary.md",
+            d / "plots.html",
+            d / "serving_reference.parquet",
         )
 
 
@@ -139,6 +145,7 @@ def run_evaluation(
         embeddings=emb,
         progress=progress,
         champion=champion,
+        serving_reference_out=files.serving_reference,
     )
     if cfg.evaluate.report_latency and result.champion_info is not None:
         report_latency(cfg, df, model_dir, result.champion_info.uri, result.gate)

@@ -64,6 +64,10 @@ def register_cmd(
     drift_html: Annotated[Path | None, typer.Option("--drift-html")] = None,
     plots: Annotated[list[Path] | None, typer.Option("--plot", help="Repeatable.")] = None,
     drift_reference: Annotated[Path | None, typer.Option("--drift-reference")] = None,
+    serving_reference: Annotated[
+        Path | None,
+        typer.Option("--serving-reference", help="Evaluate's serving_reference.parquet."),
+    ] = None,
     kfp_run_id: Annotated[
         str, typer.Option("--kfp-run-id", help="Pipeline run id (idempotency key).")
     ] = "",
@@ -94,6 +98,7 @@ def register_cmd(
             drift_html=str(drift_html or ""),
             eval_plots=[str(p) for p in plots or []],
             drift_reference=str(drift_reference or ""),
+            serving_reference=str(serving_reference or ""),
             card_out=str(out / "model_card.md"),
         )
     from pairflow.report import StageReport

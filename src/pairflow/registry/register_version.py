@@ -44,6 +44,7 @@ from pairflow.registry.names import (
     GATE_PASSED,
     GATE_UNKNOWN,
     METRIC_TAG_PREFIX,
+    SERVING_REFERENCE_ARTIFACT,
     TAG_CODE_VERSION,
     TAG_COMPLETE,
     TAG_CONFIG_HASH,
@@ -85,6 +86,7 @@ class RegisterInputs:
     drift_html: Path | None = None
     eval_plots: list[Path] = field(default_factory=list)
     drift_reference: Path | None = None
+    serving_reference: Path | None = None
     kfp_run_id: str = ""
     kfp_run_name: str = ""
 
@@ -224,6 +226,7 @@ class _Registration:
         files: list[tuple[Path | None, str]] = [
             (inp.drift_html, f"{root}/drift.html"),
             (inp.drift_reference, DRIFT_REFERENCE_ARTIFACT),
+            (inp.serving_reference, SERVING_REFERENCE_ARTIFACT),
         ]
         for p in inp.eval_plots:
             files.append((p, f"{root}/plots" if p.is_dir() else f"{root}/plots/{_page_name(p)}"))
@@ -470,6 +473,8 @@ def _planned_artifacts(
         out.append(f"{root}/drift.html")
     if inputs.drift_reference is not None:
         out.append(DRIFT_REFERENCE_ARTIFACT)
+    if inputs.serving_reference is not None:
+        out.append(SERVING_REFERENCE_ARTIFACT)
     out += [
         f"{root}/plots" if p.is_dir() else f"{root}/plots/{_page_name(p)}"
         for p in inputs.eval_plots

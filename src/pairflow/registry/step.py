@@ -42,6 +42,7 @@ def register_step(
     drift_html: str = "",
     eval_plots: Sequence[str] = (),
     drift_reference: str = "",
+    serving_reference: str = "",
     kfp_run_name: str = "",
     card_out: str = "",
 ) -> str:
@@ -66,6 +67,7 @@ def register_step(
         drift_html=_opt(drift_html),
         eval_plots=[Path(p) for p in eval_plots if p],
         drift_reference=_opt(drift_reference),
+        serving_reference=_opt(serving_reference),
         kfp_run_id=kfp_run_id,
         kfp_run_name=kfp_run_name,
     )
