@@ -8,7 +8,7 @@ import pytest
 
 from pairflow.data.synthetic import GenerateSummary, generate_dataset
 
-pytest_plugins = ["tests.fixtures_s3", "tests.fixtures_mlflow"]
+pytest_plugins = ["tests.fixtures_s3", "tests.fixtures_mlflow", "tests.kfp_fake"]
 
 
 @pytest.fixture(scope="session")
