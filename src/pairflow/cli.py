@@ -522,6 +522,7 @@ STAGE_CLIS = (
     "serve",
     "deploy",
     "kubeflow",
+    "monitor.sink_cli",
 )
 
 
