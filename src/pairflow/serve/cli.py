@@ -49,7 +49,8 @@ def register(app: typer.Typer) -> None:
         from pairflow.config import load_config
         from pairflow.serve.server import run
 
-        cfg = load_config(config, set_ or []).serve
+        full = load_config(config, set_ or [])
+        cfg = full.serve
         if model_name:
             cfg = cfg.model_copy(update={"model_name": model_name})
         typer.echo(
@@ -66,4 +67,5 @@ def register(app: typer.Typer) -> None:
             version_label=version_label,
             tracking_uri=tracking_uri,
             grpc_port=grpc_port,
+            monitor=full.monitor,
         )

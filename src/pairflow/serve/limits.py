@@ -282,7 +282,8 @@ def check_request(req: ParsedRequest, cfg: ServeConfig) -> None:
                 )
 
 
-def _image_bytes(raw: RawInstance, i: int, cfg: ServeConfig) -> bytes:
+def instance_image_bytes(raw: RawInstance, i: int, cfg: ServeConfig) -> bytes:
+    """The image file bytes of instance ``i`` (base64 decoded, or read from its allowed path)."""
     sent = raw.image_b64 if raw.image_b64 is not None else raw.image_bytes
     if sent is not None:
         data = image_payload(sent, f"instances[{i}].image")
@@ -318,7 +319,7 @@ def decode_instance(raw: RawInstance, i: int, cfg: ServeConfig) -> Pair:
     """Decode one instance's image (base64 or allowed path) within the byte/pixel limits."""
     image = None
     if raw.has_image:
-        data = _image_bytes(raw, i, cfg)
+        data = instance_image_bytes(raw, i, cfg)
         try:
             image = decode_image(data, max_pixels=cfg.max_image_pixels).image
         except DecodeError as exc:

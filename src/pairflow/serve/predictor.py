@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import logging
 import time
 from collections.abc import Sequence
@@ -29,6 +30,7 @@ from kserve.model import InferenceVerb
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 from PIL import Image
 
+from pairflow.monitor.settings import MonitorConfig
 from pairflow.parallel import available_cpus
 from pairflow.registry.pyfunc_model import ZERO_SHOT_SCALE
 from pairflow.serve.batching import DirectRunner, MicroBatcher, Runner
@@ -39,11 +41,20 @@ from pairflow.serve.limits import (
     Task,
     check_request,
     decode_request,
+    instance_image_bytes,
     parse_v1,
     parse_v2,
 )
 from pairflow.serve.load import Loaded, ServableModel, load_servable
 from pairflow.serve.metrics import ModelMetrics
+from pairflow.serve.monitor_mark import (
+    PAYLOAD_KEY,
+    ImageFacts,
+    build_payload,
+    image_facts,
+    is_sampled,
+    request_key,
+)
 from pairflow.serve.settings import ServeConfig
 from pairflow.serve.v2_rest import input_values
 
@@ -123,9 +134,15 @@ class PairflowPredictor(Model):  # type: ignore[misc]
         variant: str = "auto",
         version_label: str | None = None,
         tracking_uri: str | None = None,
+        monitor: MonitorConfig | None = None,
     ) -> None:
         super().__init__(cfg.model_name)
         self.cfg = cfg
+        self.monitor = monitor or MonitorConfig()
+        # Sampled responses carry the monitor payload (for KServe's logger or the local emitter).
+        self.mark_rate = (
+            self.monitor.sample_rate if (cfg.mark_for_logger or self.monitor.sink_url) else 0.0
+        )
         self.uri = uri
         self.variant = variant
         self.version_label = version_label
@@ -259,9 +276,47 @@ class PairflowPredictor(Model):  # type: ignore[misc]
             pairs = [replace(p, head=True) for p in pairs]
         outs = await self.runner.run(pairs)
         results = self._results(parsed.task, outs)
+        mark = None
+        if self.mark_rate > 0.0:
+            request_id = payload.id if isinstance(payload, InferRequest) else None
+            key = request_key(request_id, headers)
+            if is_sampled(key, self.mark_rate):
+                mark = self._monitor_payload(key, parsed, pairs, outs, results)
         if isinstance(payload, InferRequest):
-            return self._v2_response(payload, parsed.task, results)
-        return {"predictions": results, "model_version": self.metrics.model_version}
+            params = (
+                None if mark is None else {PAYLOAD_KEY: json.dumps(mark, separators=(",", ":"))}
+            )
+            return self._v2_response(payload, parsed.task, results, params)
+        body: dict[str, Any] = {"predictions": results, "model_version": self.metrics.model_version}
+        if mark is not None:
+            body[PAYLOAD_KEY] = mark
+        return body
+
+    def _monitor_payload(
+        self,
+        key: str,
+        parsed: ParsedRequest,
+        pairs: list[Pair],
+        outs: list[Outputs],
+        results: list[dict[str, Any]],
+    ) -> dict[str, Any]:
+        """The monitor payload of a sampled request (digests are computed only here)."""
+        images: list[ImageFacts | None] = []
+        for i, (raw, pair) in enumerate(zip(parsed.instances, pairs, strict=True)):
+            if not raw.has_image:
+                images.append(None)
+                continue
+            images.append(image_facts(instance_image_bytes(raw, i, self.cfg), pair.image))
+        return build_payload(
+            key=key,
+            model_name=self.name,
+            model_version=self.metrics.model_version,
+            task=parsed.task,
+            dim=self._dim,
+            images=images,
+            outputs=[(img, txt) for img, txt, _ in outs],
+            results=results,
+        )
 
     def _decode_inline(self, parsed: ParsedRequest) -> bool:
         """Small base64 images decode on the event loop (~0.1 ms for 64 px, less than the
@@ -383,7 +438,11 @@ class PairflowPredictor(Model):  # type: ignore[misc]
         return _softmax(ZERO_SHOT_SCALE * images @ self._label_emb.T)
 
     def _v2_response(
-        self, request: InferRequest, task: Task, results: list[dict[str, Any]]
+        self,
+        request: InferRequest,
+        task: Task,
+        results: list[dict[str, Any]],
+        parameters: dict[str, str] | None = None,
     ) -> InferResponse:
         n = len(results)
         outputs: list[InferOutput] = []
@@ -410,6 +469,7 @@ class PairflowPredictor(Model):  # type: ignore[misc]
             model_name=self.name,
             model_version=self.metrics.model_version,
             infer_outputs=outputs,
+            parameters=parameters,
             use_binary_outputs=request.use_binary_outputs,
             requested_outputs=request.request_outputs,
         )

@@ -39,6 +39,7 @@ from pairflow.errors import PairflowError
 from pairflow.serve.metrics import rejected
 
 if TYPE_CHECKING:
+    from pairflow.monitor.settings import MonitorConfig
     from pairflow.serve.guard import V2Infer
     from pairflow.serve.predictor import PairflowPredictor
     from pairflow.serve.settings import ServeConfig
@@ -75,9 +76,18 @@ def serve_forever(
         from kserve.model_server import app as kserve_app
         from kserve.protocol.rest.server import RESTServer
 
+        from pairflow.monitor.emitter import EmitterMiddleware, EventEmitter
         from pairflow.serve.guard import RequestGuard
 
     cfg = predictor.cfg
+    emitter = None
+    if predictor.monitor.sink_url:
+        emitter = EventEmitter(
+            predictor.monitor.sink_url,
+            source=f"http://{host}:{port}/",
+            inference_service=cfg.model_name,
+        )
+        log.info("request log: sampled requests go to %s", predictor.monitor.sink_url)
     grace = grace_period or cfg.grace_period_s
 
     class _BoundServer(ModelServer):  # type: ignore[misc]
@@ -101,6 +111,8 @@ def serve_forever(
             config.app = RequestGuard(
                 kserve_app, cfg, v2_infer_handler(self.dataplane), predictor.metadata
             )
+            if emitter is not None:
+                config.app = EmitterMiddleware(config.app, emitter)
             config.http = timed_http_protocol(cfg.header_timeout_s)
             config.limit_concurrency = cfg.max_connections
             self.servers.append(self._rest_server.start())
@@ -157,6 +169,8 @@ def serve_forever(
         server.start([predictor])
     finally:
         predictor.stop()
+        if emitter is not None:
+            emitter.close()
     if failure:
         exc = failure[0]
         if isinstance(exc, PairflowError):
@@ -362,13 +376,23 @@ def run(
     version_label: str | None = None,
     tracking_uri: str | None = None,
     grpc_port: int | None = None,
+    monitor: MonitorConfig | None = None,
 ) -> None:
-    """Build the predictor for ``model_uri`` and serve it (blocks until shutdown)."""
+    """Build the predictor for ``model_uri`` and serve it (blocks until shutdown).
+
+    ``monitor``: request logging (sampled responses are marked when ``serve.mark_for_logger``
+    or ``monitor.sink_url`` is set; with ``sink_url`` this process also posts their
+    CloudEvents to the sink, see :mod:`pairflow.monitor.emitter`)."""
     with plain_argv():
         from pairflow.serve.predictor import PairflowPredictor
 
     predictor = PairflowPredictor(
-        cfg, model_uri, variant=variant, version_label=version_label, tracking_uri=tracking_uri
+        cfg,
+        model_uri,
+        variant=variant,
+        version_label=version_label,
+        tracking_uri=tracking_uri,
+        monitor=monitor,
     )
     cfg_name[0] = cfg.model_name
     serve_forever(predictor, port=port, host=host, grpc_port=grpc_port)

@@ -99,6 +99,12 @@ class ServeConfig(Section):
     request_logs: bool = Field(
         False, description="Log a line per request (uvicorn access log, KServe timing trace)."
     )
+    mark_for_logger: bool = Field(
+        False,
+        description="Mark sampled responses (monitor.sample_rate) with the monitor payload that "
+        "pairflow monitor-sink joins to the logged request: on with KServe's payload logger "
+        "(spec.predictor.logger); monitor.sink_url turns it on for local runs.",
+    )
     warmup_batches: int = Field(
         2, ge=0, description="Forward passes run before the model reports ready."
     )
