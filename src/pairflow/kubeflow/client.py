@@ -198,6 +198,26 @@ def create_run(
     return str(run.run_id)
 
 
+def runs_named(client: Any, experiment: str, name: str) -> list[str]:
+    """Ids of the runs displayed as ``name`` in ``experiment`` (newest first).
+
+    The ``display_name`` filter is sent (ListRuns takes one, run.proto) and the names are
+    checked again here, so a server that ignores the filter cannot mislead the caller."""
+    token, found = "", []
+    while True:
+        resp = client.list_runs(
+            page_token=token,
+            page_size=100,
+            sort_by="created_at desc",
+            experiment_id=experiment,
+            filter=_eq_filter(name),
+        )
+        found += [str(r.run_id) for r in resp.runs or [] if r.display_name == name]
+        token = resp.next_page_token or ""
+        if not token:
+            return found
+
+
 def wait_for_run(
     client: Any,
     run_id: str,
@@ -253,6 +273,17 @@ def _recurring_runs(client: Any, experiment: str, name: str) -> list[Any]:
         experiment_id=experiment, page_size=100, filter=_eq_filter(name)
     )
     return [r for r in (resp.recurring_runs or []) if r.display_name == name]
+
+
+def recurring_run_version(client: Any, experiment: str, name: str) -> tuple[str, str] | None:
+    """(pipeline id, version id) the recurring run ``name`` is pinned to; None if absent."""
+    current = _recurring_runs(client, experiment, name)
+    if len(current) > 1:
+        raise KubeflowError(f"{len(current)} recurring runs named {name!r}: expected one")
+    if not current or current[0].pipeline_version_reference is None:
+        return None
+    ref = current[0].pipeline_version_reference
+    return str(ref.pipeline_id), str(ref.pipeline_version_id)
 
 
 def _same_schedule(rr: Any, ref: VersionRef, cron: str, params: dict[str, Any]) -> bool:

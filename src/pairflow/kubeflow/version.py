@@ -74,6 +74,20 @@ class CompiledPackage:
         held = spec if platform is None else {"pipeline_spec": spec, "platform_spec": platform}
         return cls(path, spec, name, types, spec_digest(held), platform)
 
+    @classmethod
+    def from_server_spec(cls, held: dict[str, Any], origin: str) -> CompiledPackage:
+        """A version's spec as a KFP server returns it (``pipeline_spec`` of
+        GetPipelineVersion: the IR, or ``{"pipeline_spec", "platform_spec"}``), named
+        ``origin`` in errors; its digest equals that of the package it was uploaded from."""
+        spec = held.get("pipeline_spec", held) if isinstance(held, dict) else None
+        if not isinstance(spec, dict) or "root" not in spec:
+            raise PackageError(f"{origin}: the server's pipeline spec has no 'root' DAG")
+        platform = held.get("platform_spec") if "pipeline_spec" in held else None
+        params = spec["root"].get("inputDefinitions", {}).get("parameters", {})
+        types = {k: str(v.get("parameterType", "STRING")) for k, v in params.items()}
+        name = str(spec.get("pipelineInfo", {}).get("name", ""))
+        return cls(Path(origin), spec, name, types, spec_digest(held), platform)
+
     def coerce(self, values: dict[str, Any]) -> dict[str, Any]:
         """``values`` restricted to this package's parameters, cast to their declared types."""
         out: dict[str, Any] = {}
