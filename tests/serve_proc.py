@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,9 +55,12 @@ def start_serve(
     sets: dict[str, str],
     tracking_uri: str | None = None,
     timeout_s: float = 180.0,
+    extra_sets: Sequence[str] = (),
 ) -> ServeProc:
     """Start the server and poll both readiness endpoints every 50 ms from process start
-    until the model has been ready for a few polls (records every poll in ``polls``)."""
+    until the model has been ready for a few polls (records every poll in ``polls``).
+
+    ``sets`` are ``serve.*`` keys; ``extra_sets`` full ``key=value`` overrides (``monitor.*``)."""
     port, grpc_port = free_port(), free_port()
     cmd = [sys.executable, "-m", "pairflow.cli", "serve", "--model", model]
     cmd += ["--port", str(port), "--grpc-port", str(grpc_port), "--name", name]
@@ -64,6 +68,8 @@ def start_serve(
         cmd += ["--tracking-uri", tracking_uri]
     for key, value in sets.items():
         cmd += ["--set", f"serve.{key}={value}"]
+    for item in extra_sets:
+        cmd += ["--set", item]
     log = workdir / f"serve-{port}.log"
     with log.open("wb") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env={**os.environ})
