@@ -104,7 +104,7 @@ def test_schemas_reject_what_they_should() -> None:
     runtime = copy.deepcopy(_one(objs, "ClusterTrainingRuntime"))
     runtime["spec"]["mlPolicy"]["torch"]["numProcPerNode"] = "auto"  # removed in Trainer v2.2
     assert any("numProcPerNode" in e for e in crd_errors(runtime))
-    rule = copy.deepcopy(_one(objs, "PrometheusRule"))
+    rule = copy.deepcopy(_one(objs, "PrometheusRule", "pairflow-canary"))
     rule["spec"]["groups"][0]["rules"][0]["for"] = "5 minutes"
     assert crd_errors(rule)
     dep = copy.deepcopy(_one(objs, "Deployment", "mlflow"))
@@ -244,7 +244,8 @@ def test_predictor_is_serverless_and_scraped(rendered: Any) -> None:
 
 def test_canary_alerts_use_the_predictor_metric_names(rendered: Any) -> None:
     _, objs = rendered
-    rules = [r for g in _one(objs, "PrometheusRule")["spec"]["groups"] for r in g["rules"]]
+    canary = _one(objs, "PrometheusRule", "pairflow-canary")
+    rules = [r for g in canary["spec"]["groups"] for r in g["rules"]]
     recorded = {r["record"] for r in rules if "record" in r}
     alerts = [r for r in rules if "alert" in r]
     assert len(alerts) >= 3
