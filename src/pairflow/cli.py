@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -19,6 +19,9 @@ from pairflow.compress.select import budget_sentence
 from pairflow.config import PairflowConfig, load_config, pipeline_params
 from pairflow.errors import PairflowError
 from pairflow.report import StageReport
+
+if TYPE_CHECKING:
+    from pairflow.local_run import LocalRunResult
 
 app = typer.Typer(
     help="pairflow: continuous retraining of image-text models on Kubeflow.",
@@ -161,14 +164,15 @@ def run(
 ) -> None:
     """Run the retrain pipeline locally through kfp.local."""
     cfg = load_config(config, set_ or [])
-    ok, _ = _run_and_report(cfg, cache=cache, verbose=verbose)
+    ok, _, _ = run_and_report(cfg, cache=cache, verbose=verbose)
     raise typer.Exit(0 if ok else 1)
 
 
-def _run_and_report(
+def run_and_report(
     cfg: PairflowConfig, *, cache: bool, verbose: bool, extra: list[str] | None = None
-) -> tuple[bool, list[tuple[str, float]]]:
-    """Run the pipeline with one line per step, then the summary; returns (ok, time split)."""
+) -> tuple[bool, list[tuple[str, float]], LocalRunResult]:
+    """Run the pipeline with one line per step, then the summary; returns (ok, time split,
+    the run's result)."""
     from pairflow.local_run import run_pipeline_locally
     from pairflow.run_view import StepBoard
     from pairflow.summary import stage_table
@@ -217,7 +221,7 @@ def _run_and_report(
     )
     status = "[green]succeeded[/]" if result.succeeded else f"[red]FAILED[/]: {result.error}"
     console.print(f"pipeline {status} in {result.seconds:.1f} s")
-    return result.succeeded, board.split()
+    return result.succeeded, board.split(), result
 
 
 def _highlights(reports: dict[str, StageReport]) -> list[str]:
@@ -432,7 +436,7 @@ def _demo_round(
     ]
     cfg = load_config(config, overrides)
     injected = sum(gen.defects.values())
-    ok, split = _run_and_report(
+    ok, split, _ = run_and_report(
         cfg,
         cache=False,
         verbose=verbose,
@@ -522,6 +526,7 @@ STAGE_CLIS = (
     "serve",
     "deploy",
     "kubeflow",
+    "monitor",
     "monitor.sink_cli",
 )
 
