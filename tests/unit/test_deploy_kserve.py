@@ -352,7 +352,7 @@ def test_names_match_the_manifests() -> None:
     (container,) = isvc["spec"]["predictor"]["containers"]
     assert container["name"] == names.PREDICTOR_CONTAINER
     assert container["args"][container["args"].index("--host") + 1] == "0.0.0.0"
-    monitor = find_object(objs, "PodMonitor")
+    monitor = find_object(objs, "PodMonitor", names.INFERENCE_SERVICE)
     (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
     assert endpoint["interval"] == f"{names.SCRAPE_INTERVAL_S:g}s"
 

@@ -236,7 +236,7 @@ def test_predictor_is_serverless_and_scraped(rendered: Any) -> None:
     isvc = _one(objs, "InferenceService")
     assert isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Serverless"
     assert "canaryTrafficPercent" not in isvc["spec"]["predictor"]  # set by the deploy step
-    monitor = _one(objs, "PodMonitor")
+    monitor = _one(objs, "PodMonitor", isvc["metadata"]["name"])
     selector = monitor["spec"]["selector"]["matchLabels"]
     assert selector == {"serving.kserve.io/inferenceservice": isvc["metadata"]["name"]}
     assert monitor["spec"]["podMetricsEndpoints"][0]["path"] == "/metrics"
