@@ -8,6 +8,7 @@ an S3 put is atomic by itself. Storage failures surface as :class:`StorageError`
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import uuid
@@ -100,7 +101,8 @@ def put(uri: str, data: bytes, s3: S3Config | None = None) -> None:
         tmp.write_bytes(data)
         os.replace(tmp, path)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):  # never created
+            tmp.unlink()
         raise StorageError(f"{uri}: cannot write ({exc})") from exc
 
 
