@@ -12,7 +12,12 @@ from PIL import Image
 from pairflow.config import DedupeConfig
 from pairflow.dedupe.merge import REASONS, DedupeResult, dedupe_frame
 from pairflow.dedupe.semantic import kmeans, semantic_duplicates
-from pairflow.dedupe.signatures import IMAGE_HASH_COLUMNS, content_hash, image_signature
+from pairflow.dedupe.signatures import (
+    IMAGE_HASH_COLUMNS,
+    IMAGE_PHASH_COLUMN,
+    content_hash,
+    image_signature,
+)
 from pairflow.errors import InputDataError
 
 
@@ -156,7 +161,7 @@ def test_near_captions_with_minhash(frame: pd.DataFrame) -> None:
 def test_empty_input() -> None:
     columns = ["id", "image", "caption", "width", "height", "file_bytes", "img_sha256"]
     df = pd.DataFrame({c: pd.Series(dtype=object) for c in columns})
-    for c in IMAGE_HASH_COLUMNS:
+    for c in (*IMAGE_HASH_COLUMNS, IMAGE_PHASH_COLUMN):
         df[c] = pd.Series(dtype=np.int64)
     result = dedupe_frame(df, DedupeConfig(near_captions=True))
     assert len(result.kept) == 0 and len(result.rejected) == 0

@@ -22,9 +22,12 @@ from pairflow.dedupe.near import (
 )
 from pairflow.dedupe.signatures import (
     IMAGE_HASH_COLUMNS,
+    IMAGE_PHASH_COLUMN,
     IMAGE_SIGNATURE_COLUMNS,
     caption_key,
     content_hash,
+    grey_phashes,
+    grey_thumbnail,
     image_signature,
     layout_array,
     layout_phash,
@@ -203,8 +206,8 @@ def _layout(img: Image.Image) -> npt.NDArray[np.uint8]:
 def test_signature_columns_and_values() -> None:
     img = _image(1)
     sig = image_signature(img)
-    assert tuple(sig) == IMAGE_HASH_COLUMNS
-    assert ("img_sha256", *IMAGE_HASH_COLUMNS) == IMAGE_SIGNATURE_COLUMNS
+    assert tuple(sig) == (*IMAGE_HASH_COLUMNS, IMAGE_PHASH_COLUMN)
+    assert ("img_sha256", *IMAGE_HASH_COLUMNS, IMAGE_PHASH_COLUMN) == IMAGE_SIGNATURE_COLUMNS
     assert all(isinstance(v, int) and -(2**63) <= v < 2**63 for v in sig.values())
     assert image_signature(img.copy()) == sig
     luma = _layout(img)[0, 0, :64].reshape(8, 8).astype(float)
@@ -217,15 +220,33 @@ def test_batched_signature_words_equal_per_image_signatures() -> None:
     thumbs = np.stack([np.frombuffer(signature_thumbnail(im), dtype=np.uint8) for im in images])
     words = signature_words(thumbs)
     assert words.shape == (len(images), len(IMAGE_HASH_COLUMNS)) and words.dtype == np.int64
-    for im, row in zip(images, words, strict=True):
-        assert row.tolist() == list(image_signature(im).values())
+    greys = np.stack([np.frombuffer(grey_thumbnail(im), dtype=np.uint8) for im in images])
+    phashes = grey_phashes(greys)
+    for im, row, ph in zip(images, words, phashes, strict=True):
+        sig = image_signature(im)
+        assert row.tolist() == [sig[c] for c in IMAGE_HASH_COLUMNS]
+        assert int(ph) == sig[IMAGE_PHASH_COLUMN]
     assert signature_words(np.empty((0, 768), dtype=np.uint8)).shape == (0, 24)
+    assert grey_phashes(np.empty((0, 1024), dtype=np.uint8)).shape == (0,)
+
+
+def test_grey_phash_is_the_textbook_phash() -> None:
+    """The one-matrix-product pHash equals the 2-D DCT recipe (scipy), bit for bit."""
+    from scipy.fft import dctn
+
+    rng = np.random.default_rng(5)
+    greys = rng.integers(0, 256, (12, 32, 32)).astype(np.uint8)
+    got = grey_phashes(greys.reshape(12, -1)).view(np.uint64)
+    for grey, value in zip(greys, got, strict=True):
+        coef = dctn(grey.astype(np.float64), norm="ortho")[:8, :8].ravel()
+        bits = (coef >= np.median(coef[1:])).astype(np.uint8)
+        assert int(np.packbits(bits).view(">u8")[0]) == int(value)
 
 
 @pytest.mark.parametrize("size", [(5, 5), (50, 37), (300, 200), (256, 256)])
 def test_signature_any_size(size: tuple[int, int]) -> None:
     img = _image(2).resize(size)
-    assert len(image_signature(img)) == len(IMAGE_HASH_COLUMNS)
+    assert len(image_signature(img)) == len(IMAGE_HASH_COLUMNS) + 1
 
 
 def test_signature_needs_rgb() -> None:

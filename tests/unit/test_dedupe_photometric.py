@@ -1,5 +1,6 @@
 """The photometric near-duplicate path: DCT hash of the layout luma, brightness-compensated
-layout check on structured images (real photographs from scikit-image)."""
+layout check on structured images, grey pHash for low-contrast ones (real photographs from
+scikit-image)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,15 @@ from PIL import Image, ImageEnhance
 
 from pairflow.config import DedupeConfig
 from pairflow.dedupe.merge import dedupe_frame
+from pairflow.dedupe.near import (
+    PhotometricRule,
+    layout_distance,
+    layout_structure,
+    photometric_match,
+)
 from pairflow.dedupe.signatures import (
     IMAGE_HASH_COLUMNS,
+    IMAGE_PHASH_COLUMN,
     content_hash,
     image_signature,
     layout_array,
@@ -68,3 +76,56 @@ def test_brightness_variant_found_only_by_the_photometric_path() -> None:
     assert found["detail"].iloc[0].startswith("dct hamming ")
     without = dedupe_frame(df, DedupeConfig(near_photometric=False))
     assert len(without.rejected) == 0  # the absolute colour layout alone misses it
+
+
+def _pair_inputs(
+    a: Image.Image, b: Image.Image
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    sa, sb = image_signature(a), image_signature(b)
+    la = layout_array(np.array([[sa[c] for c in IMAGE_HASH_COLUMNS]], dtype=np.int64))
+    lb = layout_array(np.array([[sb[c] for c in IMAGE_HASH_COLUMNS]], dtype=np.int64))
+    dct = np.bitwise_count(
+        layout_dct_hash(np.ascontiguousarray(la[:, 0]))
+        ^ layout_dct_hash(np.ascontiguousarray(lb[:, 0]))
+    ).astype(np.int64)
+    grey = np.array(
+        [int(np.bitwise_count(np.int64(sa[IMAGE_PHASH_COLUMN]) ^ np.int64(sb[IMAGE_PHASH_COLUMN])))]
+    )
+    return la, lb, dct, grey, layout_distance(la, lb)
+
+
+def test_low_contrast_brightness_variant_is_found_through_the_grey_phash() -> None:
+    """The moon (8x8 luma std ~7, below ``min_structure``) darkened and flattened: neither
+    layout branch can accept it, the grey pHash branch does; without a close pHash the same
+    pair is refused."""
+    rule = PhotometricRule()
+    moon = _photo("moon")
+    darker = ImageEnhance.Contrast(ImageEnhance.Brightness(moon).enhance(0.75)).enhance(0.85)
+    la, lb, dct, grey, rms = _pair_inputs(moon, darker)
+    assert layout_structure(la[:, 0])[0] < rule.min_structure
+    assert rms[0] > rule.loose_rms and grey[0] <= rule.phash_radius
+    assert photometric_match(la, lb, dct, grey, rms, rule).tolist() == [True]
+    far = np.array([rule.phash_radius + 1])
+    assert photometric_match(la, lb, dct, far, rms, rule).tolist() == [False]
+    rows = [_row(n, _photo(n)) for n in ("moon", "gravel", "brick", "grass")]
+    rows.append(_row("moon-dark", darker))
+    found = dedupe_frame(pd.DataFrame(rows), DedupeConfig()).rejected
+    assert len(found) == 1 and {found["id"].iloc[0], found["duplicate_of"].iloc[0]} == {
+        "moon",
+        "moon-dark",
+    }
+    assert "phash hamming" in found["detail"].iloc[0]
+
+
+def test_grey_phash_branch_refuses_a_large_level_shift() -> None:
+    """Same luma shape, but a level shift no brightness edit of the dev set reached (plain
+    layout RMS above ``phash_max_rms``): not a near duplicate."""
+    rule = PhotometricRule()
+    moon = _photo("moon")
+    arr = np.asarray(moon, dtype=np.int16)
+    shifted = Image.fromarray(np.clip(arr + 90, 0, 255).astype(np.uint8))
+    la, lb, dct, grey, rms = _pair_inputs(moon, shifted)
+    assert grey[0] <= rule.phash_radius and rms[0] > rule.phash_max_rms
+    assert photometric_match(la, lb, dct, grey, rms, rule).tolist() == [False]
+    relaxed = PhotometricRule(phash_max_rms=float(rms[0]) + 1.0)
+    assert photometric_match(la, lb, dct, grey, rms, relaxed).tolist() == [True]

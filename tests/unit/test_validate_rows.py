@@ -249,7 +249,12 @@ def _smooth_photo(size: tuple[int, int]) -> Image.Image:
 def test_large_jpeg_is_decoded_scaled_with_full_size_facts_and_same_signature() -> None:
     """Validate decodes a large JPEG by DCT scaling; facts and signature match a full decode."""
     from pairflow.dedupe.near import layout_distance
-    from pairflow.dedupe.signatures import IMAGE_HASH_COLUMNS, image_signature, layout_array
+    from pairflow.dedupe.signatures import (
+        IMAGE_HASH_COLUMNS,
+        IMAGE_PHASH_COLUMN,
+        image_signature,
+        layout_array,
+    )
 
     img = _smooth_photo((1024, 768))
     exif = Image.Exif()
@@ -267,17 +272,28 @@ def test_large_jpeg_is_decoded_scaled_with_full_size_facts_and_same_signature() 
         words = np.array(
             [[check_image_signature(data)[c] for c in IMAGE_HASH_COLUMNS]], dtype=np.int64
         )
-        ref = np.array([list(image_signature(full).values())], dtype=np.int64)
+        full_sig = image_signature(full)
+        ref = np.array([[full_sig[c] for c in IMAGE_HASH_COLUMNS]], dtype=np.int64)
         assert layout_distance(layout_array(words), layout_array(ref))[0] < 1.0
+        stored = check_image_signature(data)[IMAGE_PHASH_COLUMN]
+        assert int(np.bitwise_count(np.int64(stored) ^ np.int64(full_sig[IMAGE_PHASH_COLUMN]))) <= 4
     truncated = _encode(img, "JPEG", quality=90)
     assert _reason(truncated[: len(truncated) // 2]) == "corrupt_image"
 
 
 def check_image_signature(data: bytes) -> dict[str, int]:
     """The signature validate stores for ``data`` (one row through the chunk path)."""
-    from pairflow.dedupe.signatures import IMAGE_HASH_COLUMNS, signature_words
+    from pairflow.dedupe.signatures import (
+        IMAGE_HASH_COLUMNS,
+        IMAGE_PHASH_COLUMN,
+        grey_phashes,
+        signature_words,
+    )
 
     reason, _, facts = check_image_bytes(data, RULES)
     assert reason is None and facts is not None
     thumb = np.frombuffer(facts["signature_thumbnail"], dtype=np.uint8)
-    return dict(zip(IMAGE_HASH_COLUMNS, signature_words(thumb[None])[0].tolist(), strict=True))
+    out = dict(zip(IMAGE_HASH_COLUMNS, signature_words(thumb[None])[0].tolist(), strict=True))
+    grey = np.frombuffer(facts["grey_thumbnail"], dtype=np.uint8)
+    out[IMAGE_PHASH_COLUMN] = int(grey_phashes(grey[None])[0])
+    return out

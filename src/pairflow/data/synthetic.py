@@ -81,6 +81,7 @@ _SIZE_FRACTION: Mapping[str, float] = {"small": 0.16, "large": 0.24}
 _MARGIN_FRACTION = 0.0075
 _SUPERSAMPLE = 4
 _JPEG_QUALITY = 90
+_SHADING_OCTAVES: tuple[tuple[int, float], ...] = ((3, 50.0), (6, 25.0), (12, 12.5))
 _MIN_IMAGE_SIZE = 32
 _BLANK_CAPTIONS: tuple[str, ...] = ("", " ", "   ", "\t", " \n ")
 _GARBAGE_PIECES: tuple[str, ...] = (
@@ -282,13 +283,30 @@ def _draw_shape(
         draw.polygon(_polygon(cx, cy, [r, r * 0.48] * 5, up), fill=fill)
 
 
-def _render(scene: _Scene, size: int, rng: np.random.Generator) -> Image.Image:
-    """Draw ``scene`` on a jittered, noisy grey background (supersampled, then box-filtered)."""
-    f = _SUPERSAMPLE
+def _background(side: int, rng: np.random.Generator) -> Image.Image:
+    """A tinted grey backdrop with smooth shading: three octaves of bicubic-upsampled random
+    grids (3x3, 6x6, 12x12 cells; amplitudes 50, 25, 12.5 levels) on a base level.
+
+    Real photographs have large-scale structure everywhere. Flat backgrounds made distinct
+    scenes (one small shape each) differ by little more than a brightness change does, so a
+    near-duplicate check that finds brightness-changed photographs merged them
+    (``bench/results/curate_quality.json``). With shading, each render has its own layout.
+    """
     base = float(rng.uniform(70.0, 200.0))
     tint = rng.uniform(-10.0, 10.0, 3)
-    bg = np.clip(np.rint(base + tint), 0, 255).astype(int)
-    canvas = Image.new("RGB", (size * f, size * f), (int(bg[0]), int(bg[1]), int(bg[2])))
+    field = np.zeros((side, side), dtype=np.float32)
+    for cells, amplitude in _SHADING_OCTAVES:
+        grid = rng.uniform(-amplitude, amplitude, (cells, cells)).astype(np.float32)
+        up = Image.fromarray(grid, mode="F").resize((side, side), Image.Resampling.BICUBIC)
+        field += np.asarray(up, dtype=np.float32)
+    rgb = base + tint[None, None, :] + field[:, :, None]
+    return Image.fromarray(np.clip(np.rint(rgb), 0, 255).astype(np.uint8))
+
+
+def _render(scene: _Scene, size: int, rng: np.random.Generator) -> Image.Image:
+    """Draw ``scene`` on a shaded, noisy grey background (supersampled, then box-filtered)."""
+    f = _SUPERSAMPLE
+    canvas = _background(size * f, rng)
     draw = ImageDraw.Draw(canvas)
     diameter = _SIZE_FRACTION[scene.size] * size
     centres = _layout(scene.count, diameter, _region(scene.position, size), rng)

@@ -31,6 +31,7 @@ from pairflow.dedupe.near import (
 from pairflow.dedupe.semantic import semantic_duplicates
 from pairflow.dedupe.signatures import (
     IMAGE_HASH_COLUMNS,
+    IMAGE_PHASH_COLUMN,
     LAYOUT_BYTES,
     layout_array,
     layout_dct_hash,
@@ -109,6 +110,8 @@ def _check_columns(df: pd.DataFrame, cfg: DedupeConfig) -> None:
         needed.append("img_sha256")
     if cfg.near:
         needed.extend(IMAGE_HASH_COLUMNS)
+        if cfg.near_photometric:
+            needed.append(IMAGE_PHASH_COLUMN)
     if cfg.captions or cfg.near_captions:
         needed.append("caption")
     missing = [c for c in needed if c not in df.columns]
@@ -177,6 +180,10 @@ class _Layouts:
             values, ok = _int64_column(state.df[name], name)
             self.columns.append(values)
             present &= ok
+        self.grey: IntArray | None = None
+        if IMAGE_PHASH_COLUMN in state.df.columns:
+            self.grey, ok = _int64_column(state.df[IMAGE_PHASH_COLUMN], IMAGE_PHASH_COLUMN)
+            present &= ok
         self.present = present[self.order]
 
     def words(self, rows: IntArray, count: int = len(IMAGE_HASH_COLUMNS)) -> IntArray:
@@ -197,6 +204,13 @@ class _Layouts:
             full[start : start + chunk] = layout_phash(np.ascontiguousarray(views[:, 0]))
             crop[start : start + chunk] = layout_phash(np.ascontiguousarray(views[:, 1]))
         return full, crop
+
+    def grey_phashes(self, rows: IntArray) -> IntArray:
+        """Grey pHashes (``img_phash``) of canonical ``rows``."""
+        if self.grey is None:
+            raise InputDataError(f"dedupe input: no {IMAGE_PHASH_COLUMN} column")
+        out: IntArray = self.grey[self.order[rows]]
+        return out
 
     def dct_hashes(
         self, rows: IntArray, chunk: int = 1 << 14
@@ -290,36 +304,47 @@ def _photometric(
     threads: int,
 ) -> tuple[IntArray, IntArray, list[str], dict[str, Any]]:
     """Pairs :class:`PhotometricRule` adds to the layout pairs ``found`` (canonical rows):
-    DCT-hash candidates within ``rule.radius`` that the layout check rejected."""
+    layout-DCT candidates within ``rule.radius`` and grey pHash candidates within
+    ``rule.phash_radius`` that the layout check rejected."""
     dct, structure = layouts.dct_hashes(rows)
+    grey = layouts.grey_phashes(rows)
     # every row within the loose radius; only structured rows within the wider one (the
-    # structured branch needs both images structured), so flat images -- whose DCT hashes
-    # collide often -- never reach the wide search
+    # structured branch needs both images structured), so flat images -- whose layout-DCT
+    # hashes collide often -- never reach the wide search
     loose = hamming_pairs(dct, rule.loose_dct, threads=threads)
     wide = np.flatnonzero(structure >= rule.min_structure)
     structured = hamming_pairs(dct[wide], rule.structured_dct, threads=threads)
+    by_grey = hamming_pairs(grey, rule.phash_radius, threads=threads)
     n = len(layouts.present)
-    a = np.concatenate([rows[loose.left], rows[wide[structured.left]]])
-    b = np.concatenate([rows[loose.right], rows[wide[structured.right]]])
-    ham = np.concatenate([loose.distance, structured.distance])
+    pos_a = np.concatenate([loose.left, wide[structured.left], by_grey.left])
+    pos_b = np.concatenate([loose.right, wide[structured.right], by_grey.right])
+    a, b = rows[pos_a], rows[pos_b]
     key = np.minimum(a, b) * n + np.maximum(a, b)
     _, first = np.unique(key, return_index=True)
-    a, b, ham, key = a[first], b[first], ham[first], key[first]
+    pos_a, pos_b, key = pos_a[first], pos_b[first], key[first]
     known = np.minimum(*found) * n + np.maximum(*found)
     fresh = ~np.isin(key, known)
-    a, b, ham = a[fresh], b[fresh], ham[fresh]
+    pos_a, pos_b = pos_a[fresh], pos_b[fresh]
+    a, b = rows[pos_a], rows[pos_b]
     rms = layouts.distance(a, b, threads)
     new = rms > max_rms
-    a, b, ham, rms = a[new], b[new], ham[new], rms[new]
+    pos_a, pos_b, a, b, rms = pos_a[new], pos_b[new], a[new], b[new], rms[new]
+    ham = np.bitwise_count(dct[pos_a] ^ dct[pos_b]).astype(np.int64)
+    ham_grey = np.bitwise_count(grey[pos_a] ^ grey[pos_b]).astype(np.int64)
     la = layout_array(layouts.words(a))
     lb = layout_array(layouts.words(b))
-    ok = photometric_match(la, lb, ham, rms, rule)
-    a, b, ham, rms = a[ok], b[ok], ham[ok], rms[ok]
-    details = [f"dct hamming {h}, layout rms {r:.2f}" for h, r in zip(ham, rms, strict=True)]
+    ok = photometric_match(la, lb, ham, ham_grey, rms, rule)
+    a, b, ham, ham_grey, rms = a[ok], b[ok], ham[ok], ham_grey[ok], rms[ok]
+    details = [
+        f"dct hamming {h}, phash hamming {g}, layout rms {r:.2f}"
+        for h, g, r in zip(ham, ham_grey, rms, strict=True)
+    ]
     metrics = {
         "dct_radius": [rule.loose_dct, rule.structured_dct],
+        "phash_radius": rule.phash_radius,
         "structured_rows": len(wide),
-        "candidate_pairs": len(loose) + len(structured),
+        "candidate_pairs": len(loose) + len(structured) + len(by_grey),
+        "phash_candidate_pairs": len(by_grey),
         "verified_pairs": len(a),
     }
     return a, b, details, metrics

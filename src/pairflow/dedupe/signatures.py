@@ -1,12 +1,16 @@
 """Per-image dedupe signatures, computed by the validate step from the decoded image.
 
-Two signatures per image:
+Three signatures per image:
 
 - ``img_sha256``: sha256 of the file bytes (exact duplicates), from :func:`content_hash`.
 - ``img_layout00`` .. ``img_layout23``: a *colour-layout* descriptor, from
   :func:`image_signature`. For the full frame and for a centre crop (3/64 of each side
   removed) it holds the mean luma (Y) of an 8x8 grid and the mean chroma (Cb, Cr) of a
   4x4 grid: 2 x 96 bytes, packed little-endian into 24 signed int64 columns.
+- ``img_phash``: a 64-bit grey pHash (DCT of a 32x32 grey thumbnail, the recipe imagededup's
+  ``PHash`` uses), from :func:`grey_phashes`. It keeps the luma *shape* at 4x the layout's
+  resolution, so brightness/contrast changes, overlays and small crops of photographs stay
+  close; the dedupe step verifies its candidates against the colour layout.
 
 Why not a plain grey-level pHash/dHash: on small, flat images (the synthetic demo's shapes
 on a grey background) grey pHash/dHash bits are dominated by noise -- a red shape can have
@@ -32,12 +36,16 @@ from PIL import Image
 
 __all__ = [
     "CROP_FRACTION",
+    "GREY_THUMBNAIL_BYTES",
     "IMAGE_HASH_COLUMNS",
+    "IMAGE_PHASH_COLUMN",
     "IMAGE_SIGNATURE_COLUMNS",
     "LAYOUT_BYTES",
     "SIGNATURE_SOURCE_PX",
     "caption_key",
     "content_hash",
+    "grey_phashes",
+    "grey_thumbnail",
     "image_signature",
     "layout_array",
     "layout_dct_hash",
@@ -56,7 +64,10 @@ _SOURCE = 16  # images are box-averaged to 16x16 RGB before the (linear) descrip
 SIGNATURE_SOURCE_PX = _SOURCE  # a signature needs no more pixels than this per side
 
 IMAGE_HASH_COLUMNS: tuple[str, ...] = tuple(f"img_layout{k:02d}" for k in range(_WORDS))
-IMAGE_SIGNATURE_COLUMNS: tuple[str, ...] = ("img_sha256", *IMAGE_HASH_COLUMNS)
+IMAGE_PHASH_COLUMN = "img_phash"
+IMAGE_SIGNATURE_COLUMNS: tuple[str, ...] = ("img_sha256", *IMAGE_HASH_COLUMNS, IMAGE_PHASH_COLUMN)
+_GREY = 32  # grey pHash thumbnail side
+GREY_THUMBNAIL_BYTES = _GREY * _GREY
 
 # JFIF RGB -> YCbCr (the transform JPEG uses), rows Y, Cb, Cr.
 _YCC = np.array(
@@ -145,15 +156,57 @@ def signature_words(thumbnails: npt.NDArray[np.uint8]) -> npt.NDArray[np.int64]:
     return values.view("<i8").astype(np.int64).reshape(len(rgb), _WORDS)
 
 
+def grey_thumbnail(img: Image.Image) -> bytes:
+    """The 32x32 grey (ITU-R 601 luma) box thumbnail (1024 bytes) of the grey pHash.
+
+    ``img`` must already be EXIF-transposed and converted to RGB.
+    """
+    if img.mode != "RGB":
+        raise ValueError(f"grey_thumbnail needs an RGB image, got mode {img.mode!r}")
+    w, h = img.size
+    if w % _GREY == 0 and h % _GREY == 0:
+        small = img.reduce((w // _GREY, h // _GREY))
+    else:
+        small = img.resize((_GREY, _GREY), Image.Resampling.BOX, reducing_gap=2.0)
+    return small.convert("L").tobytes()
+
+
+def _grey_dct_map() -> npt.NDArray[np.float32]:
+    """``(64, 1024)``: the 8x8 lowest-frequency 2-D DCT-II coefficients of a 32x32 image."""
+    d8 = _dct_matrix(_GREY)[:8]
+    out: npt.NDArray[np.float32] = np.kron(d8, d8).astype(np.float32)
+    return out
+
+
+def grey_phashes(thumbnails: npt.NDArray[np.uint8]) -> npt.NDArray[np.int64]:
+    """64-bit grey pHashes (as int64) of ``(k, 1024)`` grey thumbnails, one matrix product.
+
+    The pHash recipe: 2-D DCT of the 32x32 grey image, its 8x8 lowest frequencies, one bit
+    per coefficient at or above the median of the 63 AC coefficients.
+    """
+    grey = np.asarray(thumbnails, dtype=np.float32).reshape(-1, GREY_THUMBNAIL_BYTES)
+    if len(grey) == 0:
+        return np.empty(0, dtype=np.int64)
+    coef = grey @ _GREY_DCT.T
+    median = np.median(coef[:, 1:], axis=1, keepdims=True)
+    packed = np.packbits((coef >= median).astype(np.uint8), axis=1)
+    out: npt.NDArray[np.int64] = packed.view(">u8").ravel().astype(np.uint64).view(np.int64)
+    return out
+
+
 def image_signature(img: Image.Image) -> dict[str, int]:
-    """Colour-layout signature of a decoded RGB image: ``IMAGE_HASH_COLUMNS`` -> int64.
+    """Signature of a decoded RGB image: ``IMAGE_HASH_COLUMNS`` and ``img_phash`` -> int64.
 
     ``img`` must already be EXIF-transposed and converted to RGB. One PIL box reduction to
-    16x16 and one 192x768 matrix product (see :func:`signature_words` for many images).
+    16x16 and one 192x768 matrix product (see :func:`signature_words` for many images), plus
+    the grey pHash (:func:`grey_phashes`).
     """
     thumb = np.frombuffer(signature_thumbnail(img), dtype=np.uint8)
     words = signature_words(thumb[None, :])[0]
-    return dict(zip(IMAGE_HASH_COLUMNS, words.tolist(), strict=True))
+    grey = np.frombuffer(grey_thumbnail(img), dtype=np.uint8)
+    out = dict(zip(IMAGE_HASH_COLUMNS, words.tolist(), strict=True))
+    out[IMAGE_PHASH_COLUMN] = int(grey_phashes(grey[None, :])[0])
+    return out
 
 
 def layout_array(words: npt.NDArray[np.int64]) -> npt.NDArray[np.uint8]:
@@ -204,6 +257,7 @@ def _dct_matrix(n: int) -> npt.NDArray[np.float64]:
 
 
 _DCT8 = _dct_matrix(LUMA_GRID).astype(np.float32)
+_GREY_DCT = _grey_dct_map()
 
 
 def layout_dct_hash(layout: npt.NDArray[np.uint8]) -> npt.NDArray[np.int64]:

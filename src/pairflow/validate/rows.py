@@ -28,8 +28,11 @@ from pairflow.data.imageio import ImageNotFound, read_image_bytes
 from pairflow.data.schema import empty_rejected, rejected_frame
 from pairflow.dedupe.signatures import (
     IMAGE_HASH_COLUMNS,
+    IMAGE_PHASH_COLUMN,
     SIGNATURE_SOURCE_PX,
     content_hash,
+    grey_phashes,
+    grey_thumbnail,
     signature_thumbnail,
     signature_words,
 )
@@ -49,6 +52,7 @@ CHUNK_ROWS = 512
 # 7 points of recall on the generator, so small images decode fully.
 DECODE_AT_LEAST = 4 * SIGNATURE_SOURCE_PX
 THUMBNAIL = "signature_thumbnail"  # fact holding the 768-byte thumbnail of a kept image
+GREY_THUMBNAIL = "grey_thumbnail"  # fact holding the 1024-byte grey pHash thumbnail
 _CACHE_SIZE = 4096
 
 # A row's outcome: (reason, detail, facts). reason None = kept, facts then hold the columns.
@@ -108,6 +112,7 @@ def check_image_bytes(data: bytes, rules: ImageRules) -> Outcome:
         "img_sha256": content_hash(data),
         # the dedupe signature is computed per chunk from this (see signature_words)
         THUMBNAIL: signature_thumbnail(decoded.image),
+        GREY_THUMBNAIL: grey_thumbnail(decoded.image),
     }
     return None, "", facts
 
@@ -164,6 +169,7 @@ class ChunkResult:
     details: list[str]
     facts: dict[str, list[Any]]  # one list per fact column, kept rows only
     hashes: npt.NDArray[np.int64]  # (kept rows, hash columns)
+    phashes: npt.NDArray[np.int64]  # (kept rows,) grey pHashes
 
 
 def _init_pool_worker(cfg_json: str, s3_json: str | None) -> None:
@@ -178,11 +184,13 @@ def _check_chunk(rows: list[tuple[object, object, object]]) -> ChunkResult:
     kept = [o[2] for o in outcomes if o[0] is None and o[2] is not None]
     facts = {c: [f[c] for f in kept] for c in (*FACT_COLUMNS, "img_sha256")}
     thumbs = np.frombuffer(b"".join(f[THUMBNAIL] for f in kept), dtype=np.uint8)
+    greys = np.frombuffer(b"".join(f[GREY_THUMBNAIL] for f in kept), dtype=np.uint8)
     return ChunkResult(
         reasons=[o[0] for o in outcomes],
         details=[o[1] for o in outcomes if o[0] is not None],
         facts=facts,
         hashes=signature_words(thumbs).reshape(len(kept), len(IMAGE_HASH_COLUMNS)),
+        phashes=grey_phashes(greys),
     )
 
 
@@ -265,6 +273,10 @@ def _assemble(
     )
     kept = pd.concat(
         [kept, pd.DataFrame(hashes, columns=list(IMAGE_HASH_COLUMNS), dtype="int64")], axis=1
+    )
+    phashes = [c.phashes for c in results]
+    kept[IMAGE_PHASH_COLUMN] = pd.Series(
+        np.concatenate(phashes) if phashes else np.empty(0, dtype=np.int64), dtype="int64"
     )
     bad = [r for r in reasons if r is not None]
     details = [d for chunk in results for d in chunk.details]
