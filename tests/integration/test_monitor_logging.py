@@ -400,3 +400,28 @@ def test_storage_outage_never_fails_a_prediction_and_buffers_then_drops(stack: S
     health = stack.sink.health()
     assert health["storage_up"] is True and health["buffered_rows"] == 0, health
     assert "storage is back" in stack.sink.tail()
+
+
+def test_sink_down_never_fails_a_prediction_and_the_emitter_counts_drops(stack: Stack) -> None:
+    last_start = datetime.now(UTC) - timedelta(seconds=1)
+    assert [code for code, _ in _timed_requests(stack, 5, "last")] == [200] * 5
+    time.sleep(0.3)  # the emitter's posts land (the writer may or may not have flushed yet)
+    assert stack.sink.stop() == 0, stack.sink.tail()  # SIGTERM: writes what it holds, exits 0
+    assert "buffered rows on shutdown" in stack.sink.tail()
+    last = read_window(stack.prefix, last_start, datetime.now(UTC), stack.s3)
+    assert sorted(last.column("request_id").to_pylist()) == [f"last-{k}" for k in range(5)]
+    metric = "pairflow_monitor_emit_dropped_total"
+    before = _metric(
+        httpx.get(f"{stack.serve.url}/metrics").text, metric, reason="sink_unreachable"
+    )
+    results = _timed_requests(stack, 20, "down")
+    assert [code for code, _ in results] == [200] * 20
+    deadline = time.monotonic() + 30
+    while True:
+        text = httpx.get(f"{stack.serve.url}/metrics").text
+        dropped = _metric(text, metric, reason="sink_unreachable")
+        if dropped - before == 20 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert dropped - before == 20, text
+    assert "request log: dropping sampled requests (sink_unreachable" in stack.serve.tail()

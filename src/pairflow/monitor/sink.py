@@ -24,6 +24,7 @@ is retried. SIGTERM: uvicorn stops accepting, then everything buffered is writte
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 import time
 from collections import OrderedDict, deque
@@ -224,7 +225,7 @@ class SinkState:
                     STORAGE_UP.set(0)
                     log.warning(
                         "request log: storage is down (%s); %d rows buffered (limit %d), "
-                        "retrying in %.0f s; beyond the limit rows are dropped and counted "
+                        "retrying in %.1f s; beyond the limit rows are dropped and counted "
                         'in pairflow_monitor_sink_dropped_total{reason="storage"}',
                         exc,
                         buffered,
@@ -367,8 +368,18 @@ def serve_sink(
     writer.start()
     config = uvicorn.Config(build_app(state), host=host, port=port, log_level="warning")
     server = uvicorn.Server(config)
+    # uvicorn captures SIGTERM/SIGINT while serving and re-raises them once it has stopped;
+    # these handlers receive that re-raise, so the buffered rows are written and the process
+    # exits 0 (the default handler would kill it first).
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _log_signal)
     log.info("monitor-sink on http://%s:%d writing to %s", host, port, monitor.log_prefix)
     try:
         server.run()
     finally:
         writer.stop()
+
+
+def _log_signal(signum: int, frame: object) -> None:
+    del frame
+    log.info("%s: monitor-sink stopped accepting events", signal.Signals(signum).name)

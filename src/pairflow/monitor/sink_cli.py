@@ -27,6 +27,8 @@ def register(app: typer.Typer) -> None:
         set_: Annotated[list[str] | None, typer.Option("--set", help="Override key=value.")] = None,
     ) -> None:
         """Receive KServe payload-logger CloudEvents; write Parquet under monitor.log_prefix."""
+        import logging
+
         from pairflow.config import load_config
         from pairflow.errors import ConfigError
         from pairflow.monitor.sink import serve_sink
@@ -37,6 +39,9 @@ def register(app: typer.Typer) -> None:
                 "monitor.log_prefix: empty; set it to an s3:// prefix or a folder "
                 "(--set monitor.log_prefix=...)"
             )
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s"
+        )
         typer.echo(
             f"monitor-sink on http://{host}:{port} writing to {cfg.monitor.log_prefix}", err=True
         )
