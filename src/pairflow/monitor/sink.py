@@ -98,6 +98,7 @@ class SinkState:
     storage_up: bool = True
     next_try: float = 0.0
     last_drop_warning: float = -1e9
+    last_down_warning: float = -1e9
     dropped_since_warning: int = 0
     stored_images: OrderedDict[str, None] = field(default_factory=OrderedDict)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -218,11 +219,16 @@ class SinkState:
                     self._write(batch)
                 except StorageError as exc:
                     STORAGE_ERRORS.inc()
+                    now = time.monotonic()
                     with self.lock:
+                        went_down = self.storage_up
                         self.storage_up = False
-                        self.next_try = time.monotonic() + self.retry_s
+                        self.next_try = now + self.retry_s
                         buffered = len(self.rows)
                     STORAGE_UP.set(0)
+                    if not went_down and now - self.last_down_warning < 60.0:
+                        raise  # said at most once a minute while it stays down
+                    self.last_down_warning = now
                     log.warning(
                         "request log: storage is down (%s); %d rows buffered (limit %d), "
                         "retrying in %.1f s; beyond the limit rows are dropped and counted "
