@@ -293,3 +293,20 @@ class socket_closed_port:
 
     def __exit__(self, *exc: object) -> None:
         return None
+
+
+def test_http_answers_4xx_for_client_mistakes(tmp_path: Path) -> None:
+    from starlette.testclient import TestClient
+
+    state = _state(tmp_path / "logs")
+    with TestClient(sink_mod.build_app(state)) as client:
+        r = client.post("/", content=b"{}", headers={"content-type": "application/json"})
+        assert r.status_code == 400 and "not a CloudEvent" in r.json()["error"]
+        big = b"x" * (sink_mod.MAX_EVENT_BYTES + 1)
+        r = client.post("/", content=big, headers=_ce("big", REQUEST_TYPE))
+        assert r.status_code == 413 and "the limit is" in r.json()["error"]
+        r = client.post("/", content=_v1_request(), headers=_ce("ok", REQUEST_TYPE))
+        assert r.status_code == 200 and r.json() == {"outcome": "held"}
+        health = client.get("/healthz").json()
+        assert health["pending_events"] == 1 and health["storage_up"] is True
+        assert "pairflow_monitor_sink_rejected_total" in client.get("/metrics").text

@@ -47,6 +47,10 @@ from pairflow.monitor.sink_store import StorageError, image_uri, put, write_part
 
 log = logging.getLogger("pairflow.monitor.sink")
 
+# Largest event body accepted (413 beyond): a logged request is at most serve.max_body_bytes
+# (8 MiB by default) as the predictor accepted it.
+MAX_EVENT_BYTES = 32 * 1024 * 1024
+
 EVENTS = Counter("pairflow_monitor_sink_events", "CloudEvents accepted.", ["type"])
 REJECTED = Counter(
     "pairflow_monitor_sink_rejected", "CloudEvents refused with 400 (malformed).", ["reason"]
@@ -323,7 +327,24 @@ def build_app(state: SinkState) -> Starlette:
     """The sink's HTTP app over ``state``."""
 
     async def event(request: Request) -> Response:
-        body = await request.body()
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > MAX_EVENT_BYTES:
+            REJECTED.labels("too_large").inc()
+            return JSONResponse(
+                {"error": f"event body: {declared} bytes, the limit is {MAX_EVENT_BYTES}"},
+                status_code=413,
+            )
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > MAX_EVENT_BYTES:
+                REJECTED.labels("too_large").inc()
+                return JSONResponse(
+                    {"error": f"event body: more than {MAX_EVENT_BYTES} bytes"}, status_code=413
+                )
+            chunks.append(chunk)
+        body = b"".join(chunks)
         try:
             outcome = state.accept(dict(request.headers), body)
         except EventError as exc:
