@@ -310,3 +310,14 @@ def test_http_answers_4xx_for_client_mistakes(tmp_path: Path) -> None:
         health = client.get("/healthz").json()
         assert health["pending_events"] == 1 and health["storage_up"] is True
         assert "pairflow_monitor_sink_rejected_total" in client.get("/metrics").text
+
+
+def test_without_store_images_rows_keep_the_digest_only(tmp_path: Path) -> None:
+    monitor = MonitorConfig(log_prefix=str(tmp_path / "logs"), store_images=False)
+    state = SinkState(monitor, None)
+    state.accept(_ce("s", REQUEST_TYPE), _v1_request())
+    state.accept(_ce("s", RESPONSE_TYPE), _v1_response(_payload("s")))
+    assert state.flush() == 1
+    (row,) = _window(tmp_path / "logs").to_pylist()
+    assert row["image_uri"] == "" and row["image_sha256"] == hashlib.sha256(IMG).hexdigest()
+    assert not (tmp_path / "logs" / "images").exists()
