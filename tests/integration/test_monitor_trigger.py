@@ -291,3 +291,52 @@ def test_a_failed_submission_is_recorded_and_does_not_hold_the_window(
     target = KfpTarget(endpoint, CompiledPackage.load(PACKAGE), "v1")
     retry, _ = _act(cfg, _verdict(_window(0)), records, target, T0 + timedelta(minutes=5))
     assert retry.decision.triggered and len(fake.runs) == 1
+
+
+def _cli(*args: str, env: dict[str, str]) -> Any:
+    import os
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "pairflow.cli", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        cwd=REPO,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_schedule_monitor_pipeline_creates_its_own_recurring_run(
+    kfp_server: Any, tmp_path: Path
+) -> None:
+    fake = kfp_server("t")
+    env = {"KFP_TOKEN": "t", "HOME": str(tmp_path), "GITHUB_SHA": "ab" * 20}
+    proc = _cli("schedule", "--pipeline", "monitor", "--host", fake.url,
+                "--set", "monitor.cooldown_hours=12", "--set", "monitor.log_prefix=s3://b/log",
+                env=env)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (rr,) = fake.recurring.values()
+    assert rr["display_name"] == "pairflow-monitor"
+    assert rr["trigger"]["cron_schedule"]["cron"] == "0 30 * * * *"
+    version = fake.versions[rr["pipeline_version_reference"]["pipeline_version_id"]]
+    assert fake.pipelines[version["pipeline_id"]]["display_name"] == "monitor"
+    assert version["display_name"] == "ab" * 6
+    params = rr["runtime_config"]["parameters"]
+    assert params["monitor_cooldown_hours"] == 12.0
+    assert params["monitor_log_prefix"] == "s3://b/log"
+    assert params["kfp_host"] == "http://ml-pipeline.kubeflow:8888"
+    assert params["dry_run"] is False and params["retrain_version"] == ""
+    assert fake.violations == []
+    # the retrain schedule is a different recurring run of a different pipeline
+    proc = _cli("schedule", "--host", fake.url, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert sorted(r["display_name"] for r in fake.recurring.values()) == [
+        "pairflow-monitor",
+        "pairflow-retrain",
+    ]
+    bad = _cli("schedule", "--pipeline", "monitor", "--host", fake.url,
+               "--set", "train.epochs=3", env=env)  # fmt: skip
+    assert bad.returncode == 2 and "not a parameter of the monitor pipeline" in bad.stderr

@@ -1,7 +1,8 @@
 """CLI commands of this package, added to the ``pairflow`` app by :func:`register`.
 
 ``submit``, ``schedule`` and ``promote-pipeline`` upload the committed compiled package
-(``pipelines/compiled/retrain.yaml``) to a KFP endpoint; see :mod:`pairflow.kubeflow.publish`.
+(``pipelines/compiled/retrain.yaml``; ``schedule --pipeline monitor``: ``monitor.yaml``) to a
+KFP endpoint; see :mod:`pairflow.kubeflow.publish`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,11 @@ from rich.console import Console
 from pairflow.errors import PairflowError
 
 DEFAULT_PACKAGE = Path("pipelines/compiled/retrain.yaml")
+MONITOR_PACKAGE = Path("pipelines/compiled/monitor.yaml")
+# The monitor's recurring run: every hour, judging the last monitor.window_hours; the trigger's
+# cooldown and window keys keep overlapping windows from retraining more than once.
+MONITOR_SCHEDULE = "pairflow-monitor"
+MONITOR_CRON = "0 30 * * * *"
 console = Console()
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file.")]
@@ -107,6 +113,14 @@ def register(app: typer.Typer) -> None:
     @app.command("schedule")
     def schedule_cmd(
         host: Annotated[str | None, typer.Option("--host", help="KFP API URL.")] = None,
+        pipeline: Annotated[
+            str,
+            typer.Option(
+                "--pipeline",
+                help="retrain (pipelines/compiled/retrain.yaml) or monitor "
+                "(pipelines/compiled/monitor.yaml: hourly, recurring run pairflow-monitor).",
+            ),
+        ] = "retrain",
         cron: Annotated[
             str | None, typer.Option("--cron", help="Cron (KFP: 6 fields with seconds).")
         ] = None,
@@ -117,7 +131,10 @@ def register(app: typer.Typer) -> None:
         namespace: NamespaceOpt = None,
         config: ConfigOpt = None,
         set_: SetOpt = None,
-        package: PackageOpt = DEFAULT_PACKAGE,
+        package: Annotated[
+            Path | None,
+            typer.Option("--package", help="Compiled pipeline YAML (default: per --pipeline)."),
+        ] = None,
         version: VersionOpt = None,
     ) -> None:
         """Create or update the recurring run, pinned to this commit's pipeline version."""
@@ -125,14 +142,25 @@ def register(app: typer.Typer) -> None:
         from pairflow.kubeflow.publish import Endpoint, run_parameters, schedule
         from pairflow.kubeflow.version import CompiledPackage, version_name
 
+        if pipeline not in ("retrain", "monitor"):
+            raise PairflowError(f"--pipeline {pipeline!r}: expected retrain or monitor")
         cfg = load_config(config, set_ or [])
         if namespace:
             cfg.kubeflow.namespace = namespace
-        pkg = CompiledPackage.load(package)
-        params = run_parameters(cfg, set_ or [], pkg)
+        monitor = pipeline == "monitor"
+        pkg = CompiledPackage.load(package or (MONITOR_PACKAGE if monitor else DEFAULT_PACKAGE))
+        if monitor:
+            from pairflow.monitor.run_params import check_sets, param_values
+
+            check_sets(set_ or [])
+            params = pkg.coerce(param_values(cfg))
+        else:
+            params = run_parameters(cfg, set_ or [], pkg)
+        if monitor and pkg.name != "monitor":
+            raise PairflowError(f"--package {pkg.path}: holds pipeline {pkg.name!r}, not monitor")
         vname = version_name(pkg, version)
         endpoint = Endpoint(_host(host, cfg.kubeflow.host), cfg.kubeflow.token_env)
-        rr_name = name or cfg.kubeflow.schedule_name
+        rr_name = name or (MONITOR_SCHEDULE if monitor else cfg.kubeflow.schedule_name)
         with console.status(f"scheduling {rr_name} on {endpoint.host} …"):
             ref, result = schedule(
                 cfg,
@@ -142,7 +170,8 @@ def register(app: typer.Typer) -> None:
                 vname,
                 experiment=experiment or cfg.kubeflow.experiment,
                 name=rr_name,
-                cron=cron or cfg.kubeflow.cron,
+                cron=cron or (MONITOR_CRON if monitor else cfg.kubeflow.cron),
+                pipeline=pipeline if monitor else "",
             )
         console.print(
             f"recurring run {rr_name!r} {result.action}: {result.recurring_run_id} → version "

@@ -116,13 +116,15 @@ def schedule(
     experiment: str,
     name: str,
     cron: str,
+    pipeline: str = "",
 ) -> tuple[kfp_ops.VersionRef, kfp_ops.ScheduleResult]:
-    """Upload ``package`` as ``version`` (if new) and pin the recurring run ``name`` to it."""
+    """Upload ``package`` as ``version`` (if new) of ``pipeline`` (default
+    ``kubeflow.pipeline_name``) and pin the recurring run ``name`` to it."""
     kf = cfg.kubeflow
     cron = kfp_ops.normalise_cron(cron)
     client, ns = endpoint.connect(cfg)
     with kfp_ops.api_errors(endpoint.host):
-        ref = kfp_ops.ensure_version(client, package, kf.pipeline_name, version, ns)
+        ref = kfp_ops.ensure_version(client, package, pipeline or kf.pipeline_name, version, ns)
         exp = kfp_ops.experiment_id(client, experiment, ns)
         result = kfp_ops.upsert_recurring_run(
             client, ref, exp, name, cron, params, kf.service_account
