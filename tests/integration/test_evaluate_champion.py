@@ -12,6 +12,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -25,6 +26,7 @@ from pairflow.clipfilter.scoring import score_frame
 from pairflow.config import PairflowConfig, load_config
 from pairflow.data.synthetic import generate_dataset
 from pairflow.evaluate.champion import DRIFT_REFERENCE_ARTIFACT
+from pairflow.evaluate.reference import read_reference
 from pairflow.evaluate.scoring import score_holdout
 from pairflow.evaluate.step import EvaluateFiles, evaluate_step
 from pairflow.holdout import split_holdout
@@ -152,6 +154,22 @@ def _register_champion(uri: str, name: str, model_dir: Path, reference: Path) ->
     return str(run_id)
 
 
+def _check_serving_reference(files: EvaluateFiles, metrics: dict[str, Any]) -> None:
+    """The candidate's own view of the run's rows: every held-out row plus the training rows
+    (fewer than evaluate.serving_reference_train_rows here), its digest, its own pair scores."""
+    assert files.serving_reference is not None
+    ref = read_reference(files.serving_reference)
+    assert ref.meta["role"] == "serving" and ref.meta["model_digest"] == metrics["model_digest"]
+    assert ref.meta["holdout_rows"] == metrics["holdout_rows"]
+    assert ref.meta["train_rows"] == metrics["train_rows"] == 90 - metrics["holdout_rows"]
+    assert len(ref.frame) == 90 and metrics["serving_reference"]["rows"] == 90
+    assert ref.image is not None and ref.text is not None and len(ref.image) == 90
+    cosine = np.einsum("ij,ij->i", ref.image.astype(np.float32), ref.text.astype(np.float32))
+    assert np.allclose(ref.frame["clip_score"].to_numpy(), cosine, atol=2e-3)
+    filter_ref = read_reference(files.reference)  # the filter model's: other embeddings
+    assert filter_ref.meta["model_digest"] != ref.meta["model_digest"]
+
+
 def test_first_run_then_champion_gate(setup: dict[str, Path], mlflow_server: str) -> None:
     name = f"eval-{uuid.uuid4().hex[:8]}"
     root = setup["root"]
@@ -174,6 +192,7 @@ def test_first_run_then_champion_gate(setup: dict[str, Path], mlflow_server: str
     )
     assert metrics["candidate"]["i2t_recall_at_1"] > 0.5  # fitted on these rows
     assert metrics["holdout_rows"] == metrics["evaluated_rows"] > 10
+    _check_serving_reference(files, metrics)
     run = MlflowClient(tracking_uri=mlflow_server).get_run(run_id)
     assert run.data.tags["pairflow.gate.passed"] == "true"
     assert run.data.metrics["evaluate.gate_passed"] == 1.0

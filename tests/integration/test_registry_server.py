@@ -164,6 +164,7 @@ def _inputs(m: Material, kfp_run_id: str, evaluate: Path) -> RegisterInputs:
         data_docs=m.docs,
         eval_plots=[m.plot],
         drift_reference=m.reference,
+        serving_reference=m.reference,
         kfp_run_id=kfp_run_id,
         kfp_run_name="nightly",
     )
@@ -210,6 +211,7 @@ def test_version_carries_lineage_card_and_challenger(
     files = {f.path for f in client.list_artifacts(run_id, "pairflow")}
     assert {
         "pairflow/drift_reference.parquet",
+        "pairflow/serving_reference.parquet",
         "pairflow/model_card.md",
         "pairflow/data_docs",
     } <= files
