@@ -105,6 +105,7 @@ class Stack:
     prefix: str
     sink: SinkHandle
     serve: ServeProc
+    control: ServeProc  # the same model with logging off: the latency baseline
 
 
 @pytest.fixture(scope="module")
@@ -135,8 +136,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             log_path=root / "sink.log",
             retry_s=0.5,
         )
-        serve = None
+        serve = control = None
         try:
+            control = start_serve(
+                str(clip), root, name=NAME, sets={"torch_threads": "1", "max_batch_delay_ms": "0"}
+            )
             serve = start_serve(
                 str(clip),
                 root,
@@ -144,10 +148,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 sets={"torch_threads": "1", "max_batch_delay_ms": "0"},
                 extra_sets=[f"monitor.sink_url={sink.url}", "monitor.sample_rate=1.0"],
             )
-            yield Stack(moto, s3, bucket, prefix, sink, serve)
+            yield Stack(moto, s3, bucket, prefix, sink, serve, control)
         finally:
-            if serve is not None:
-                serve.stop()
+            for proc in (serve, control):
+                if proc is not None:
+                    proc.stop()
             sink.stop()
             moto.stop()
             s3io.clear_client_cache()
@@ -342,16 +347,28 @@ def test_malformed_events_are_400_with_the_reason(stack: Stack) -> None:
     assert stack.sink.health()["pending_events"] == 0
 
 
-def _timed_requests(stack: Stack, n: int, tag: str) -> list[tuple[int, float]]:
+def _timed_requests(
+    stack: Stack, n: int, tag: str, control: list[float] | None = None
+) -> list[tuple[int, float]]:
+    """``n`` sequential score requests to the logging server; with ``control``, each one is
+    paired with the same request to the logging-off server, in alternating order, and the
+    control's seconds are appended there (the same machine load for both)."""
     out = []
-    with httpx.Client(base_url=stack.serve.url, timeout=60) as client:
+    with httpx.Client(timeout=60) as client:
         for k in range(n):
             body = {"instances": [{"image": _b64(IMAGES[k % 4]), "caption": CAPTIONS[k % 4]}]}
-            t0 = time.perf_counter()
-            r = client.post(
-                f"/v1/models/{NAME}:predict", json=body, headers={"ce-id": f"{tag}-{k}"}
-            )
-            out.append((r.status_code, time.perf_counter() - t0))
+            path = f"/v1/models/{NAME}:predict"
+            targets = [stack.serve.url] + ([stack.control.url] if control is not None else [])
+            for url in targets if k % 2 == 0 else targets[::-1]:
+                t0 = time.perf_counter()
+                r = client.post(url + path, json=body, headers={"ce-id": f"{tag}-{k}"})
+                elapsed = time.perf_counter() - t0
+                if url == stack.serve.url:
+                    out.append((r.status_code, elapsed))
+                else:
+                    assert r.status_code == 200, r.text
+                    assert control is not None
+                    control.append(elapsed)
     return out
 
 
@@ -361,17 +378,27 @@ def _p95(values: list[float]) -> float:
 
 def test_storage_outage_never_fails_a_prediction_and_buffers_then_drops(stack: Stack) -> None:
     pre_start = datetime.now(UTC) - timedelta(seconds=1)
-    before = _timed_requests(stack, 30, "pre")
+    before_control: list[float] = []
+    before = _timed_requests(stack, 30, "pre", before_control)
     assert all(code == 200 for code, _ in before)
     assert _wait_rows(stack, pre_start, 30).num_rows == 30  # nothing left in the buffer
     metrics0 = httpx.get(stack.sink.url + "/metrics").text
     stack.moto.stop()
     outage_start = datetime.now(UTC) - timedelta(seconds=1)
-    during = _timed_requests(stack, 2 * MAX_BUFFER_ROWS, "out")
+    during_control: list[float] = []
+    during = _timed_requests(stack, 2 * MAX_BUFFER_ROWS, "out", during_control)
     assert all(code == 200 for code, _ in during), [c for c, _ in during if c != 200]
-    p95_before, p95_during = _p95([s for _, s in before]), _p95([s for _, s in during])
-    # the emitter never waits on the sink, and the sink never on storage
-    assert p95_during < 2 * p95_before + 0.02, (p95_before, p95_during)
+    # the emitter never waits on the sink, and the sink never on storage: during the outage
+    # the logging server's p95 stays in the range of the logging-off server measured at the
+    # same time (interleaved), as it was before the outage
+    figures = {
+        "p95_before": _p95([s for _, s in before]),
+        "p95_before_control": _p95(before_control),
+        "p95_during": _p95([s for _, s in during]),
+        "p95_during_control": _p95(during_control),
+    }
+    assert figures["p95_during"] < 2 * figures["p95_during_control"] + 0.01, figures
+    print(f"outage latency (s): {figures}")
     deadline = time.monotonic() + 60
     while True:
         metrics = httpx.get(stack.sink.url + "/metrics").text
