@@ -146,7 +146,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 root,
                 name=NAME,
                 sets={"torch_threads": "1", "max_batch_delay_ms": "0"},
-                extra_sets=[f"monitor.sink_url={sink.url}", "monitor.sample_rate=1.0"],
+                extra_sets=sink.serve_args(sample_rate=1.0)[1::2],
             )
             yield Stack(moto, s3, bucket, prefix, sink, serve, control)
         finally:

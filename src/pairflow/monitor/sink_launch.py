@@ -3,7 +3,8 @@
 Usage (the demo's round 3, tests)::
 
     sink = start_sink("s3://bucket/logs", sets=["data.s3.endpoint_url=http://..."])
-    # serve with: --set monitor.sink_url={sink.url}
+    # serve with: pairflow serve --model ... *sink.serve_args(sample_rate=1.0)
+    #   (= --set monitor.sink_url={sink.url} --set monitor.sample_rate=1.0)
     ...
     sink.flush()   # write what is buffered now (else flush_rows / flush_seconds)
     sink.stop()    # SIGTERM: the sink writes what is left, then exits
@@ -40,6 +41,14 @@ class SinkHandle:
     proc: subprocess.Popen[bytes]
     url: str
     log: Path
+
+    def serve_args(self, sample_rate: float | None = None) -> list[str]:
+        """``pairflow serve`` arguments that log to this sink (``--set monitor.sink_url=...``,
+        and ``monitor.sample_rate`` when given), e.g. for ``deploy.local.command``."""
+        args = ["--set", f"monitor.sink_url={self.url}"]
+        if sample_rate is not None:
+            args += ["--set", f"monitor.sample_rate={sample_rate}"]
+        return args
 
     def health(self) -> dict[str, Any]:
         with urllib.request.urlopen(f"{self.url}/healthz", timeout=5) as resp:
