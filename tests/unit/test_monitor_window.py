@@ -90,9 +90,15 @@ def test_bad_windows_and_parts_are_named(tmp_path: Path) -> None:
 
 def test_mixed_embedding_widths_are_refused(tmp_path: Path) -> None:
     write_parts(str(tmp_path), to_table(_rows([T0], dim=4), 4))
-    write_parts(str(tmp_path), to_table(_rows([T0 + timedelta(minutes=1)], dim=8), 8))
+    write_parts(str(tmp_path), to_table(_rows([T0 + timedelta(minutes=1)], 8, "4"), 8))
     with pytest.raises(InputDataError, match="mixes embedding widths"):
         read_window(str(tmp_path), T0, T0 + timedelta(hours=1))
+    # one model's rows: the other version's parts are left out before the width check
+    got = read_window(str(tmp_path), T0, T0 + timedelta(hours=1), model_version="4")
+    assert got.column("model_version").to_pylist() == ["4"]
+    assert got.schema.field("image_emb").type.list_size == 8
+    got = read_window(str(tmp_path), T0, T0 + timedelta(hours=1), model_version="3")
+    assert got.num_rows == 1 and got.schema.field("image_emb").type.list_size == 4
 
 
 def test_s3_prefix_round_trip(s3_bucket: str, s3_config: S3Config) -> None:

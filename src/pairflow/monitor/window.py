@@ -52,13 +52,15 @@ def read_window(
     s3: S3Config | None = None,
     *,
     dim: int = 0,
+    model_version: str | None = None,
 ) -> pa.Table:
     """Logged records with ``start <= ts < end`` under ``prefix`` (a table in the
     :func:`pairflow.monitor.records.schema`; sorted by ``ts``, then ``request_id``, ``instance``).
 
     ``start``/``end`` must be timezone-aware. With no rows, the result is an empty table whose
     embedding width is ``dim``. Parts of different embedding widths (a model change inside the
-    window) are an error naming them: a window is judged against one model's reference.
+    window) are an error naming them: a window is judged against one model's reference;
+    ``model_version`` keeps only that version's rows (read before the width check).
     """
     dirs = partition_dirs(start, end)
     base = prefix.rstrip("/")
@@ -71,6 +73,8 @@ def read_window(
                 pc.greater_equal(ts, pa.scalar(start, ts.type)),
                 pc.less(ts, pa.scalar(end, ts.type)),
             )
+            if model_version is not None:
+                mask = pc.and_(mask, pc.equal(table.column("model_version"), model_version))
             table = table.filter(mask)
             if table.num_rows:
                 tables.append((uri, table))
