@@ -33,7 +33,7 @@ def _verdict(**kw: object) -> WindowVerdict:
     return replace(base, **kw)  # type: ignore[arg-type]
 
 
-CFG = MonitorConfig(min_window_rows=200, cooldown_hours=24)
+CFG = MonitorConfig(min_window_rows=200, cooldown_hours=24, embedding_auc=0.75)
 
 
 def test_drift_triggers_and_carries_the_numbers() -> None:
