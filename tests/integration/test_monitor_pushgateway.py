@@ -24,11 +24,9 @@ import pytest
 import yaml
 from tests.manifests_render import find_object, render_overlay, require_tool
 
-from pairflow.monitor.gauges import JOB, push_gauges
+from pairflow.monitor.gauges import JOB, GaugePushError, push_gauges
 from pairflow.monitor.settings import MonitorConfig
 from pairflow.monitor.verdict import WindowId, WindowVerdict
-
-pytestmark = pytest.mark.slow
 
 
 def _port() -> int:
@@ -175,3 +173,9 @@ def test_pushed_gauges_reach_prometheus_and_the_alert_fires(stack: Stack) -> Non
     assert alert[0]["metric"]["model_name"] == "clip" and alert[0]["metric"]["model_version"] == "7"
     assert len(_query(prom, "pairflow_monitor_window_rows")) == 1  # replaced, not added
     assert _value(prom, "pairflow_monitor_window_rows", 253) is not None
+
+
+def test_a_gateway_that_is_down_is_a_clear_error() -> None:
+    url = f"http://127.0.0.1:{_port()}"  # nothing listens there
+    with pytest.raises(GaugePushError, match=f"monitor.pushgateway_url {url}: pushing the gauges"):
+        push_gauges(_verdict(1, drift=True, auc=0.9), 1, MonitorConfig(pushgateway_url=url))

@@ -24,11 +24,16 @@ from datetime import datetime
 
 from prometheus_client import CollectorRegistry, Gauge, push_to_gateway
 
+from pairflow.errors import PairflowError
 from pairflow.monitor.settings import MonitorConfig
 from pairflow.monitor.verdict import WindowVerdict
 
 JOB = "pairflow-monitor"
 LABELS = ("model_name", "model_version")
+
+
+class GaugePushError(PairflowError):
+    """The Pushgateway did not take the window's gauges."""
 
 
 def build_registry(verdict: WindowVerdict, consecutive: int) -> CollectorRegistry:
@@ -84,15 +89,23 @@ def build_registry(verdict: WindowVerdict, consecutive: int) -> CollectorRegistr
 def push_gauges(verdict: WindowVerdict, consecutive: int, cfg: MonitorConfig) -> None:
     """Push this window's gauges to ``cfg.pushgateway_url`` (nothing when it is empty).
 
-    The group is (job, model_name): each push replaces the model's previous figures.
+    The group is (job, model_name): each push replaces the model's previous figures. A
+    gateway that is down or refuses the push is a :class:`GaugePushError` naming it (the
+    verdict is already recorded in MLflow by then).
     """
     reg = build_registry(verdict, consecutive)
     if not cfg.pushgateway_url:
         return
-    push_to_gateway(
-        cfg.pushgateway_url,
-        job=JOB,
-        registry=reg,
-        grouping_key={"model_name": verdict.window.model_name},
-        timeout=10,
-    )
+    try:
+        push_to_gateway(
+            cfg.pushgateway_url,
+            job=JOB,
+            registry=reg,
+            grouping_key={"model_name": verdict.window.model_name},
+            timeout=10,
+        )
+    except OSError as exc:  # URLError and HTTPError are OSErrors
+        raise GaugePushError(
+            f"monitor.pushgateway_url {cfg.pushgateway_url}: pushing the gauges of window "
+            f"{verdict.window.key} failed ({type(exc).__name__}: {exc})"
+        ) from exc
