@@ -119,13 +119,13 @@ def test_low_contrast_brightness_variant_is_found_through_the_grey_phash() -> No
 
 def test_grey_phash_branch_refuses_a_large_level_shift() -> None:
     """Same luma shape, but a level shift no brightness edit of the dev set reached (plain
-    layout RMS above ``phash_max_rms``): not a near duplicate."""
+    layout RMS above ``max_rms``): not a near duplicate."""
     rule = PhotometricRule()
     moon = _photo("moon")
     arr = np.asarray(moon, dtype=np.int16)
     shifted = Image.fromarray(np.clip(arr + 90, 0, 255).astype(np.uint8))
     la, lb, dct, grey, rms = _pair_inputs(moon, shifted)
-    assert grey[0] <= rule.phash_radius and rms[0] > rule.phash_max_rms
+    assert grey[0] <= rule.phash_radius and rms[0] > rule.max_rms
     assert photometric_match(la, lb, dct, grey, rms, rule).tolist() == [False]
-    relaxed = PhotometricRule(phash_max_rms=float(rms[0]) + 1.0)
+    relaxed = PhotometricRule(max_rms=float(rms[0]) + 1.0)
     assert photometric_match(la, lb, dct, grey, rms, relaxed).tolist() == [True]

@@ -283,9 +283,10 @@ def _draw_shape(
         draw.polygon(_polygon(cx, cy, [r, r * 0.48] * 5, up), fill=fill)
 
 
-def _background(side: int, rng: np.random.Generator) -> Image.Image:
-    """A tinted grey backdrop with smooth shading: three octaves of bicubic-upsampled random
-    grids (3x3, 6x6, 12x12 cells; amplitudes 50, 25, 12.5 levels) on a base level.
+def _background(size: int, supersample: int, rng: np.random.Generator) -> Image.Image:
+    """A tinted grey backdrop with smooth shading, ``size * supersample`` px square: three
+    octaves of bicubic-upsampled random grids (3x3, 6x6, 12x12 cells; amplitudes 50, 25,
+    12.5 levels) on a base level, computed at ``size`` and upsampled (it is smooth).
 
     Real photographs have large-scale structure everywhere. Flat backgrounds made distinct
     scenes (one small shape each) differ by little more than a brightness change does, so a
@@ -294,19 +295,21 @@ def _background(side: int, rng: np.random.Generator) -> Image.Image:
     """
     base = float(rng.uniform(70.0, 200.0))
     tint = rng.uniform(-10.0, 10.0, 3)
-    field = np.zeros((side, side), dtype=np.float32)
+    field = np.zeros((size, size), dtype=np.float32)
     for cells, amplitude in _SHADING_OCTAVES:
         grid = rng.uniform(-amplitude, amplitude, (cells, cells)).astype(np.float32)
-        up = Image.fromarray(grid, mode="F").resize((side, side), Image.Resampling.BICUBIC)
+        up = Image.fromarray(grid, mode="F").resize((size, size), Image.Resampling.BICUBIC)
         field += np.asarray(up, dtype=np.float32)
     rgb = base + tint[None, None, :] + field[:, :, None]
-    return Image.fromarray(np.clip(np.rint(rgb), 0, 255).astype(np.uint8))
+    small = Image.fromarray(np.clip(np.rint(rgb), 0, 255).astype(np.uint8))
+    side = size * supersample
+    return small.resize((side, side), Image.Resampling.BILINEAR)
 
 
 def _render(scene: _Scene, size: int, rng: np.random.Generator) -> Image.Image:
     """Draw ``scene`` on a shaded, noisy grey background (supersampled, then box-filtered)."""
     f = _SUPERSAMPLE
-    canvas = _background(size * f, rng)
+    canvas = _background(size, f, rng)
     draw = ImageDraw.Draw(canvas)
     diameter = _SIZE_FRACTION[scene.size] * size
     centres = _layout(scene.count, diameter, _region(scene.position, size), rng)
