@@ -31,6 +31,7 @@ from pairflow.clipfilter.scoring import Collate, PairDataset
 from pairflow.components.evaluate import evaluate
 from pairflow.config import load_config
 from pairflow.data.synthetic import generate_dataset
+from pairflow.evaluate.reference import read_reference
 from pairflow.holdout import split_holdout
 from pairflow.report import StageReport
 from pairflow.train.artifact import load_trained, save_trained
@@ -127,6 +128,7 @@ def _component(models: dict[str, Any], cfg: Path, model: Path) -> tuple[bool, di
         "classification": dsl.ClassificationMetrics(uri=str(out / "classification")),
         "drift": dsl.HTML(uri=str(out / "drift")),
         "reference": dsl.Dataset(uri=str(out / "reference")),
+        "serving_reference": dsl.Dataset(uri=str(out / "serving_reference")),
         "plots": dsl.HTML(uri=str(out / "plots")),
     }
     passed = evaluate.python_func(
@@ -184,6 +186,9 @@ def test_component_outputs_for_a_classifier_then_blocks_a_worse_one(
     assert scalars["gate_passed"] == 1.0
     assert "first run" in Path(arts["drift"].path).read_text()
     assert "gate **PASSED**" in Path(arts["summary"].path).read_text()
+    serving = read_reference(arts["serving_reference"].path)  # the monitor's reference
+    assert serving.has_embeddings and len(serving.frame) > 0
+    assert arts["serving_reference"].metadata["role"] == "serving"
 
     # the good classifier becomes the champion (loaded back from MLflow); the rotated one loses
     _register(mlflow_server, name, models["good"])
