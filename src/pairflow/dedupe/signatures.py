@@ -128,12 +128,15 @@ def content_hash(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _thumbnail(img: Image.Image) -> Image.Image:
+def _thumbnail(img: Image.Image, side: int, purpose: str) -> Image.Image:
+    """``side`` x ``side`` box thumbnail of an RGB image (``purpose`` names the caller)."""
+    if img.mode != "RGB":
+        raise ValueError(f"{purpose} needs an RGB image, got mode {img.mode!r}")
     w, h = img.size
-    if w % _SOURCE == 0 and h % _SOURCE == 0:
-        return img.reduce((w // _SOURCE, h // _SOURCE))  # exact box mean, and ~3x faster
+    if w % side == 0 and h % side == 0:
+        return img.reduce((w // side, h // side))  # exact box mean, and ~3x faster
     # large images: integer pre-reduction first (~2x faster, near-identical box means)
-    return img.resize((_SOURCE, _SOURCE), Image.Resampling.BOX, reducing_gap=2.0)
+    return img.resize((side, side), Image.Resampling.BOX, reducing_gap=2.0)
 
 
 def signature_thumbnail(img: Image.Image) -> bytes:
@@ -141,9 +144,7 @@ def signature_thumbnail(img: Image.Image) -> bytes:
 
     ``img`` must already be EXIF-transposed and converted to RGB.
     """
-    if img.mode != "RGB":
-        raise ValueError(f"image_signature needs an RGB image, got mode {img.mode!r}")
-    return _thumbnail(img).tobytes()
+    return _thumbnail(img, _SOURCE, "image_signature").tobytes()
 
 
 def signature_words(thumbnails: npt.NDArray[np.uint8]) -> npt.NDArray[np.int64]:
@@ -161,14 +162,7 @@ def grey_thumbnail(img: Image.Image) -> bytes:
 
     ``img`` must already be EXIF-transposed and converted to RGB.
     """
-    if img.mode != "RGB":
-        raise ValueError(f"grey_thumbnail needs an RGB image, got mode {img.mode!r}")
-    w, h = img.size
-    if w % _GREY == 0 and h % _GREY == 0:
-        small = img.reduce((w // _GREY, h // _GREY))
-    else:
-        small = img.resize((_GREY, _GREY), Image.Resampling.BOX, reducing_gap=2.0)
-    return small.convert("L").tobytes()
+    return _thumbnail(img, _GREY, "grey_thumbnail").convert("L").tobytes()
 
 
 def _grey_dct_map() -> npt.NDArray[np.float32]:
