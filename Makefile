@@ -7,7 +7,7 @@ DEV_STAMP := $(VENV)/.pairflow-dev
 ACTIONLINT_DIR := .cache/actionlint
 PYTEST_ARGS ?=
 
-.PHONY: help venv dev demo test lint typecheck pytest compile check-compiled bench actionlint images clean system-tools
+.PHONY: help venv dev demo test lint typecheck imports pytest compile check-compiled bench actionlint images clean system-tools
 
 help:
 	@echo "make demo   - create .venv, install, run the whole retrain pipeline locally"
@@ -32,7 +32,7 @@ dev: $(DEV_STAMP)
 demo: $(RUN_STAMP)
 	$(BIN)/pairflow demo
 
-test: lint typecheck actionlint pytest
+test: lint typecheck imports actionlint pytest
 
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check .
@@ -40,6 +40,10 @@ lint: $(DEV_STAMP)
 
 typecheck: $(DEV_STAMP)
 	$(BIN)/mypy
+
+# the import contract ([tool.importlinter] in pyproject.toml)
+imports: $(DEV_STAMP)
+	$(BIN)/lint-imports
 
 pytest: $(DEV_STAMP) system-tools
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -7,7 +7,7 @@ joint space), the size the >= 2.5x speed / >= 3.5x size goals are about; set
 one pair request (batch of images + captions through both towers), timed interleaved; the
 int8 variants' cosines to fp32 (image and text embeddings) show what quantization costs on
 random weights. The bench runs in a child process with torch's OpenMP threads set not to spin
-(``pairflow.compress.measure.fair_latency_env``, like the ORT sessions' ``allow_spinning=0``):
+(``pairflow.models.latency.fair_latency_env``, like the ORT sessions' ``allow_spinning=0``):
 with spinning threads on a loaded 2-core machine torch eager measured 100-600x slower than
 ORT, an artefact, not the model. ``int8_onnx`` uses the default ``compress.int8_op_types``
 (MatMul, Gemm and Gather: the token embedding table is stored int8); ``int8_onnx_matmul``
@@ -27,11 +27,12 @@ import numpy as np
 import torch
 
 from bench.common import write_result
-from pairflow.compress.export import TEXT_FILE, VISION_FILE, export_towers
-from pairflow.compress.measure import HeldOut, fair_latency_env, measure_latency
-from pairflow.compress.quantize import quantize_dynamic_file
-from pairflow.compress.settings import CompressConfig
-from pairflow.compress.variants import ClipRunner, OrtClip, TorchClip
+from pairflow.models.export import export_towers
+from pairflow.models.formats import TEXT_FILE, VISION_FILE
+from pairflow.models.latency import HeldOut, fair_latency_env, measure_latency
+from pairflow.models.runners import ClipRunner, OrtClip, TorchClip
+from pairflow.stages.compress.quantize import quantize_dynamic_file
+from pairflow.stages.compress.settings import CompressConfig
 
 STAGE = "compress"
 

@@ -45,12 +45,12 @@ from bench.common import write_result
 from bench.photoset import source_photos
 from pairflow.config import DedupeConfig, ValidateConfig
 from pairflow.data.decode import DecodeError, decode_image
+from pairflow.data.signatures import content_hash, signature_thumbnail, signature_words
 from pairflow.data.sources import read_source
-from pairflow.data.synthetic import generate_dataset
-from pairflow.dedupe.merge import dedupe_frame
-from pairflow.dedupe.signatures import content_hash, signature_thumbnail, signature_words
+from pairflow.demo.synthetic import generate_dataset
 from pairflow.parallel import available_cpus
-from pairflow.validate.rows import CHUNK_ROWS, DECODE_AT_LEAST, validate_frame, worker_count
+from pairflow.stages.dedupe.merge import dedupe_frame
+from pairflow.stages.validate.rows import CHUNK_ROWS, DECODE_AT_LEAST, validate_frame, worker_count
 
 STAGE = "curate"
 REPEATS = int(os.environ.get("PAIRFLOW_BENCH_REPEATS", "3"))

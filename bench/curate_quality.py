@@ -90,10 +90,10 @@ def score_links(photos: PhotoSet, links: Iterable[tuple[str, str]]) -> dict[str,
 def pairflow_links(photos: PhotoSet) -> tuple[list[tuple[str, str]], dict[str, Any]]:
     """Duplicate links found by pairflow's validate + dedupe on the photo manifest."""
     from pairflow.config import DedupeConfig, ValidateConfig
-    from pairflow.data.ingest import split_rejects
+    from pairflow.data.admit import split_rejects
     from pairflow.data.sources import load_source
-    from pairflow.dedupe.merge import dedupe_frame
-    from pairflow.validate.rows import validate_frame
+    from pairflow.stages.dedupe.merge import dedupe_frame
+    from pairflow.stages.validate.rows import validate_frame
 
     source, _ = load_source(str(photos.root / "manifest.jsonl"))
     rows, ingest_rejected, _ = split_rejects(source)

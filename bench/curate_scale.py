@@ -25,7 +25,7 @@ import pandas as pd
 
 from bench.common import write_result
 from pairflow.data.sources import read_source
-from pairflow.data.synthetic import generate_dataset
+from pairflow.demo.synthetic import generate_dataset
 
 STAGE = "curate"
 
@@ -36,9 +36,9 @@ POOL = 2_000
 def _child(manifest: str, docs: str) -> None:
     from pairflow.config import DedupeConfig, ValidateConfig
     from pairflow.data.schema import read_manifest
-    from pairflow.dedupe.merge import dedupe_frame
-    from pairflow.validate.contract import run_contract
-    from pairflow.validate.rows import validate_frame
+    from pairflow.stages.dedupe.merge import dedupe_frame
+    from pairflow.stages.validate.contract import run_contract
+    from pairflow.stages.validate.rows import validate_frame
 
     timings: dict[str, float] = {}
     t0 = time.perf_counter()

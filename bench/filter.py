@@ -42,16 +42,14 @@ import torch.nn.functional as F
 from PIL import Image
 
 from bench.common import write_result
-from pairflow.clipfilter.bootstrap import (
-    BOS_TOKEN,
-    CONTEXT_LENGTH,
-    EOS_TOKEN,
-    build_processor,
-    save_clip,
-    save_untrained_clip,
-)
-from pairflow.clipfilter.model import LoadedClip, load_clip
-from pairflow.clipfilter.scoring import (
+from pairflow.config import ClipFilterConfig
+from pairflow.data.decode import decode_image
+from pairflow.data.imageio import read_image_bytes
+from pairflow.data.pixels import SizedPixels
+from pairflow.data.sources import read_source
+from pairflow.demo.synthetic import generate_dataset
+from pairflow.models.clip import LoadedClip, load_clip, save_clip
+from pairflow.models.scoring import (
     Batch,
     CaptionTokens,
     Collate,
@@ -63,12 +61,13 @@ from pairflow.clipfilter.scoring import (
     score_frame,
     torch_threads,
 )
-from pairflow.config import ClipFilterConfig
-from pairflow.data.decode import decode_image
-from pairflow.data.imageio import read_image_bytes
-from pairflow.data.pixels import SizedPixels
-from pairflow.data.sources import read_source
-from pairflow.data.synthetic import generate_dataset
+from pairflow.models.scratch import (
+    BOS_TOKEN,
+    CONTEXT_LENGTH,
+    EOS_TOKEN,
+    build_processor,
+    save_untrained_clip,
+)
 
 STAGE = "filter"
 

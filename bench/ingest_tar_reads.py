@@ -17,7 +17,7 @@ from bench.common import time_repeated, write_result
 from pairflow.data.export import export_as
 from pairflow.data.imageio import clear_caches, read_image_bytes, split_tar_member
 from pairflow.data.sources import read_source
-from pairflow.data.synthetic import generate_dataset
+from pairflow.demo.synthetic import generate_dataset
 
 STAGE = "ingest"
 

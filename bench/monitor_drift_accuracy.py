@@ -5,7 +5,7 @@ Set-up, as in production but small:
 
 - a tiny CLIP pretrained here on clean synthetic pairs (:func:`pretrain_reference_clip`);
 - its serving reference, made by evaluate's own code
-  (:func:`pairflow.evaluate.serving_reference.build_serving_reference`) from ``REF_ROWS``
+  (:func:`pairflow.stages.evaluate.serving_reference.build_serving_reference`) from ``REF_ROWS``
   clean rows embedded by the fp32 model;
 - the served model: the same model's int8 dynamic-quantized ONNX towers (what compress ships
   by default), loaded as ``pairflow serve`` loads a variant, so the windows carry the
@@ -13,8 +13,8 @@ Set-up, as in production but small:
 - each window: ``WINDOW_ROWS`` rows from the generator with a new seed, either the same
   distribution (``shift=False``) or a new source with a disjoint colour palette
   (``shift=True``), decoded and embedded as the predictor does, written as logged-request
-  records (:func:`pairflow.monitor.records.to_table`) and judged by
-  :func:`pairflow.monitor.drift.judge_window` with the default ``monitor`` settings.
+  records (:func:`pairflow.serve.requestlog.records.to_table`) and judged by
+  :func:`pairflow.stages.monitor.drift.judge_window` with the default ``monitor`` settings.
 
 Reported: both rates with their windows' figures (drift share, AUC per tower, score drop),
 the fp32-vs-int8 domain-classifier AUC on identical rows (how far the shipped variant's
@@ -49,7 +49,7 @@ SHIFT_SEED0 = 20_000
 
 @dataclass
 class Served:
-    """An embedder as the predictor holds it (``pairflow.serve.load``)."""
+    """An embedder as the predictor holds it (``pairflow.models.open``)."""
 
     name: str
     model: Any  # ServableModel
@@ -57,7 +57,7 @@ class Served:
 
 def tiny_clip(out_dir: Path, n: int = 1500, epochs: int = 4) -> Path:
     """A tiny CLIP pretrained on ``n`` clean pairs (seed ``MODEL_SEED``)."""
-    from pairflow.clipfilter.bootstrap import pretrain_reference_clip
+    from pairflow.demo.reference_clip import pretrain_reference_clip
 
     return pretrain_reference_clip(out_dir, n=n, seed=MODEL_SEED, epochs=epochs)
 
@@ -68,10 +68,10 @@ def int8_variant(model_dir: Path, out_dir: Path) -> Path:
 
     import torch
 
-    from pairflow.clipfilter.model import load_clip
-    from pairflow.compress.export import export_towers
-    from pairflow.compress.quantize import quantize_dynamic_file
-    from pairflow.compress.settings import CompressConfig
+    from pairflow.models.clip import load_clip
+    from pairflow.models.export import export_towers
+    from pairflow.stages.compress.quantize import quantize_dynamic_file
+    from pairflow.stages.compress.settings import CompressConfig
 
     cfg = CompressConfig()
     clip = load_clip(str(model_dir), device="cpu")
@@ -98,8 +98,8 @@ def int8_variant(model_dir: Path, out_dir: Path) -> Path:
 
 def served_models(model_dir: Path, int8_dir: Path) -> tuple[Served, Served]:
     """(fp32 torch, int8 ONNX) as ``pairflow serve`` loads them."""
-    from pairflow.compress.variants import open_variant
-    from pairflow.serve.load import VariantModel, load_hf
+    from pairflow.models.open import VariantModel, load_hf
+    from pairflow.models.variants import open_variant
 
     fp32 = Served("torch-fp32", load_hf(model_dir, str(model_dir)))
     onnx = VariantModel(open_variant(int8_dir, "onnx", 1, "onnx-int8"), "onnx-int8")
@@ -109,7 +109,7 @@ def served_models(model_dir: Path, int8_dir: Path) -> tuple[Served, Served]:
 def generate(out_dir: Path, n: int, seed: int, shift: bool) -> pd.DataFrame:
     """Clean synthetic rows (absolute image paths)."""
     from pairflow.data.sources import read_source
-    from pairflow.data.synthetic import generate_dataset
+    from pairflow.demo.synthetic import generate_dataset
 
     gen = generate_dataset(out_dir, n, seed=seed, defects=False, shift=shift)
     return read_source(str(gen.manifest), "parquet")
@@ -117,9 +117,9 @@ def generate(out_dir: Path, n: int, seed: int, shift: bool) -> pd.DataFrame:
 
 def serving_reference(model_dir: Path, frame: pd.DataFrame) -> Any:
     """Evaluate's serving reference of ``frame`` (all rows as the held-out part)."""
-    from pairflow.clipfilter.model import load_clip
-    from pairflow.evaluate.scoring import score_holdout
-    from pairflow.evaluate.serving_reference import build_serving_reference
+    from pairflow.models.clip import load_clip
+    from pairflow.stages.evaluate.scoring import score_holdout
+    from pairflow.stages.evaluate.serving_reference import build_serving_reference
 
     clip = load_clip(str(model_dir), device="cpu")
     scores = score_holdout(clip, frame, [])
@@ -140,7 +140,7 @@ def embed(served: Served, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, 
 
 def records(served: Served, frame: pd.DataFrame, version: str, start: datetime) -> Any:
     """The window's logged-request records, one per scored pair (what the sink writes)."""
-    from pairflow.monitor.records import to_table
+    from pairflow.serve.requestlog.records import to_table
 
     img, txt, decoded = embed(served, frame)
     rows = []
@@ -188,11 +188,11 @@ def measure(
 
     ``model_dir``: the CLIP to use (default: :func:`tiny_clip`), described by ``model_note``.
     """
-    from pairflow.evaluate.drift import embedding_auc
-    from pairflow.monitor.drift import judge_window
-    from pairflow.monitor.reference import ChampionReference
-    from pairflow.monitor.settings import MonitorConfig
-    from pairflow.monitor.verdict import WindowId
+    from pairflow.drift.compare import embedding_auc
+    from pairflow.stages.monitor.drift import judge_window
+    from pairflow.stages.monitor.reference import ChampionReference
+    from pairflow.stages.monitor.settings import MonitorConfig
+    from pairflow.stages.monitor.verdict import WindowId
 
     t0 = time.perf_counter()
     model = model_dir or tiny_clip(work / "clip")

@@ -27,8 +27,8 @@ import httpx
 from PIL import Image
 
 from bench.common import write_result
-from pairflow.clipfilter.bootstrap import save_untrained_clip
-from pairflow.monitor.sink_launch import free_port, start_sink
+from pairflow.models.scratch import save_untrained_clip
+from pairflow.serve.requestlog.sink_launch import free_port, start_sink
 
 STAGE = "serve"
 NAME = "pf"

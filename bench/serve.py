@@ -39,7 +39,7 @@ import numpy as np
 from PIL import Image
 
 from bench.common import write_result
-from pairflow.clipfilter.bootstrap import save_untrained_clip
+from pairflow.models.scratch import save_untrained_clip
 from pairflow.parallel import available_cpus
 
 STAGE = "serve"

@@ -1,7 +1,8 @@
 """Training throughput: 1 process versus 2 torchrun processes at the same global batch.
 
 Both runs train the tiny CLIP (64 px, width 64, 2 layers per tower) contrastively on the same
-synthetic rows for the same epochs through the real entry point (``torchrun -m pairflow.train``):
+synthetic rows for the same epochs through the real entry point (``torchrun -m
+pairflow.stages.train``):
 
 - baseline: 1 process, global batch B, ``torch_threads`` = 2 (both cores);
 - DDP: 2 processes x B/2 each, 1 thread each (same cores, gradients all-reduced over gloo).
@@ -22,10 +23,10 @@ from typing import Any
 import pandas as pd
 
 from bench.common import write_result
-from pairflow.clipfilter.bootstrap import save_untrained_clip
 from pairflow.config import load_config
-from pairflow.data.synthetic import generate_dataset
-from pairflow.train.launch import WorkerArgs, run_torchrun
+from pairflow.demo.synthetic import generate_dataset
+from pairflow.models.scratch import save_untrained_clip
+from pairflow.stages.train.launch import WorkerArgs, run_torchrun
 
 STAGE = "train"
 GLOBAL_BATCH = 32

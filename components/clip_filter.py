@@ -20,8 +20,8 @@ def clip_filter(
     """Score the rows of ``shard`` with CLIP and keep pairs whose image and caption agree."""
     from pathlib import Path
 
-    from pairflow.clipfilter.run import FilterOutputs
-    from pairflow.clipfilter.step import filter_shard_step
+    from pairflow.stages.clip_filter.run import FilterOutputs
+    from pairflow.stages.clip_filter.step import filter_shard_step
     from pairflow.report import StageOutputs
 
     out = StageOutputs(kept=kept.path, rejected=rejected.path, report=report.path)
@@ -50,8 +50,8 @@ def gather_filtered(
     """Concatenate the filtered shards and their embeddings; global scores and ROC-AUC."""
     from pathlib import Path
 
-    from pairflow.clipfilter.run import FilterOutputs
-    from pairflow.clipfilter.step import gather_filtered_step
+    from pairflow.stages.clip_filter.run import FilterOutputs
+    from pairflow.stages.clip_filter.step import gather_filtered_step
     from pairflow.report import StageOutputs
 
     out = StageOutputs(kept=kept.path, rejected=rejected.path, report=report.path)

@@ -24,9 +24,9 @@ def compress(
     """
     from pathlib import Path
 
-    from pairflow.compress.step import compress_step
+    from pairflow.stages.compress.step import compress_step
     from pairflow.report import StageOutputs
-    from pairflow.steps import write_step_summary
+    from pairflow.stage_io import write_step_summary
 
     out = StageOutputs(kept=kept.path, rejected=rejected.path, report=report.path)
     rep = compress_step(config.path, manifest.path, model.path, compressed.path, out, kfp_run_id)

@@ -17,7 +17,8 @@ def dedupe(
 ) -> None:
     """Global dedupe over the merged signatures that the validate shards computed."""
     from pairflow.report import StageOutputs
-    from pairflow.steps import dedupe_step, write_step_summary
+    from pairflow.stages.dedupe.step import dedupe_step
+    from pairflow.stage_io import write_step_summary
 
     out = StageOutputs(kept=kept.path, rejected=rejected.path, report=report.path)
     dedupe_step(config.path, manifest.path, out, kfp_run_id)

@@ -17,7 +17,7 @@ def deploy(
     summary: Output[Markdown],
 ) -> str:
     """Roll the registered version out behind a canary; return the decision."""
-    from pairflow.deploy.step import deploy_step
+    from pairflow.stages.deploy.step import deploy_step
     from pairflow.report import StageOutputs
 
     out = StageOutputs(kept=kept.path, rejected=rejected.path, report=report.path)

@@ -43,7 +43,7 @@ def evaluate(
     """
     from pathlib import Path
 
-    from pairflow.evaluate.step import EvaluateFiles, evaluate_step
+    from pairflow.stages.evaluate.step import EvaluateFiles, evaluate_step
     from pairflow.report import StageOutputs
 
     out = StageOutputs(kept=kept.path, rejected=rejected.path, report=report.path)

@@ -14,7 +14,7 @@ def finalize(
     kfp_run_id: str,
 ) -> str:
     """Runs whether the pipeline succeeded or failed."""
-    from pairflow.steps import finalize_step
+    from pairflow.stages.finalize.step import finalize_step
 
     return finalize_step(
         tracking_uri,

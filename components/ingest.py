@@ -16,7 +16,8 @@ def ingest(
 ) -> list[int]:
     """Read the configured source; return the shard ids the data stages fan out over."""
     from pairflow.report import StageOutputs
-    from pairflow.steps import ingest_step, write_step_summary
+    from pairflow.stages.ingest.step import ingest_step
+    from pairflow.stage_io import write_step_summary
 
     out = StageOutputs(kept=kept.path, rejected=rejected.path, report=report.path)
     shards = ingest_step(config.path, out, kfp_run_id)

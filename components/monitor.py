@@ -19,8 +19,8 @@ def monitor_window(
     decision: Output[Artifact],
     report: Output[HTML],
 ) -> str:
-    """One monitor pass (``pairflow.monitor.run_step``); returns the decision line."""
-    from pairflow.monitor.run_step import monitor_step
+    """One monitor pass (``pairflow.stages.monitor.run_step``); returns the decision line."""
+    from pairflow.stages.monitor.run_step import monitor_step
 
     return monitor_step(
         defaults_json,

@@ -32,9 +32,9 @@ def register(
     serving_reference: Input[Dataset] = None,
 ) -> str:
     """Register the chosen variant; return its ``models:/`` URI (empty unless the gate passed)."""
-    from pairflow.registry.step import register_step
+    from pairflow.stages.register.step import register_step
     from pairflow.report import StageOutputs
-    from pairflow.steps import write_step_summary
+    from pairflow.stage_io import write_step_summary
 
     def path(art: Artifact | None) -> str:
         return art.path if art is not None else ""

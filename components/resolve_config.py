@@ -16,7 +16,7 @@ def resolve_config(
     config: Output[Artifact],
 ) -> str:
     """Validate the run's config (compiled defaults + UI parameters); return its hash."""
-    from pairflow.steps import resolve_config_step
+    from pairflow.stages.resolve_config.step import resolve_config_step
 
     digest = resolve_config_step(defaults_json, params, kfp_run_id, kfp_run_name, config.path)
     config.metadata["config_hash"] = digest

@@ -18,8 +18,8 @@ def train(
 ) -> None:
     """Train the configured model on the curated manifest."""
     from pairflow.report import StageOutputs
-    from pairflow.steps import write_step_summary
-    from pairflow.train.step import train_step
+    from pairflow.stage_io import write_step_summary
+    from pairflow.stages.train.step import train_step
 
     out = StageOutputs(kept=kept.path, rejected=rejected.path, report=report.path)
     train_step(config.path, manifest.path, model.path, out, kfp_run_id)

@@ -16,7 +16,7 @@ def validate(
 ) -> None:
     """Check the rows of ``shard``; quarantine bad rows with a reason; add image signatures."""
     from pairflow.report import StageOutputs
-    from pairflow.steps import validate_shard_step
+    from pairflow.stages.validate.step import validate_shard_step
 
     out = StageOutputs(kept=kept.path, rejected=rejected.path, report=report.path)
     rep = validate_shard_step(config.path, manifest.path, int(shard), out)
@@ -40,7 +40,8 @@ def data_contract(
 ) -> None:
     """Merge validated shards and check the Great Expectations data contract."""
     from pairflow.report import StageOutputs
-    from pairflow.steps import contract_step, write_step_summary
+    from pairflow.stages.validate.step import contract_step
+    from pairflow.stage_io import write_step_summary
 
     out = StageOutputs(kept=kept.path, rejected=rejected.path, report=report.path)
     contract_step(

@@ -1,6 +1,6 @@
 """The ``monitor`` pipeline: one step that judges the last window of served traffic against
 the champion's serving reference and, when the policy says so, submits a ``retrain`` run
-through the KFP API (guardrails and records: :mod:`pairflow.monitor.run`).
+through the KFP API (guardrails and records: :mod:`pairflow.stages.monitor.run`).
 
 Compiled next to ``retrain`` (``pipelines/compiled/monitor.yaml``) with the same platform
 config: the runtime image ``kubeflow.base_image``, and the ConfigMap/Secrets env of
@@ -22,7 +22,7 @@ from kfp.dsl import pipeline_context
 
 from pairflow.components.monitor import monitor_window
 from pairflow.config import PairflowConfig
-from pairflow.monitor.run_params import config_params, extra_defaults
+from pairflow.kubeflow.monitor_params import config_params, extra_defaults
 from pairflow.pipelines.retrain import _cluster
 
 PIPELINE_NAME = "monitor"

@@ -4,8 +4,8 @@ Requests arrive at ``rate`` per simulated second and go to the candidate with th
 weight. Each arm draws errors and latencies from its :class:`Arm`; every request carries a key
 from a pool of ``pool`` distinct requests, whose stable answer is right with probability
 ``stable_accuracy`` (the candidate answers like stable unless ``Arm.flip`` says otherwise).
-Windows are reduced to :class:`pairflow.deploy.counts.WindowCounts` exactly as the local
-backend does (:mod:`pairflow.deploy.window`'s rules, vectorised).
+Windows are reduced to :class:`pairflow.stages.deploy.counts.WindowCounts` exactly as the local
+backend does (:mod:`pairflow.stages.deploy.window`'s rules, vectorised).
 """
 
 from __future__ import annotations
@@ -14,7 +14,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pairflow.deploy.counts import FINE_LATENCY_BOUNDS, ArmCounts, PairedQuality, WindowCounts
+from pairflow.stages.deploy.counts import (
+    FINE_LATENCY_BOUNDS,
+    ArmCounts,
+    PairedQuality,
+    WindowCounts,
+)
 
 STABLE_MEDIAN_S = 0.030
 SIGMA = 0.3

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pairflow.data.synthetic import GenerateSummary, generate_dataset
+from pairflow.demo.synthetic import GenerateSummary, generate_dataset
 
 pytest_plugins = ["tests.fixtures_s3", "tests.fixtures_mlflow", "tests.kfp_fake"]
 
@@ -28,7 +28,7 @@ def untrained_clip(
     """
     import pandas as pd
 
-    from pairflow.clipfilter.bootstrap import save_untrained_clip
+    from pairflow.models.scratch import save_untrained_clip
 
     captions = [str(c) for c in pd.read_parquet(small_dataset.manifest)["caption"]]
     return save_untrained_clip(tmp_path_factory.mktemp("untrained-clip") / "clip", captions)

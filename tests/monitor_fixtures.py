@@ -11,10 +11,10 @@ import numpy as np
 import pandas as pd
 
 from pairflow.data.schema import write_manifest
-from pairflow.evaluate.champion import SERVING_REFERENCE_ARTIFACT
-from pairflow.evaluate.reference import Reference, write_reference
-from pairflow.monitor.records import to_table
-from pairflow.monitor.sink_store import write_parts
+from pairflow.drift.reference import Reference, write_reference
+from pairflow.registry.champion import SERVING_REFERENCE_ARTIFACT
+from pairflow.serve.requestlog.records import to_table
+from pairflow.serve.requestlog.sink_store import write_parts
 
 END = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
 DIM = 8
@@ -39,9 +39,9 @@ def register_champion(uri: str, tmp_path: Path, name: str) -> None:
     evaluate + register leave) and the training dataset input (lineage)."""
     from mlflow.tracking import MlflowClient
 
-    from pairflow.holdout import split_holdout
-    from pairflow.registry import lineage
+    from pairflow.data.split import split_holdout
     from pairflow.registry.client import Registry
+    from pairflow.stages.register import lineage
 
     rng = np.random.default_rng(0)
     n = 120

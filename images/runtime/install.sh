@@ -19,4 +19,4 @@ fi
 $pip install --quiet "$context"
 # Every executor runs `python3 -m kfp.dsl.executor_main` and imports pairflow: fail the build
 # here, not on the cluster.
-"$venv/bin/python3" -c "import kfp.dsl.executor_main, pairflow.cli, pairflow.steps"
+"$venv/bin/python3" -c "import kfp.dsl.executor_main, pairflow.cli, pairflow.stage_io"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -14,15 +13,22 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from pairflow.cli_options import ConfigOpt, OutOpt, SetOpt
-from pairflow.compress.select import budget_sentence
+from pairflow.cli_options import (
+    ConfigOpt,
+    OutOpt,
+    SetOpt,
+    console,
+    ensure_writable_dir,
+    err_console,
+)
 from pairflow.config import PairflowConfig, load_config, pipeline_params
 from pairflow.errors import PairflowError
 from pairflow.report import StageReport
+from pairflow.summary import budget_sentence
 
 if TYPE_CHECKING:
     from pairflow.local_run import LocalRunResult
-    from pairflow.monitor.run import MonitorOutcome
+    from pairflow.stages.monitor.run import MonitorOutcome
 
 app = typer.Typer(
     help="pairflow: continuous retraining of image-text models on Kubeflow.",
@@ -35,9 +41,6 @@ config_app = typer.Typer(help="Inspect the pipeline config.", no_args_is_help=Tr
 app.add_typer(data_app, name="data")
 app.add_typer(config_app, name="config")
 
-# The run summary fits 120 columns; the same width when output is not a terminal (make demo, CI).
-console = Console(width=None if sys.stdout.isatty() else 120)
-err_console = Console(stderr=True)
 DEFAULT_COMPILED = Path("pipelines/compiled/retrain.yaml")
 
 
@@ -48,17 +51,6 @@ class _State:
 @app.callback()
 def _main(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False) -> None:
     _State.debug = debug
-
-
-def ensure_writable_dir(path: Path, what: str = "output dir") -> Path:
-    """Create ``path`` if needed; a one-line error when it cannot be written."""
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise PairflowError(f"{path}: cannot create {what} ({exc.strerror})") from exc
-    if not path.is_dir() or not os.access(path, os.W_OK):
-        raise PairflowError(f"{path}: {what} is not writable")
-    return path
 
 
 # ---------------------------------------------------------------------------------------------
@@ -75,7 +67,7 @@ def data_generate(
     ] = True,
 ) -> None:
     """Write a synthetic image-caption dataset: manifest.parquet, images/, ground_truth.parquet."""
-    from pairflow.data.synthetic import generate_dataset
+    from pairflow.demo.synthetic import generate_dataset
 
     ensure_writable_dir(out)
     with _progress() as progress:
@@ -295,7 +287,7 @@ def _outcome_line(reports: dict[str, StageReport]) -> str:
 
 def _demo_reference_clip(workdir: Path) -> Path:
     """The demo's tiny reference CLIP: pretrained once per work dir (about a minute)."""
-    from pairflow.clipfilter.bootstrap import ensure_reference_clip, read_reference_info
+    from pairflow.demo.reference_clip import ensure_reference_clip, read_reference_info
 
     out = workdir / "models" / "reference-clip"
     if read_reference_info(out) is not None:
@@ -412,7 +404,7 @@ def _demo_round(
     sets: list[str],
     verbose: bool,
 ) -> tuple[bool, list[tuple[str, float]]]:
-    from pairflow.data.synthetic import generate_dataset
+    from pairflow.demo.synthetic import generate_dataset
 
     data_dir = workdir / f"data-round{round_}"
     before = time.perf_counter()
@@ -494,9 +486,9 @@ def _demo_monitor_round(
 ) -> tuple[bool, list[tuple[str, float]]]:
     """Serve the champion with the sink beside it, replay shifted traffic, run the monitor;
     its trigger retrains through kfp.local on the logged pairs (window+previous)."""
-    from pairflow.data.synthetic import generate_dataset
-    from pairflow.monitor.run import decision_lines, monitor_window
-    from pairflow.monitor.run_demo import replay_against_champion
+    from pairflow.demo.monitor_round import replay_against_champion
+    from pairflow.demo.synthetic import generate_dataset
+    from pairflow.stages.monitor.run import decision_lines, monitor_window
     from pairflow.tracking import resolve_tracking_uri
 
     split: list[tuple[str, float]] = []
@@ -631,8 +623,8 @@ def ingest_cmd(
     set_: SetOpt = None,
 ) -> None:
     """Ingest one source into kept.parquet / rejected.parquet / report.json."""
-    from pairflow.data.ingest import run_ingest
     from pairflow.report import StageOutputs
+    from pairflow.stages.ingest.ingest import run_ingest
 
     cfg = load_config(config, [*(set_ or []), f"data.format={fmt}"])
     ensure_writable_dir(out)
@@ -684,30 +676,45 @@ def bench(
     raise typer.Exit(proc.returncode)
 
 
-# Stage packages add their own commands (train, evaluate, serve, registry, submit, ...).
-STAGE_CLIS = (
-    "curate_cli",
-    "train",
-    "evaluate",
-    "compress",
-    "registry",
-    "serve",
-    "deploy",
-    "kubeflow",
-    "monitor",
-    "monitor.sink_cli",
-)
+# Each stage's standalone command, then the runtimes' and services' commands; mounted
+# explicitly, in the order `pairflow --help` lists them.
+def _mount_commands() -> None:
+    from pairflow.kubeflow import cli as kubeflow_cli
+    from pairflow.registry import cli as registry_cli
+    from pairflow.serve import cli as serve_cli
+    from pairflow.serve.requestlog import sink_cli
+    from pairflow.stages.clip_filter import cli as clip_filter_cli
+    from pairflow.stages.compress import cli as compress_cli
+    from pairflow.stages.dedupe import cli as dedupe_cli
+    from pairflow.stages.deploy import cli as deploy_cli
+    from pairflow.stages.evaluate import cli as evaluate_cli
+    from pairflow.stages.monitor import cli as monitor_cli
+    from pairflow.stages.register import cli as register_cli
+    from pairflow.stages.train import cli as train_cli
+    from pairflow.stages.validate import cli as validate_cli
+
+    for module in (
+        validate_cli,
+        dedupe_cli,
+        clip_filter_cli,
+        train_cli,
+        evaluate_cli,
+        compress_cli,
+        register_cli,
+        registry_cli,
+        serve_cli,
+        deploy_cli,
+        kubeflow_cli,
+    ):
+        module.register(app)
+    # the monitor runs a triggered retrain here through the same step board as `pairflow run`
+    monitor_cli.register(
+        app, run_here=lambda cfg, verbose: run_and_report(cfg, cache=False, verbose=verbose)[2]
+    )
+    sink_cli.register(app)
 
 
-def _register_stage_clis() -> None:
-    import importlib
-
-    for pkg in STAGE_CLIS:
-        module = pkg if pkg.endswith("_cli") else f"{pkg}.cli"
-        importlib.import_module(f"pairflow.{module}").register(app)
-
-
-_register_stage_clis()
+_mount_commands()
 
 
 def main() -> None:

@@ -12,187 +12,57 @@ import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from pairflow.compress.settings import CompressConfig
 from pairflow.config_fields import UI_FLAG, Section, ui
-from pairflow.deploy.settings import DeployConfig
+from pairflow.data.settings import DataConfig, S3Config
 from pairflow.errors import ConfigError
-from pairflow.evaluate.settings import EvaluateConfig
 from pairflow.kubeflow.settings import KubeflowConfig
-from pairflow.monitor.settings import MonitorConfig
-from pairflow.registry.settings import RegisterConfig
 from pairflow.serve.settings import ServeConfig
-from pairflow.train.settings import TrainConfig
+from pairflow.stages.clip_filter.settings import ClipFilterConfig
+from pairflow.stages.compress.settings import CompressConfig
+from pairflow.stages.dedupe.settings import DedupeConfig
+from pairflow.stages.deploy.settings import DeployConfig
+from pairflow.stages.evaluate.settings import EvaluateConfig
+from pairflow.stages.monitor.settings import MonitorConfig
+from pairflow.stages.register.settings import RegisterConfig
+from pairflow.stages.train.settings import AugmentConfig, TrainConfig
+from pairflow.stages.validate.settings import ContractConfig, ValidateConfig
 
-ImageFormat = Literal["JPEG", "PNG", "WEBP"]
-
-
-class S3Config(Section):
-    endpoint_url: str | None = ui(
-        None,
-        "S3 endpoint URL",
-        "S3-compatible endpoint (MinIO, moto); empty for AWS S3. Credentials come from the "
-        "environment (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or a role), never from config.",
-    )
-    region: str = "us-east-1"
-
-
-class DataConfig(Section):
-    source: str = ui(
-        "",
-        "Data source",
-        "Where the raw pairs are: a folder of images + captions, a .parquet/.jsonl manifest, a "
-        "folder of WebDataset .tar shards, or an s3:// URI of any of these.",
-    )
-    format: Literal["auto", "folder", "parquet", "jsonl", "webdataset"] = ui(
-        "auto", "Source format", "How to read the source; 'auto' decides from the URI."
-    )
-    shards: int = ui(
-        2,
-        "Shards",
-        "Number of shards the data stages fan out over (dsl.ParallelFor).",
-        ge=1,
-        le=256,
-    )
-    s3: S3Config = Field(default_factory=S3Config)
-    ground_truth: str = Field(
-        "",
-        description="Known-defect table of synthetic data (ground_truth.parquet); when set, "
-        "reports measure against it (e.g. clip-filter ROC-AUC). `pairflow demo` sets it.",
-    )
-
-
-class ContractConfig(Section):
-    """Dataset-level Great Expectations contract, checked on all validated rows together."""
-
-    min_rows: int = ui(10, "Min rows", "Fewer kept rows than this fails the step.", ge=1)
-    max_reject_share: float = ui(
-        0.5, "Max reject share", "A larger share of rejected rows fails the step.", ge=0, le=1
-    )
-    max_null_share: dict[str, float] = Field(
-        default_factory=lambda: {"id": 0.0, "image": 0.0, "caption": 0.0},
-        description="Per column: the largest share of nulls tolerated among kept rows.",
-    )
-    allowed_sources: list[str] | None = Field(
-        None, description="Value set for the 'source' column; None skips the expectation."
-    )
-    caption_chars_mean: tuple[float, float] = Field(
-        (5.0, 300.0), description="Bounds on the mean caption length (characters)."
-    )
-    caption_chars_p95_max: float = Field(
-        500.0, description="Upper bound on the 95th percentile of caption length."
-    )
-
-
-class ValidateConfig(Section):
-    """Per-row checks; every failure is a rejected row with a reason code and a detail."""
-
-    allowed_formats: list[ImageFormat] = Field(default_factory=lambda: list(get_args(ImageFormat)))
-    min_width: int = ui(16, "Min image width", "Images narrower than this are rejected.", ge=1)
-    min_height: int = ui(16, "Min image height", "Images shorter than this are rejected.", ge=1)
-    max_width: int = Field(8192, ge=1)
-    max_height: int = Field(8192, ge=1)
-    max_aspect_ratio: float = Field(4.0, ge=1.0, description="max(w/h, h/w) allowed.")
-    max_pixels: int = Field(
-        40_000_000, ge=1, description="Declared w*h above this is rejected before decoding."
-    )
-    max_file_bytes: int = Field(20_000_000, ge=1)
-    min_caption_chars: int = ui(3, "Min caption length", "Shorter captions are rejected.", ge=0)
-    max_caption_chars: int = Field(1000, ge=1)
-    min_caption_tokens: int = Field(1, ge=0)
-    max_caption_tokens: int = Field(77, ge=1, description="CLIP's context length by default.")
-    min_printable_ratio: float = Field(0.95, ge=0, le=1)
-    min_letter_ratio: float = Field(
-        0.5, ge=0, le=1, description="Share of letters and spaces among caption characters."
-    )
-    blocked_words: list[str] = Field(default_factory=list)
-    allowed_labels: list[str] | None = Field(
-        None, description="When set, rows whose label is not in the set are rejected."
-    )
-    workers: int = Field(0, ge=0, description="Decode processes per shard; 0 = CPU count.")
-    contract: ContractConfig = Field(default_factory=ContractConfig)
-
-    @model_validator(mode="after")
-    def _bounds(self) -> ValidateConfig:
-        if self.min_width > self.max_width or self.min_height > self.max_height:
-            raise ValueError("validate: min width/height must not exceed max")
-        if self.min_caption_chars > self.max_caption_chars:
-            raise ValueError("validate: min_caption_chars must not exceed max_caption_chars")
-        return self
-
-
-class DedupeConfig(Section):
-    """Exact, perceptual and caption duplicates; which copy survives is deterministic."""
-
-    exact: bool = ui(True, "Exact duplicates", "Drop byte-identical images.")
-    near: bool = ui(True, "Near duplicates", "Drop perceptual-hash near duplicates.")
-    phash_max_distance: int = ui(
-        8,
-        "Near-duplicate distance",
-        "Max Hamming distance of 64-bit layout hashes (full frame or centre crop).",
-        ge=0,
-        le=16,
-    )
-    near_layout_max_rms: float = Field(
-        2.9,
-        gt=0,
-        description="Hash candidates are near duplicates when their colour-layout RMS distance "
-        "is at most this (tuned on the generator: recall 96% at 0 false positives, 600 rows).",
-    )
-    near_photometric: bool = Field(
-        True,
-        description="Also accept DCT-hash candidates that differ by brightness/contrast, "
-        "a small overlay or crop (pairflow.dedupe.near.PhotometricRule; real photographs).",
-    )
-    captions: bool = ui(
-        True, "Duplicate captions", "Drop rows whose normalised caption repeats another's."
-    )
-    near_captions: bool = Field(False, description="Also MinHash-LSH near-duplicate captions.")
-    minhash_threshold: float = Field(0.9, gt=0, le=1, description="Jaccard threshold.")
-    minhash_num_perm: int = Field(64, ge=16, le=512)
-    embeddings: bool = Field(
-        False, description="SemDeDup on CLIP embeddings (needs clip-filter embeddings)."
-    )
-    embedding_epsilon: float = Field(0.05, gt=0, lt=1, description="Drop cosine > 1 - eps.")
-    embedding_clusters: int = Field(16, ge=1)
-    threads: int = Field(
-        0,
-        ge=0,
-        description="Threads for the near-duplicate index and its verification "
-        "(0: every CPU the step may use).",
-    )
-
-
-class ClipFilterConfig(Section):
-    """Score pairs by CLIP image-text cosine; keep by threshold or top fraction."""
-
-    model: str = ui(
-        "",
-        "CLIP model reference",
-        "HF id, local directory, s3:// prefix or models:/NAME@ALIAS (required; `pairflow demo` "
-        "sets its locally pretrained model).",
-    )
-    threshold: float = ui(
-        0.28, "CLIP score threshold", "Keep pairs whose image-text cosine is at least this."
-    )
-    top_fraction: float = ui(
-        0.0,
-        "Keep top fraction",
-        "If > 0, keep this fraction of best-scoring pairs instead of using the threshold.",
-        ge=0.0,
-        le=1.0,
-    )
-    source_thresholds: dict[str, float] = Field(
-        default_factory=dict, description="Per-'source' thresholds overriding `threshold`."
-    )
-    batch_size: int = ui(64, "CLIP batch size", "Pairs per forward pass.", ge=1)
-    num_workers: int = Field(2, ge=0, description="DataLoader workers decoding images.")
-    torch_threads: int = Field(0, ge=0, description="Intra-op threads; 0 = all CPUs.")
-    read_retries: int = Field(3, ge=0, description="Retries for transient image read errors.")
+# The section types are re-exported: code outside a stage takes a section's type from here.
+__all__ = [
+    "AugmentConfig",
+    "ClipFilterConfig",
+    "CompressConfig",
+    "ContractConfig",
+    "DataConfig",
+    "DedupeConfig",
+    "DeployConfig",
+    "EvaluateConfig",
+    "KubeflowConfig",
+    "MlflowConfig",
+    "MonitorConfig",
+    "PairflowConfig",
+    "PipelineParam",
+    "RegisterConfig",
+    "RunConfig",
+    "S3Config",
+    "ServeConfig",
+    "TrainConfig",
+    "ValidateConfig",
+    "apply_override",
+    "apply_pipeline_params",
+    "coerce_param",
+    "config_from_dict",
+    "config_from_json",
+    "load_config",
+    "param_values_from_config",
+    "parse_set",
+    "pipeline_params",
+]
 
 
 class MlflowConfig(Section):

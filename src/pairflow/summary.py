@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -191,3 +191,20 @@ def stage_table(reports: dict[str, StageReport], title: str = "pairflow run") ->
             row = [stage, "", "", ""]
         table.add_row(*row, f"{rep.seconds:.1f}", figures)
     return table
+
+
+def budget_sentence(budget: Mapping[str, Any]) -> str:
+    """A choice's latency budget against the champion (:attr:`Choice.budget`) in one
+    sentence, for the run summary and the model card."""
+
+    def ms(key: str) -> str:
+        value = budget.get(key)
+        return f"{value:.2f}" if isinstance(value, int | float) else "—"
+
+    verdict = "met" if budget.get("met") else "NOT met"
+    return (
+        f"Latency budget {verdict}: chosen p50 {ms('chosen_p50_ms')} ms at batch "
+        f"{budget.get('batch_size')} vs limit {ms('limit_ms')} ms (champion "
+        f"{ms('champion_p50_ms')} ms + {100 * float(budget.get('max_slowdown') or 0):.0f}%, "
+        "timed interleaved)."
+    )

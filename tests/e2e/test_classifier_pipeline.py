@@ -34,11 +34,11 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pairflow.clipfilter.bootstrap import save_untrained_clip
 from pairflow.config import load_config
-from pairflow.data.synthetic import generate_dataset
+from pairflow.demo.synthetic import generate_dataset
 from pairflow.local_run import LocalRunResult, run_pipeline_locally
-from pairflow.train.launch import free_port
+from pairflow.models.scratch import save_untrained_clip
+from pairflow.stages.train.launch import free_port
 
 # two whole pipeline runs (about 8 min on an idle 2-core machine; more under load)
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3000)]

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from pairflow.config import load_config
-from pairflow.data.synthetic import GenerateSummary
+from pairflow.demo.synthetic import GenerateSummary
 from pairflow.local_run import pipeline_steps
 from pairflow.pipelines.retrain import build_pipeline
 

@@ -18,8 +18,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from pairflow.config import load_config
-from pairflow.data.synthetic import GenerateSummary
-from pairflow.holdout import split_holdout
+from pairflow.data.split import split_holdout
+from pairflow.demo.synthetic import GenerateSummary
 from pairflow.local_run import run_pipeline_locally
 
 pytestmark = pytest.mark.slow

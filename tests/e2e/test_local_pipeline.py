@@ -9,7 +9,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from pairflow.config import load_config
-from pairflow.data.synthetic import GenerateSummary
+from pairflow.demo.synthetic import GenerateSummary
 from pairflow.local_run import run_pipeline_locally
 from pairflow.summary import STAGE_ORDER
 from pairflow.tracking import find_pipeline_run

@@ -12,16 +12,16 @@ import pandas as pd
 import pytest
 
 from pairflow.config import load_config
-from pairflow.data.synthetic import GenerateSummary, generate_dataset
+from pairflow.demo.synthetic import GenerateSummary, generate_dataset
 from pairflow.local_run import run_pipeline_locally
-from pairflow.monitor.records import to_table
-from pairflow.monitor.run import act_on_verdict
-from pairflow.monitor.trigger_record import (
+from pairflow.serve.requestlog.records import to_table
+from pairflow.stages.monitor.run import act_on_verdict
+from pairflow.stages.monitor.trigger_record import (
     TAG_RETRAIN_RUN,
     TAG_RETRAIN_STATE,
     TAG_SUBMIT_STATE,
 )
-from pairflow.monitor.verdict import WindowId, WindowVerdict
+from pairflow.stages.monitor.verdict import WindowId, WindowVerdict
 
 pytestmark = pytest.mark.slow
 END = datetime(2026, 12, 6, 12, tzinfo=UTC)
@@ -65,8 +65,8 @@ def test_triggered_retrain_runs_locally_and_completes(
     from mlflow.tracking import MlflowClient
 
     from pairflow import tracking
-    from pairflow.registry import lineage
     from pairflow.registry.client import Registry
+    from pairflow.stages.register import lineage
 
     cfg = load_config(
         None,

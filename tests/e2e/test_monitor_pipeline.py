@@ -17,9 +17,9 @@ from tests.monitor_fixtures import END, log_window, register_champion
 
 from pairflow.compile import compile_monitor
 from pairflow.config import PairflowConfig, load_config
+from pairflow.kubeflow.monitor_params import IN_CLUSTER_KFP_HOST, param_values
 from pairflow.kubeflow.publish import Endpoint, run_parameters, schedule
 from pairflow.kubeflow.version import CompiledPackage
-from pairflow.monitor.run_params import IN_CLUSTER_KFP_HOST, param_values
 
 REPO = Path(__file__).resolve().parents[2]
 COMPILED = REPO / "pipelines" / "compiled"

@@ -40,7 +40,7 @@ from typing import Any
 import pytest
 import yaml
 
-from pairflow.data.synthetic import GenerateSummary
+from pairflow.demo.synthetic import GenerateSummary
 
 pytestmark = pytest.mark.slow
 
@@ -315,8 +315,8 @@ def pipeline_inputs(tmp_path_factory: pytest.TempPathFactory) -> tuple[GenerateS
     """160 synthetic rows with defects, and a reference CLIP pretrained on a separate clean
     split (as ``pairflow demo`` does, smaller): training starts from it, so the first-run gate
     (floors above chance) can pass and register/deploy run."""
-    from pairflow.clipfilter.bootstrap import pretrain_reference_clip
-    from pairflow.data.synthetic import generate_dataset
+    from pairflow.demo.reference_clip import pretrain_reference_clip
+    from pairflow.demo.synthetic import generate_dataset
 
     root = tmp_path_factory.mktemp("runtime-inputs")
     data = generate_dataset(root / "data", 160, seed=11)

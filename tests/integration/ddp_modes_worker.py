@@ -4,8 +4,8 @@
 
 For each combination in the JSON list ``J`` (``model``, ``fusion``, ``freeze_towers``,
 ``lora_rank``, ``precision``, ``grad_accum``) every rank builds the mode with the code the
-train worker uses (:func:`pairflow.train.models.build_trainable`) and trains it with
-:func:`pairflow.train.loop.fit` under DDP, then:
+train worker uses (:func:`pairflow.models.heads.build_trainable`) and trains it with
+:func:`pairflow.models.loop.fit` under DDP, then:
 
 1. records rank 0's per-step losses and the loss on the whole training set before and after;
 2. gathers every rank's parameters and records the largest difference to rank 0's;
@@ -28,11 +28,12 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from pairflow.clipfilter.model import load_clip
 from pairflow.data.schema import read_manifest
-from pairflow.train import data as tdata
-from pairflow.train import models, objectives
-from pairflow.train.loop import FitResult, LoopSettings, fit, init_distributed
+from pairflow.models import heads as models
+from pairflow.models import objectives
+from pairflow.models import pairs as tdata
+from pairflow.models.clip import load_clip
+from pairflow.models.loop import FitResult, LoopSettings, fit, init_distributed
 
 EPOCHS = 3
 

@@ -16,22 +16,22 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pairflow.clipfilter import model as model_mod
-from pairflow.clipfilter.bootstrap import (
-    INFO_FILE,
-    ensure_reference_clip,
-    pretrain_reference_clip,
-    read_reference_info,
-    save_untrained_clip,
-)
-from pairflow.clipfilter.model import LoadedClip, ModelLoadError, load_clip
-from pairflow.clipfilter.run import FilterOutputs, run_filter
-from pairflow.clipfilter.scoring import score_frame
 from pairflow.config import ClipFilterConfig, S3Config
 from pairflow.data import s3 as s3io
 from pairflow.data.sources import read_source
-from pairflow.data.synthetic import GenerateSummary, generate_dataset
+from pairflow.demo.reference_clip import (
+    ensure_reference_clip,
+    pretrain_reference_clip,
+    read_reference_info,
+)
+from pairflow.demo.synthetic import GenerateSummary, generate_dataset
 from pairflow.errors import PairflowError
+from pairflow.models import clip as model_mod
+from pairflow.models.clip import LoadedClip, ModelLoadError, load_clip
+from pairflow.models.formats import INFO_FILE
+from pairflow.models.scoring import score_frame
+from pairflow.models.scratch import save_untrained_clip
+from pairflow.stages.clip_filter.run import FilterOutputs, run_filter
 
 MIN_AUC = 0.9
 

@@ -1,4 +1,4 @@
-"""compress on fusion classifiers (``pairflow.train`` artifacts): the classify path exported
+"""compress on fusion classifiers (``pairflow.stages.train`` artifacts): the classify path exported
 to ONNX with logit parity, int8 variants, accuracy as the variant metric, classifier
 distillation through the train loop, and ``load_variant(...).classify`` for every kind."""
 
@@ -16,26 +16,26 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from pairflow.clipfilter.bootstrap import build_processor, tiny_clip
-from pairflow.compress.build import CompressResult, compress_model
-from pairflow.compress.classifier import (
-    HEAD_FILE,
+from pairflow.data.sources import read_source
+from pairflow.data.split import split_holdout
+from pairflow.demo.synthetic import generate_dataset
+from pairflow.errors import InputDataError
+from pairflow.models.classifier import (
     ClassifierSpec,
     OrtClassifier,
     TorchClassifier,
     check_logit_parity,
     export_classifier,
 )
-from pairflow.compress.errors import CompressError, ParityError, VariantError
-from pairflow.compress.measure import load_held_out
-from pairflow.compress.settings import CompressConfig
-from pairflow.compress.variants import VariantIndex, load_variant
-from pairflow.data.sources import read_source
-from pairflow.data.synthetic import generate_dataset
-from pairflow.errors import InputDataError
-from pairflow.holdout import split_holdout
-from pairflow.train.artifact import META_FILE, load_trained, save_trained
-from pairflow.train.models import build_head
+from pairflow.models.errors import CompressError, ParityError, VariantError
+from pairflow.models.formats import HEAD_ONNX_FILE, META_FILE
+from pairflow.models.heads import build_head
+from pairflow.models.latency import load_held_out
+from pairflow.models.scratch import build_processor, tiny_clip
+from pairflow.models.trained import load_trained, save_trained
+from pairflow.models.variants import VariantIndex, load_variant
+from pairflow.stages.compress.build import CompressResult, compress_model
+from pairflow.stages.compress.settings import CompressConfig
 
 pytestmark = pytest.mark.slow
 
@@ -103,7 +103,7 @@ def test_classifier_variants_are_measured_by_accuracy_and_classify_when_loaded(
     fp32 = index.get("fp32_onnx")
     assert fp32.metrics["parity"]["argmax_mismatches"] == 0
     assert fp32.metrics["parity"]["logits_max_abs_diff"] < 1e-3
-    assert {"vision.onnx", "text.onnx", HEAD_FILE, "classifier.json"} <= set(fp32.files)
+    assert {"vision.onnx", "text.onnx", HEAD_ONNX_FILE, "classifier.json"} <= set(fp32.files)
     assert "fusion_head.safetensors" in index.get("fp32_torch").files
     assert "| accuracy |" in result.table and "recall@1" not in result.table
 
@@ -147,8 +147,8 @@ def test_classifier_student_is_distilled_smaller_with_its_own_fusion_head(
 
 
 def test_clip_variant_has_no_classify(tmp_path: Path, rows: pd.DataFrame) -> None:
-    from pairflow.clipfilter.bootstrap import save_untrained_clip
-    from pairflow.compress.variants import open_variant
+    from pairflow.models.scratch import save_untrained_clip
+    from pairflow.models.variants import open_variant
 
     clip_dir = save_untrained_clip(tmp_path / "clip", [str(c) for c in rows["caption"]], seed=1)
     loaded = open_variant(clip_dir, "torch")
@@ -185,11 +185,11 @@ def test_concat_head_exports_with_parity_and_a_corrupted_head_fails_it(
     np.testing.assert_allclose(
         ort_runner.classify(*small), torch_runner.classify(*small), atol=1e-4
     )
-    graph = onnx.load(str(out / HEAD_FILE))
+    graph = onnx.load(str(out / HEAD_ONNX_FILE))
     last = [t for t in graph.graph.initializer if len(t.dims) == 2][-1]
     flipped = -numpy_helper.to_array(last) * 50
     last.CopyFrom(numpy_helper.from_array(flipped.astype(np.float32), last.name))
-    onnx.save(graph, str(out / HEAD_FILE))
+    onnx.save(graph, str(out / HEAD_ONNX_FILE))
     with pytest.raises(ParityError, match="ONNX classifier fails parity"):
         check_logit_parity(torch_runner, OrtClassifier(out), held.batches, 1e-3, "concat")
 

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from pairflow.clipfilter.bootstrap import save_untrained_clip
 from pairflow.data.schema import read_manifest, write_manifest
 from pairflow.data.sources import read_source
-from pairflow.data.synthetic import generate_dataset
+from pairflow.demo.synthetic import generate_dataset
+from pairflow.models.scratch import save_untrained_clip
 
 pytestmark = pytest.mark.slow
 

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 import torch
 
-from pairflow.clipfilter.bootstrap import save_untrained_clip
-from pairflow.clipfilter.model import load_clip
-from pairflow.compress.export import export_towers
-from pairflow.compress.measure import HeldOut, measure_saved_latency
+from pairflow.models.clip import load_clip
+from pairflow.models.export import export_towers
+from pairflow.models.latency import HeldOut, measure_saved_latency
+from pairflow.models.scratch import save_untrained_clip
 
 pytestmark = pytest.mark.slow
 

@@ -13,15 +13,16 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from pairflow.clipfilter.bootstrap import save_untrained_clip
-from pairflow.compress.build import CompressResult, compress_model
-from pairflow.compress.errors import LatencyBudgetError, ParityError, VariantError
-from pairflow.compress.export import check_parity, export_towers
-from pairflow.compress.measure import load_held_out
-from pairflow.compress.settings import CompressConfig
-from pairflow.compress.variants import OrtClip, TorchClip, VariantIndex, load_variant
 from pairflow.data.sources import read_source
-from pairflow.data.synthetic import generate_dataset
+from pairflow.demo.synthetic import generate_dataset
+from pairflow.models.errors import LatencyBudgetError, ParityError, VariantError
+from pairflow.models.export import check_parity, export_towers
+from pairflow.models.latency import load_held_out
+from pairflow.models.runners import OrtClip, TorchClip
+from pairflow.models.scratch import save_untrained_clip
+from pairflow.models.variants import VariantIndex, load_variant
+from pairflow.stages.compress.build import CompressResult, compress_model
+from pairflow.stages.compress.settings import CompressConfig
 
 pytestmark = pytest.mark.slow
 
@@ -140,7 +141,7 @@ def test_candidate_latency_against_the_champion_before_compress(
 ) -> None:
     """What the evaluate gate reports: the fp32 candidate and the champion's shipped variant
     (here the module run's int8 student) timed together, in the latency worker."""
-    from pairflow.compress.versus_champion import latency_versus_champion
+    from pairflow.stages.evaluate.versus_champion import latency_versus_champion
 
     _, first = compressed
     df, model = rows_and_model
@@ -158,7 +159,7 @@ def test_candidate_latency_against_the_champion_before_compress(
 def test_corrupted_onnx_export_fails_parity(
     rows_and_model: tuple[object, Path], tmp_path: Path
 ) -> None:
-    from pairflow.clipfilter.model import load_clip
+    from pairflow.models.clip import load_clip
 
     df, model_dir = rows_and_model
     loaded = load_clip(str(model_dir), device="cpu")
@@ -183,10 +184,10 @@ def test_step_writes_conserved_report_and_logs_the_table_to_mlflow(
     from mlflow import MlflowClient
 
     from pairflow import tracking
-    from pairflow.compress.step import compress_step
     from pairflow.config import PairflowConfig
     from pairflow.data.schema import read_manifest, write_manifest
     from pairflow.report import StageOutputs
+    from pairflow.stages.compress.step import compress_step
 
     df, model_dir = rows_and_model
     cfg = PairflowConfig()

@@ -12,9 +12,9 @@ from typer.testing import CliRunner
 
 from pairflow.cli import app
 from pairflow.config import DataConfig
-from pairflow.data.ingest import run_ingest
-from pairflow.data.synthetic import GenerateSummary
+from pairflow.demo.synthetic import GenerateSummary
 from pairflow.report import StageOutputs
+from pairflow.stages.ingest.ingest import run_ingest
 
 
 def _report(out: Path) -> dict[str, object]:

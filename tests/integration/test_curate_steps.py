@@ -13,11 +13,13 @@ import pandas as pd
 import pytest
 
 from pairflow.config import PairflowConfig
-from pairflow.data.synthetic import GenerateSummary, generate_dataset
+from pairflow.demo.synthetic import GenerateSummary, generate_dataset
 from pairflow.errors import InputDataError
 from pairflow.report import StageOutputs, StageReport
-from pairflow.steps import contract_step, dedupe_step, ingest_step, validate_shard_step
-from pairflow.validate.contract import ContractError
+from pairflow.stages.dedupe.step import dedupe_step
+from pairflow.stages.ingest.step import ingest_step
+from pairflow.stages.validate.contract import ContractError
+from pairflow.stages.validate.step import contract_step, validate_shard_step
 
 FILE_DEFECTS = ("corrupt_file", "zero_byte_file", "not_an_image", "missing_file")
 

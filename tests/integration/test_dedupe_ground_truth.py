@@ -27,15 +27,15 @@ import pytest
 
 from pairflow.config import DedupeConfig
 from pairflow.data.decode import DecodeError, decode_image
-from pairflow.data.synthetic import generate_dataset
-from pairflow.dedupe.merge import DedupeResult, dedupe_frame
-from pairflow.dedupe.signatures import (
+from pairflow.data.signatures import (
     caption_key,
     content_hash,
     image_signature,
 )
+from pairflow.demo.synthetic import generate_dataset
 from pairflow.sharding import shard_of
-from pairflow.validate.rows import DECODE_AT_LEAST
+from pairflow.stages.dedupe.merge import DedupeResult, dedupe_frame
+from pairflow.stages.validate.rows import DECODE_AT_LEAST
 
 IMAGE_REASONS = ("exact_duplicate", "near_duplicate")
 

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from pairflow.config import PairflowConfig
-from pairflow.data.synthetic import GenerateSummary
+from pairflow.demo.synthetic import GenerateSummary
 
 FAKE_ENV = "PAIRFLOW_TEST_FAKE_PREDICTORS"
 NAME = "canary-test"
@@ -119,8 +119,8 @@ def _deploy(
     behaviour: dict[str, dict[str, float]],
     monkeypatch: pytest.MonkeyPatch,
 ) -> dict[str, Any]:
-    from pairflow.deploy.step import deploy_step
     from pairflow.report import StageOutputs
+    from pairflow.stages.deploy.step import deploy_step
 
     monkeypatch.setenv(FAKE_ENV, json.dumps(behaviour))
     config_path = tmp_path / "config.json"

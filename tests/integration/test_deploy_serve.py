@@ -24,7 +24,7 @@ import yaml
 from tests.fixtures_mlflow import register_gated_versions
 
 from pairflow.config import PairflowConfig
-from pairflow.data.synthetic import GenerateSummary
+from pairflow.demo.synthetic import GenerateSummary
 
 pytestmark = pytest.mark.slow
 
@@ -82,8 +82,8 @@ def test_canary_between_two_real_predictors(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from pairflow.clipfilter.bootstrap import save_untrained_clip
-    from pairflow.deploy.run import default_backend, run_deploy
+    from pairflow.models.scratch import save_untrained_clip
+    from pairflow.stages.deploy.run import default_backend, run_deploy
 
     monkeypatch.setenv("PAIRFLOW_CACHE", str(tmp_path / "cache"))  # the predictors download here
     captions = [str(c) for c in pd.read_parquet(small_dataset.manifest)["caption"]]

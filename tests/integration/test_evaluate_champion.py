@@ -19,18 +19,18 @@ import torch
 import torch.nn.functional as F
 from mlflow import MlflowClient
 
-from pairflow.clipfilter.artifacts import Embeddings, write_embeddings
-from pairflow.clipfilter.bootstrap import save_clip, save_untrained_clip
-from pairflow.clipfilter.model import load_clip
-from pairflow.clipfilter.scoring import score_frame
 from pairflow.config import PairflowConfig, load_config
-from pairflow.data.synthetic import generate_dataset
-from pairflow.evaluate.champion import DRIFT_REFERENCE_ARTIFACT
-from pairflow.evaluate.reference import read_reference
-from pairflow.evaluate.scoring import score_holdout
-from pairflow.evaluate.step import EvaluateFiles, evaluate_step
-from pairflow.holdout import split_holdout
+from pairflow.data.split import split_holdout
+from pairflow.demo.synthetic import generate_dataset
+from pairflow.drift.reference import read_reference
+from pairflow.models.clip import load_clip, save_clip
+from pairflow.models.embeddings import Embeddings, write_embeddings
+from pairflow.models.scoring import score_frame
+from pairflow.models.scratch import save_untrained_clip
+from pairflow.registry.champion import DRIFT_REFERENCE_ARTIFACT
 from pairflow.report import StageOutputs, StageReport
+from pairflow.stages.evaluate.scoring import score_holdout
+from pairflow.stages.evaluate.step import EvaluateFiles, evaluate_step
 from pairflow.tracking import start_pipeline_run
 
 pytestmark = pytest.mark.slow
@@ -74,7 +74,7 @@ def _fit_on_holdout(start: Path, df: pd.DataFrame, out: Path, steps: int = 300) 
     model = clip.model
     scores = score_holdout(clip, holdout, [])  # reuse the reader: check every image reads
     assert scores.ok.all()
-    from pairflow.clipfilter.scoring import Collate, PairDataset
+    from pairflow.models.scoring import Collate, PairDataset
 
     items = [
         PairDataset(holdout["image"].tolist(), holdout["caption"].tolist())[i]

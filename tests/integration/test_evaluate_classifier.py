@@ -1,7 +1,7 @@
 """Evaluate a real trained classifier artifact: the component's KFP outputs and the CLI.
 
 The classifier is a tiny CLIP whose ``concat`` fusion head is fitted (frozen towers, cached
-tower outputs) on the training rows, then saved with ``pairflow.train.artifact.save_trained``
+tower outputs) on the training rows, then saved with ``pairflow.models.trained.save_trained``
 exactly as the train stage saves one. A "worse" candidate is the same artifact saved with its
 labels rotated: every prediction names the wrong class, so its accuracy is known to drop.
 Expected metrics are recomputed here independently (``load_trained`` + pandas crosstab).
@@ -25,17 +25,17 @@ import torch.nn.functional as F
 from kfp import dsl
 from mlflow import MlflowClient
 
-from pairflow.clipfilter.bootstrap import save_untrained_clip
-from pairflow.clipfilter.model import load_clip
-from pairflow.clipfilter.scoring import Collate, PairDataset
 from pairflow.components.evaluate import evaluate
 from pairflow.config import load_config
-from pairflow.data.synthetic import generate_dataset
-from pairflow.evaluate.reference import read_reference
-from pairflow.holdout import split_holdout
+from pairflow.data.split import split_holdout
+from pairflow.demo.synthetic import generate_dataset
+from pairflow.drift.reference import read_reference
+from pairflow.models.clip import load_clip
+from pairflow.models.heads import build_head, tower_outputs
+from pairflow.models.scoring import Collate, PairDataset
+from pairflow.models.scratch import save_untrained_clip
+from pairflow.models.trained import load_trained, save_trained
 from pairflow.report import StageReport
-from pairflow.train.artifact import load_trained, save_trained
-from pairflow.train.models import build_head, tower_outputs
 
 pytestmark = pytest.mark.slow
 HOLDOUT = 0.3

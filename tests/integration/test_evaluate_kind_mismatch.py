@@ -17,13 +17,13 @@ import pandas as pd
 import pytest
 import torch
 
-from pairflow.clipfilter.bootstrap import save_untrained_clip
-from pairflow.clipfilter.model import load_clip
 from pairflow.config import load_config
-from pairflow.data.synthetic import generate_dataset
-from pairflow.evaluate.run import EvaluateResult, evaluate_frame
-from pairflow.train.artifact import save_trained
-from pairflow.train.models import build_head
+from pairflow.demo.synthetic import generate_dataset
+from pairflow.models.clip import load_clip
+from pairflow.models.heads import build_head
+from pairflow.models.scratch import save_untrained_clip
+from pairflow.models.trained import save_trained
+from pairflow.stages.evaluate.run import EvaluateResult, evaluate_frame
 
 pytestmark = pytest.mark.slow
 

@@ -18,11 +18,11 @@ from pairflow.config import DataConfig, S3Config
 from pairflow.data import s3 as s3io
 from pairflow.data.export import export_folder, export_manifest, export_webdataset, upload_dir
 from pairflow.data.imageio import ImageNotFound, cache_dir, read_image_bytes
-from pairflow.data.ingest import run_ingest
 from pairflow.data.schema import read_manifest, write_manifest
 from pairflow.data.sources import read_source
 from pairflow.errors import InputDataError
 from pairflow.report import StageOutputs, StageReport
+from pairflow.stages.ingest.ingest import run_ingest
 
 # Harmless when tests/conftest.py registers it too (plugins register once by name).
 pytest_plugins = ["tests.fixtures_s3"]

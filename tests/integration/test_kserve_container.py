@@ -28,9 +28,9 @@ import pytest
 from tests.fixtures_mlflow import register_gated_versions
 from tests.manifests_render import find_object, render_overlay, validate_object
 
-from pairflow.data.synthetic import GenerateSummary
-from pairflow.deploy.kserve import start_patch
+from pairflow.demo.synthetic import GenerateSummary
 from pairflow.kubeflow import names
+from pairflow.stages.deploy.kserve import start_patch
 
 pytestmark = pytest.mark.slow
 
@@ -63,8 +63,8 @@ def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 180) -
 def test_patched_container_serves_the_candidate_version(
     mlflow_server: str, small_dataset: GenerateSummary, tmp_path: Path
 ) -> None:
-    from pairflow.clipfilter.bootstrap import save_untrained_clip
-    from pairflow.deploy.replay import holdout_pairs, pair_request
+    from pairflow.models.scratch import save_untrained_clip
+    from pairflow.stages.deploy.replay import holdout_pairs, pair_request
 
     captions = [str(c) for c in pd.read_parquet(small_dataset.manifest)["caption"]]
     clip = save_untrained_clip(tmp_path / "clip", captions, seed=3)

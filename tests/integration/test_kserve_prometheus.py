@@ -31,7 +31,7 @@ import pytest
 import yaml
 
 from pairflow.config import PairflowConfig
-from pairflow.data.synthetic import GenerateSummary
+from pairflow.demo.synthetic import GenerateSummary
 
 pytestmark = pytest.mark.slow
 FAKE_ENV = "PAIRFLOW_TEST_PROM_PREDICTORS"
@@ -156,7 +156,7 @@ class PrometheusJudged:
     through the kserve backend; the local records' verdict of each window is kept beside."""
 
     def __init__(self, local: Any, cfg: PairflowConfig, tmp: Path, rollout: Any) -> None:
-        from pairflow.deploy.kserve import KServeBackend, Prometheus
+        from pairflow.stages.deploy.kserve import KServeBackend, Prometheus
 
         self.local, self.name = local, "prometheus-judged"
         targets = {
@@ -173,7 +173,7 @@ class PrometheusJudged:
         return getattr(self.local, attr)
 
     def window(self, start: float, end: float) -> Any:
-        from pairflow.deploy.analysis import analyze_step
+        from pairflow.stages.deploy.analysis import analyze_step
 
         time.sleep(SCRAPE_S * 1.5)  # let Prometheus scrape up to ``end``
         prom = self.kserve.window(start, end)
@@ -229,9 +229,9 @@ def test_prometheus_analysis_decides_as_the_local_backend(
 ) -> None:
     from tests.fixtures_mlflow import register_gated_versions
 
-    from pairflow.deploy.local import launch_local
-    from pairflow.deploy.replay import holdout_pairs
-    from pairflow.deploy.run import run_deploy
+    from pairflow.stages.deploy.local import launch_local
+    from pairflow.stages.deploy.replay import holdout_pairs
+    from pairflow.stages.deploy.run import run_deploy
 
     require_prometheus()
 

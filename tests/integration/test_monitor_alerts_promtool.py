@@ -2,7 +2,8 @@
 manifests/base/alerts.yaml) through the real ``promtool`` (Debian package ``prometheus``).
 
 The rule is taken from the kustomize rendering of the prod overlay. Its metric names must be
-gauges :mod:`pairflow.monitor.gauges` really exports. ``promtool check rules`` must accept it,
+gauges :mod:`pairflow.stages.monitor.gauges` really exports. ``promtool check rules`` must accept
+it,
 and ``promtool test rules`` covers ``PairflowMonitorDriftPersists`` (N = 3 windows in a row:
 fires at 3, silent at N-1 = 2, silent after a reset to 0 and when a reset interrupts the run)
 and ``PairflowMonitorStale`` (no window judged for two days).
@@ -18,8 +19,8 @@ from typing import Any
 import yaml
 from tests.manifests_render import find_object, render_overlay, require_tool
 
-from pairflow.monitor.gauges import build_registry
-from pairflow.monitor.verdict import WindowId, WindowVerdict
+from pairflow.stages.monitor.gauges import build_registry
+from pairflow.stages.monitor.verdict import WindowId, WindowVerdict
 
 PERSISTS = "PairflowMonitorDriftPersists"
 STALE = "PairflowMonitorStale"

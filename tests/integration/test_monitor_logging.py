@@ -28,11 +28,11 @@ import pytest
 from PIL import Image
 from tests.serve_proc import ServeProc, free_port, start_serve
 
-from pairflow.clipfilter.bootstrap import save_untrained_clip
 from pairflow.config import S3Config
 from pairflow.data import s3 as s3io
-from pairflow.monitor.sink_launch import SinkHandle, start_sink
-from pairflow.monitor.window import read_window
+from pairflow.models.scratch import save_untrained_clip
+from pairflow.serve.requestlog.sink_launch import SinkHandle, start_sink
+from pairflow.serve.requestlog.window import read_window
 
 pytestmark = pytest.mark.slow
 tritonhttp = pytest.importorskip("tritonclient.http")

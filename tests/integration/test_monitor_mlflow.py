@@ -15,13 +15,13 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from pairflow.clipfilter.artifacts import Embeddings
 from pairflow.config import PairflowConfig
-from pairflow.evaluate.champion import SERVING_REFERENCE_ARTIFACT
-from pairflow.evaluate.reference import build_reference, write_reference
-from pairflow.monitor import record
-from pairflow.monitor.reference import ChampionReferenceError, load_champion_reference
-from pairflow.monitor.verdict import WindowId, WindowVerdict
+from pairflow.drift.reference import build_reference, write_reference
+from pairflow.models.embeddings import Embeddings
+from pairflow.registry.champion import SERVING_REFERENCE_ARTIFACT
+from pairflow.stages.monitor import record
+from pairflow.stages.monitor.reference import ChampionReferenceError, load_champion_reference
+from pairflow.stages.monitor.verdict import WindowId, WindowVerdict
 
 DIM = 8
 
@@ -102,7 +102,7 @@ def _verdict(day: int, version: str, drift: bool, judged: bool = True) -> Window
 
 
 def test_verdicts_are_recorded_linked_and_counted(mlflow_server: str, tmp_path: Path) -> None:
-    from pairflow.monitor.reference import ChampionReference
+    from pairflow.stages.monitor.reference import ChampionReference
 
     model = f"mon-rec-{uuid.uuid4().hex[:8]}"
     client = MlflowClient(tracking_uri=mlflow_server)

@@ -24,9 +24,9 @@ import pytest
 import yaml
 from tests.manifests_render import find_object, render_overlay, require_tool
 
-from pairflow.monitor.gauges import JOB, GaugePushError, push_gauges
-from pairflow.monitor.settings import MonitorConfig
-from pairflow.monitor.verdict import WindowId, WindowVerdict
+from pairflow.stages.monitor.gauges import JOB, GaugePushError, push_gauges
+from pairflow.stages.monitor.settings import MonitorConfig
+from pairflow.stages.monitor.verdict import WindowId, WindowVerdict
 
 
 def _port() -> int:

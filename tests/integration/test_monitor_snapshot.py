@@ -14,8 +14,8 @@ from pairflow.config import S3Config
 from pairflow.data import s3 as s3io
 from pairflow.data.schema import write_manifest
 from pairflow.data.sources import load_source
-from pairflow.monitor.records import to_table
-from pairflow.monitor.snapshot import (
+from pairflow.serve.requestlog.records import to_table
+from pairflow.stages.monitor.snapshot import (
     SnapshotError,
     build_snapshot,
     read_snapshot_manifest,
@@ -23,7 +23,7 @@ from pairflow.monitor.snapshot import (
     training_manifest_uri,
     window_slug,
 )
-from pairflow.monitor.verdict import WindowId
+from pairflow.stages.monitor.verdict import WindowId
 
 WINDOW = WindowId("2026-12-05T12:00:00+00:00", "2026-12-06T12:00:00+00:00", "clip", "3")
 TS = datetime(2026, 12, 6, 1, tzinfo=UTC)
@@ -87,9 +87,9 @@ def test_window_plus_previous_found_through_the_champion_run(
 ) -> None:
     from mlflow.tracking import MlflowClient
 
-    from pairflow.holdout import split_holdout
-    from pairflow.registry import lineage
+    from pairflow.data.split import split_holdout
     from pairflow.registry.client import Registry
+    from pairflow.stages.register import lineage
 
     prev = _previous(tmp_path)
     client = MlflowClient(tracking_uri=mlflow_server)

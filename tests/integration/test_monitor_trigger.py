@@ -14,10 +14,10 @@ from pairflow.config import PairflowConfig, load_config
 from pairflow.kubeflow.errors import KubeflowError
 from pairflow.kubeflow.publish import Endpoint, run_parameters, schedule
 from pairflow.kubeflow.version import CompiledPackage
-from pairflow.monitor.records import to_table
-from pairflow.monitor.run import act_on_verdict
-from pairflow.monitor.trigger import KfpTarget, submit_kfp
-from pairflow.monitor.trigger_record import (
+from pairflow.serve.requestlog.records import to_table
+from pairflow.stages.monitor.run import act_on_verdict
+from pairflow.stages.monitor.trigger import KfpTarget, submit_kfp
+from pairflow.stages.monitor.trigger_record import (
     TAG_DECISION,
     TAG_MODEL,
     TAG_REASON,
@@ -25,7 +25,7 @@ from pairflow.monitor.trigger_record import (
     TAG_SUBMIT_STATE,
     TAG_WINDOW_KEY,
 )
-from pairflow.monitor.verdict import WindowId, WindowVerdict
+from pairflow.stages.monitor.verdict import WindowId, WindowVerdict
 
 REPO = Path(__file__).resolve().parents[2]
 PACKAGE = REPO / "pipelines" / "compiled" / "retrain.yaml"

@@ -25,18 +25,18 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from pairflow.clipfilter.bootstrap import save_untrained_clip
-from pairflow.clipfilter.model import dir_digest, load_clip
 from pairflow.config import PairflowConfig
-from pairflow.data.synthetic import generate_dataset
+from pairflow.demo.synthetic import generate_dataset
 from pairflow.errors import InputDataError
+from pairflow.models.clip import dir_digest, load_clip
+from pairflow.models.scratch import save_untrained_clip
 from pairflow.registry import names
 from pairflow.registry.client import Registry
 from pairflow.registry.governance import promote
-from pairflow.registry.lineage import manifest_digest
-from pairflow.registry.register_version import RegisterInputs, register_model
 from pairflow.registry.retry import GovernanceError, RegistryError, RegistryUnavailable
 from pairflow.report import StageReport
+from pairflow.stages.register.lineage import manifest_digest
+from pairflow.stages.register.register_version import RegisterInputs, register_model
 
 pytestmark = pytest.mark.slow
 

@@ -16,7 +16,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from pairflow.clipfilter.bootstrap import save_untrained_clip
+from pairflow.models.scratch import save_untrained_clip
 
 pytestmark = pytest.mark.slow
 

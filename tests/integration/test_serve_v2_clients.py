@@ -32,7 +32,7 @@ from tests.fixtures_mlflow import register_gated_versions
 from tests.grpc_v2_client import GrpcResult, run_grpc_calls
 from tests.serve_proc import Load, ServeProc, start_serve
 
-from pairflow.clipfilter.bootstrap import save_untrained_clip
+from pairflow.models.scratch import save_untrained_clip
 
 pytestmark = pytest.mark.slow
 

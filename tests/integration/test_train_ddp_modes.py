@@ -32,12 +32,12 @@ import pandas as pd
 import pytest
 import torch
 
-from pairflow.clipfilter.bootstrap import save_untrained_clip
-from pairflow.clipfilter.model import load_clip
-from pairflow.data.synthetic import generate_dataset
-from pairflow.train import data as tdata
-from pairflow.train import models
-from pairflow.train.launch import free_port
+from pairflow.demo.synthetic import generate_dataset
+from pairflow.models import heads as models
+from pairflow.models import pairs as tdata
+from pairflow.models.clip import load_clip
+from pairflow.models.scratch import save_untrained_clip
+from pairflow.stages.train.launch import free_port
 
 WORKER = Path(__file__).with_name("ddp_modes_worker.py")
 
@@ -128,7 +128,7 @@ def test_mode_trains_under_ddp(combo: dict[str, Any], matrix: dict[str, Any]) ->
 
 
 def test_matrix_covers_every_documented_mode() -> None:
-    from pairflow.train.settings import TrainConfig
+    from pairflow.stages.train.settings import TrainConfig
 
     fields = TrainConfig.model_fields
     documented_fusions = set(fields["fusion"].annotation.__args__)  # type: ignore[union-attr]

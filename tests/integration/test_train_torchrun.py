@@ -17,16 +17,16 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from pairflow import tracking
-from pairflow.clipfilter.bootstrap import save_untrained_clip
-from pairflow.clipfilter.model import ModelLoadError, load_clip
 from pairflow.config import load_config
 from pairflow.data.schema import read_manifest
-from pairflow.data.synthetic import generate_dataset
-from pairflow.holdout import split_holdout
+from pairflow.data.split import split_holdout
+from pairflow.demo.synthetic import generate_dataset
+from pairflow.models.clip import ModelLoadError, load_clip
+from pairflow.models.pairs import TrainDataError
+from pairflow.models.scratch import save_untrained_clip
+from pairflow.models.trained import load_trained
 from pairflow.report import StageOutputs, StageReport
-from pairflow.train.artifact import load_trained
-from pairflow.train.data import TrainDataError
-from pairflow.train.step import run_train, train_step
+from pairflow.stages.train.step import run_train, train_step
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +133,7 @@ def test_cli_classifier_cross_attention_with_lora(data: tuple[Path, Path], tmp_p
 
 
 def _worker_cmd(cfg_file: Path, manifest: Path, base: Path, out: Path) -> list[str]:
-    return [sys.executable, "-m", "pairflow.train", "--config", str(cfg_file),
+    return [sys.executable, "-m", "pairflow.stages.train", "--config", str(cfg_file),
             "--manifest", str(manifest),
             "--base", str(base), "--out", str(out / "model"), "--checkpoint-dir", str(out / "ckpt"),
             "--result", str(out / "result.json")]  # fmt: skip

@@ -36,12 +36,12 @@ import pytest
 from safetensors.torch import load_file
 from tests.manifests_render import find_object, render_overlay
 
-from pairflow.clipfilter.bootstrap import save_untrained_clip
 from pairflow.config import PairflowConfig, load_config
 from pairflow.data import s3 as s3io
-from pairflow.data.synthetic import generate_dataset
-from pairflow.train.cluster import fetch_outputs, plan_job, stage_inputs
-from pairflow.train.launch import WorkerArgs, run_torchrun
+from pairflow.demo.synthetic import generate_dataset
+from pairflow.models.scratch import save_untrained_clip
+from pairflow.stages.train.cluster import fetch_outputs, plan_job, stage_inputs
+from pairflow.stages.train.launch import WorkerArgs, run_torchrun
 
 pytestmark = pytest.mark.slow
 

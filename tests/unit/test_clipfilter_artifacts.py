@@ -10,7 +10,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pairflow.clipfilter.artifacts import (
+from pairflow.errors import InputDataError
+from pairflow.models.embeddings import (
     EMBEDDINGS_FORMAT,
     META_KEY,
     Embeddings,
@@ -20,8 +21,7 @@ from pairflow.clipfilter.artifacts import (
     write_embeddings,
     write_histogram,
 )
-from pairflow.clipfilter.run import roc_auc
-from pairflow.errors import InputDataError
+from pairflow.stages.clip_filter.run import roc_auc
 
 
 def _unit(rows: int, dim: int, seed: int) -> np.ndarray:

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from pairflow.clipfilter import bootstrap
-from pairflow.clipfilter.model import ModelLoadError, find_hf_dir, load_clip, resolve_reference
 from pairflow.errors import PairflowError
+from pairflow.models import scratch
+from pairflow.models.clip import ModelLoadError, find_hf_dir, load_clip, resolve_reference
 
 CAPTIONS = [
     "two small red circles in the top left",
@@ -27,7 +27,7 @@ CAPTIONS = [
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return bootstrap.save_untrained_clip(tmp_path_factory.mktemp("tiny-clip") / "m", CAPTIONS)
+    return scratch.save_untrained_clip(tmp_path_factory.mktemp("tiny-clip") / "m", CAPTIONS)
 
 
 @pytest.fixture
@@ -45,13 +45,13 @@ def test_saved_directory_loads_like_a_hub_clip(tiny_dir: Path) -> None:
     assert loaded.path == tiny_dir
     assert len(loaded.digest) == 64
     assert loaded.digest == load_clip(str(tiny_dir)).digest
-    assert loaded.embed_dim == 64 and loaded.max_text_length == bootstrap.CONTEXT_LENGTH
+    assert loaded.embed_dim == 64 and loaded.max_text_length == scratch.CONTEXT_LENGTH
     assert not loaded.model.training
     tok = loaded.processor.tokenizer
     ids = tok(["two small red circles"])["input_ids"][0]
     # CLIP layout: <|startoftext|> ... <|endoftext|>, the end token is the highest id
-    assert ids[0] == tok.convert_tokens_to_ids(bootstrap.BOS_TOKEN)
-    assert ids[-1] == tok.convert_tokens_to_ids(bootstrap.EOS_TOKEN) == len(tok) - 1
+    assert ids[0] == tok.convert_tokens_to_ids(scratch.BOS_TOKEN)
+    assert ids[-1] == tok.convert_tokens_to_ids(scratch.EOS_TOKEN) == len(tok) - 1
     assert loaded.model.text_model.eos_token_id == ids[-1]
     # any text tokenises (byte-level): no unknown tokens
     weird = tok(["Ünïcödé ☃ 123!"])["input_ids"][0]

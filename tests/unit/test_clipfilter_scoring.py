@@ -14,11 +14,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pairflow.clipfilter import batches, bootstrap, scoring
-from pairflow.clipfilter.artifacts import read_embeddings
-from pairflow.clipfilter.model import LoadedClip, load_clip
-from pairflow.clipfilter.run import FilterOutputs, run_filter
-from pairflow.clipfilter.scoring import (
+from pairflow.config import ClipFilterConfig
+from pairflow.data import imageio
+from pairflow.data.decode import decode_image
+from pairflow.data.pixels import SizedPixels
+from pairflow.data.sources import read_source
+from pairflow.demo.synthetic import GenerateSummary
+from pairflow.errors import InputDataError
+from pairflow.models import batches, clip, scoring, scratch
+from pairflow.models.clip import LoadedClip, load_clip
+from pairflow.models.embeddings import read_embeddings
+from pairflow.models.scoring import (
     CaptionTokens,
     Collate,
     RawCollate,
@@ -26,13 +32,7 @@ from pairflow.clipfilter.scoring import (
     plan_threads,
     score_frame,
 )
-from pairflow.config import ClipFilterConfig
-from pairflow.data import imageio
-from pairflow.data.decode import decode_image
-from pairflow.data.pixels import SizedPixels
-from pairflow.data.sources import read_source
-from pairflow.data.synthetic import GenerateSummary
-from pairflow.errors import InputDataError
+from pairflow.stages.clip_filter.run import FilterOutputs, run_filter
 
 BAD_FILE_REASONS = {
     "corrupt_file": "corrupt_image",
@@ -55,7 +55,7 @@ def truth(small_dataset: GenerateSummary) -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def loaded(tmp_path_factory: pytest.TempPathFactory, frame: pd.DataFrame) -> LoadedClip:
     out = tmp_path_factory.mktemp("tiny-clip") / "m"
-    bootstrap.save_untrained_clip(out, [str(c) for c in frame["caption"]], seed=3)
+    scratch.save_untrained_clip(out, [str(c) for c in frame["caption"]], seed=3)
     return load_clip(str(out))
 
 
@@ -74,10 +74,10 @@ def test_scores_are_cosine_of_normalised_embeddings(
         pixels = proc.image_processor(images=images, return_tensors="pt")["pixel_values"]
         tok = proc.tokenizer(list(rows["caption"]), padding=True, return_tensors="pt")
         img = F.normalize(
-            scoring.features(loaded.model.get_image_features(pixel_values=pixels)), dim=-1
+            clip.features(loaded.model.get_image_features(pixel_values=pixels)), dim=-1
         )
         txt = F.normalize(
-            scoring.features(
+            clip.features(
                 loaded.model.get_text_features(
                     input_ids=tok["input_ids"], attention_mask=tok["attention_mask"]
                 )

@@ -6,8 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pairflow.clipfilter.select import REASON_BELOW, SCORE_COLUMN, Failure, select_rows
 from pairflow.config import ClipFilterConfig
+from pairflow.models.batches import Failure
+from pairflow.stages.clip_filter.select import REASON_BELOW, SCORE_COLUMN, select_rows
 
 
 def _frame(n: int, sources: list[str] | None = None) -> pd.DataFrame:

@@ -12,7 +12,7 @@ from kfp import dsl, local
 from pairflow.components.ingest import ingest
 from pairflow.components.resolve_config import resolve_config
 from pairflow.config import PairflowConfig, config_from_json
-from pairflow.data.synthetic import GenerateSummary
+from pairflow.demo.synthetic import GenerateSummary
 
 
 def _defaults(tmp_path: Path) -> str:

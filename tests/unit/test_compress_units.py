@@ -10,17 +10,17 @@ import pandas as pd
 import pytest
 import torch
 
-from pairflow.compress.distill import build_student, kd_kl, kept_layers, student_config
-from pairflow.compress.errors import (
+from pairflow.models.errors import (
     CalibrationError,
     CompressError,
     LatencyBudgetError,
     StudentConfigError,
 )
-from pairflow.compress.measure import fair_latency_env, recall_at_1
-from pairflow.compress.quantize import quantize_static_vision
-from pairflow.compress.select import choose_variant, enforce_latency_budget
-from pairflow.compress.settings import CompressConfig, StudentConfig
+from pairflow.models.latency import fair_latency_env, recall_at_1
+from pairflow.stages.compress.distill import build_student, kd_kl, kept_layers, student_config
+from pairflow.stages.compress.quantize import quantize_static_vision
+from pairflow.stages.compress.select import choose_variant, enforce_latency_budget
+from pairflow.stages.compress.settings import CompressConfig, StudentConfig
 
 
 def _m(recall_delta: float, p50: float, size: int) -> dict[str, object]:
@@ -110,7 +110,7 @@ def teacher() -> object:
 def test_default_student_keeps_width_and_vision_depth_and_has_under_half_the_params(
     teacher: object,
 ) -> None:
-    from pairflow.compress.towers import count_parameters
+    from pairflow.models.towers import count_parameters
 
     s = student_config(teacher.config, StudentConfig())  # type: ignore[attr-defined]
     vision: Any = s.vision_config
@@ -231,7 +231,7 @@ def test_empty_calibration_set_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_calibration_from_no_rows_names_the_source() -> None:
-    from pairflow.compress.build import calibration_pixels
+    from pairflow.stages.compress.build import calibration_pixels
 
     empty = pd.DataFrame({"id": [], "image": [], "caption": []})
     with pytest.raises(CalibrationError, match="no holdout rows"):
@@ -250,7 +250,7 @@ def test_classifier_selection_uses_accuracy_delta() -> None:
 
 
 def test_unsupported_fusion_kind_is_a_clear_error() -> None:
-    from pairflow.compress.classifier import check_fusion
+    from pairflow.models.classifier import check_fusion
 
     check_fusion("cross_attention", "m")
     with pytest.raises(CompressError, match=r"fusion head 'bilinear'.*refusing"):

@@ -15,7 +15,7 @@ import pytest
 
 from pairflow.config import ContractConfig, ValidateConfig
 from pairflow.errors import PairflowError
-from pairflow.validate.contract import (
+from pairflow.stages.validate.contract import (
     ContractError,
     ContractResult,
     _nearest_rank,

@@ -15,7 +15,7 @@ from PIL import Image, ImageCms
 
 from pairflow.config import ValidateConfig
 from pairflow.data.decode import DecodeError, decode_image
-from pairflow.validate.rows import DECODE_AT_LEAST, ImageRules, check_image_bytes
+from pairflow.stages.validate.rows import DECODE_AT_LEAST, ImageRules, check_image_bytes
 
 RULES = ImageRules.from_config(ValidateConfig())
 

@@ -10,15 +10,15 @@ import pytest
 from PIL import Image
 
 from pairflow.config import DedupeConfig
-from pairflow.dedupe.merge import REASONS, DedupeResult, dedupe_frame
-from pairflow.dedupe.semantic import kmeans, semantic_duplicates
-from pairflow.dedupe.signatures import (
+from pairflow.data.signatures import (
     IMAGE_HASH_COLUMNS,
     IMAGE_PHASH_COLUMN,
     content_hash,
     image_signature,
 )
 from pairflow.errors import InputDataError
+from pairflow.stages.dedupe.merge import REASONS, DedupeResult, dedupe_frame
+from pairflow.stages.dedupe.semantic import kmeans, semantic_duplicates
 
 
 def _image(seed: int, size: int = 64) -> Image.Image:

@@ -11,16 +11,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pairflow.dedupe.captions import caption_labels, near_caption_pairs, shingles
-from pairflow.dedupe.groups import components, group_by_labels, survivor_rank
-from pairflow.dedupe.near import (
-    _choose_bands,
-    aligned_hamming_pairs,
-    brute_force_pairs,
-    hamming_pairs,
-    layout_distance,
-)
-from pairflow.dedupe.signatures import (
+from pairflow.data.signatures import (
     IMAGE_HASH_COLUMNS,
     IMAGE_PHASH_COLUMN,
     IMAGE_SIGNATURE_COLUMNS,
@@ -33,6 +24,15 @@ from pairflow.dedupe.signatures import (
     layout_phash,
     signature_thumbnail,
     signature_words,
+)
+from pairflow.stages.dedupe.captions import caption_labels, near_caption_pairs, shingles
+from pairflow.stages.dedupe.groups import components, group_by_labels, survivor_rank
+from pairflow.stages.dedupe.near import (
+    _choose_bands,
+    aligned_hamming_pairs,
+    brute_force_pairs,
+    hamming_pairs,
+    layout_distance,
 )
 
 

@@ -12,20 +12,20 @@ import skimage.data
 from PIL import Image, ImageEnhance
 
 from pairflow.config import DedupeConfig
-from pairflow.dedupe.merge import dedupe_frame
-from pairflow.dedupe.near import (
-    PhotometricRule,
-    layout_distance,
-    layout_structure,
-    photometric_match,
-)
-from pairflow.dedupe.signatures import (
+from pairflow.data.signatures import (
     IMAGE_HASH_COLUMNS,
     IMAGE_PHASH_COLUMN,
     content_hash,
     image_signature,
     layout_array,
     layout_dct_hash,
+)
+from pairflow.stages.dedupe.merge import dedupe_frame
+from pairflow.stages.dedupe.near import (
+    PhotometricRule,
+    layout_distance,
+    layout_structure,
+    photometric_match,
 )
 
 

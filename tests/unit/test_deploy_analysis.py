@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from pairflow.deploy.analysis import (
+from pairflow.stages.deploy.analysis import (
     Record,
     Verdict,
     analyze_step,
@@ -17,10 +17,10 @@ from pairflow.deploy.analysis import (
     mcnemar_n,
     two_proportion_n,
 )
-from pairflow.deploy.counts import ArmCounts, LatencyHistogram, PairedQuality, WindowCounts
-from pairflow.deploy.settings import AnalysisConfig
-from pairflow.deploy.smoke import analyze_smoke, clopper_pearson
-from pairflow.deploy.window import window_counts
+from pairflow.stages.deploy.counts import ArmCounts, LatencyHistogram, PairedQuality, WindowCounts
+from pairflow.stages.deploy.settings import AnalysisConfig
+from pairflow.stages.deploy.smoke import analyze_smoke, clopper_pearson
+from pairflow.stages.deploy.window import window_counts
 
 
 def _arm(
@@ -214,9 +214,9 @@ def test_smoke_bake_against_absolute_slos() -> None:
 
 
 def test_replayed_requests_carry_a_reference_answer() -> None:
-    from pairflow.deploy.replay import attach_references, pair_request, request_headers
-    from pairflow.deploy.router import answer_of
-    from pairflow.deploy.run import replay_task
+    from pairflow.stages.deploy.replay import attach_references, pair_request, request_headers
+    from pairflow.stages.deploy.router import answer_of
+    from pairflow.stages.deploy.run import replay_task
 
     rows = [
         {"id": f"r{i}", "caption": f"a {c} shape", "image_b64": "x", "label": c}

@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 from tests.canary_sim import Arm, SimBackend, SimClock
 
-from pairflow.deploy.controller import PROMOTED, ROLLED_BACK, run_canary
-from pairflow.deploy.settings import DeployConfig
+from pairflow.stages.deploy.controller import PROMOTED, ROLLED_BACK, run_canary
+from pairflow.stages.deploy.settings import DeployConfig
 
 ROLLOUTS = 200
 

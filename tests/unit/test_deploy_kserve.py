@@ -28,10 +28,11 @@ import numpy as np
 import pytest
 from tests.manifests_render import find_object, render_overlay, validate_object
 
-from pairflow.deploy.aliases import Rollout
-from pairflow.deploy.backend import MetricsUnavailable
-from pairflow.deploy.controller import PROMOTED, ROLLED_BACK, run_canary
-from pairflow.deploy.kserve import (
+from pairflow.kubeflow import names
+from pairflow.stages.deploy.aliases import Rollout
+from pairflow.stages.deploy.backend import MetricsUnavailable
+from pairflow.stages.deploy.controller import PROMOTED, ROLLED_BACK, run_canary
+from pairflow.stages.deploy.kserve import (
     GROUP,
     PLURAL,
     VERSION,
@@ -42,8 +43,7 @@ from pairflow.deploy.kserve import (
     histogram_samples,
     start_patch,
 )
-from pairflow.deploy.settings import DeployConfig
-from pairflow.kubeflow import names
+from pairflow.stages.deploy.settings import DeployConfig
 
 ROLL = Rollout(name="pairflow-clip", stable="1", candidate="2")
 

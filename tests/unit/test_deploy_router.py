@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from pairflow.deploy.replay import ReplayStats, replay
-from pairflow.deploy.router import CANDIDATE, STABLE, WeightedRouter, score_of
+from pairflow.stages.deploy.replay import ReplayStats, replay
+from pairflow.stages.deploy.router import CANDIDATE, STABLE, WeightedRouter, score_of
 
 
 def _server(score: float, status: int = 200) -> tuple[ThreadingHTTPServer, str]:

@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pairflow.clipfilter.artifacts import Embeddings
-from pairflow.evaluate.drift import compare
-from pairflow.evaluate.reference import Reference, build_reference, read_reference, write_reference
-from pairflow.evaluate.settings import EvaluateConfig
+from pairflow.drift.compare import compare
+from pairflow.drift.reference import Reference, build_reference, read_reference, write_reference
+from pairflow.models.embeddings import Embeddings
+from pairflow.stages.evaluate.settings import EvaluateConfig
 
 DIM = 16
 

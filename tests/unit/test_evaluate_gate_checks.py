@@ -6,11 +6,15 @@ import numpy as np
 import pytest
 from scipy.stats import rankdata
 
-from pairflow.evaluate.finite import nonfinite_outputs
-from pairflow.evaluate.gate import accuracy_chance, decide, recall_chance
-from pairflow.evaluate.retrieval import clip_retrieval_metrics, ranks_of_matches, retrieval_metrics
-from pairflow.evaluate.scoring import HoldoutScores
-from pairflow.evaluate.settings import EvaluateConfig
+from pairflow.stages.evaluate.finite import nonfinite_outputs
+from pairflow.stages.evaluate.gate import accuracy_chance, decide, recall_chance
+from pairflow.stages.evaluate.retrieval import (
+    clip_retrieval_metrics,
+    ranks_of_matches,
+    retrieval_metrics,
+)
+from pairflow.stages.evaluate.scoring import HoldoutScores
+from pairflow.stages.evaluate.settings import EvaluateConfig
 
 
 def _reference_ranks(sim: np.ndarray) -> np.ndarray:

@@ -5,20 +5,21 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pairflow.evaluate.bootstrap import bootstrap_means, paired_bootstrap
-from pairflow.evaluate.classification import (
+from pairflow.drift.compare import DriftOutcome
+from pairflow.stages.evaluate.bootstrap import bootstrap_means, paired_bootstrap
+from pairflow.stages.evaluate.classification import (
     classification_metrics,
     confusion_matrix,
     expected_calibration_error,
 )
-from pairflow.evaluate.gate import DriftOutcome, accuracy_chance, decide, recall_chance
-from pairflow.evaluate.retrieval import (
+from pairflow.stages.evaluate.gate import accuracy_chance, decide, recall_chance
+from pairflow.stages.evaluate.retrieval import (
     clip_retrieval_metrics,
     ranks_of_matches,
     retrieval_metrics,
     zero_shot_predictions,
 )
-from pairflow.evaluate.settings import EvaluateConfig
+from pairflow.stages.evaluate.settings import EvaluateConfig
 
 SIM = np.array([[0.9, 0.1, 0.3], [0.8, 0.5, 0.2], [0.1, 0.7, 0.4]])
 
@@ -170,7 +171,7 @@ def test_drift_policy_warns_or_fails(policy: str, passes: bool) -> None:
 
 
 def test_champion_logits_follow_the_candidate_label_order() -> None:
-    from pairflow.evaluate.run import align_logits
+    from pairflow.stages.evaluate.run import align_logits
 
     logits = np.array([[0.1, 0.9, 0.0], [0.8, 0.1, 0.1]])  # champion order b, a, c
     same, note = align_logits(logits, ["b", "a", "c"], ["b", "a", "c"])

@@ -9,8 +9,8 @@ import re
 import numpy as np
 from PIL import Image
 
-from pairflow.evaluate.bootstrap import DeltaCI
-from pairflow.evaluate.plots import confusion_plot, delta_plot, plots_html, recall_plot
+from pairflow.stages.evaluate.bootstrap import DeltaCI
+from pairflow.stages.evaluate.plots import confusion_plot, delta_plot, plots_html, recall_plot
 
 
 def _image(png: bytes) -> Image.Image:

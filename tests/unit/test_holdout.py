@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from pairflow.holdout import holdout_mask, split_holdout
+from pairflow.data.split import holdout_mask, split_holdout
 
 
 def test_split_is_stable_disjoint_and_near_the_fraction() -> None:

@@ -25,7 +25,7 @@ from tests.manifests_render import (
 
 from pairflow.kubeflow import names
 from pairflow.kubeflow.settings import KubeflowConfig
-from pairflow.train.settings import TrainJobConfig
+from pairflow.stages.train.settings import TrainJobConfig
 
 PREDICTOR_METRICS = {  # names exported by pairflow.serve.metrics (see alerts.yaml)
     "pairflow_predictor_requests_total",

@@ -15,7 +15,7 @@ from typer._click.exceptions import UsageError
 
 from pairflow.config import load_config
 from pairflow.kubeflow import names
-from pairflow.monitor.cloudevents import HEADER_LENGTH_METADATA
+from pairflow.serve.requestlog.cloudevents import HEADER_LENGTH_METADATA
 
 SINK = "pairflow-monitor-sink"
 

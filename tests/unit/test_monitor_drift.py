@@ -12,16 +12,16 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from pairflow.clipfilter.artifacts import Embeddings
-from pairflow.data.synthetic import COLOURS, SHIFT_COLOURS, generate_dataset
+from pairflow.demo.synthetic import COLOURS, SHIFT_COLOURS, generate_dataset
+from pairflow.drift.reference import build_reference
 from pairflow.errors import InputDataError
-from pairflow.evaluate.reference import build_reference
-from pairflow.monitor.drift import judge_window
-from pairflow.monitor.gauges import build_registry
-from pairflow.monitor.records import to_table
-from pairflow.monitor.reference import ChampionReference
-from pairflow.monitor.settings import MonitorConfig
-from pairflow.monitor.verdict import WindowId, WindowVerdict
+from pairflow.models.embeddings import Embeddings
+from pairflow.serve.requestlog.records import to_table
+from pairflow.stages.monitor.drift import judge_window
+from pairflow.stages.monitor.gauges import build_registry
+from pairflow.stages.monitor.reference import ChampionReference
+from pairflow.stages.monitor.settings import MonitorConfig
+from pairflow.stages.monitor.verdict import WindowId, WindowVerdict
 
 DIM = 16
 WINDOW = WindowId("2026-01-01T00:00:00+00:00", "2026-01-02T00:00:00+00:00", "clip", "3")

@@ -7,9 +7,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from pairflow.monitor.policy import TriggerHistory, decide
-from pairflow.monitor.settings import MonitorConfig
-from pairflow.monitor.verdict import WindowId, WindowVerdict
+from pairflow.stages.monitor.policy import TriggerHistory, decide
+from pairflow.stages.monitor.settings import MonitorConfig
+from pairflow.stages.monitor.verdict import WindowId, WindowVerdict
 
 NOW = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
 WINDOW = WindowId("2026-12-05T12:00:00+00:00", "2026-12-06T12:00:00+00:00", "clip", "3")

@@ -8,8 +8,8 @@ import pytest
 
 from pairflow.config import PairflowConfig, load_config
 from pairflow.errors import ConfigError, PairflowError
-from pairflow.monitor.cli import parse_window_end
-from pairflow.monitor.run_params import apply_params, check_sets, param_values
+from pairflow.kubeflow.monitor_params import apply_params, check_sets, param_values
+from pairflow.stages.monitor.cli import parse_window_end
 
 
 def test_struct_stringified_values_are_coerced_back() -> None:

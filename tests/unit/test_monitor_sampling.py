@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pairflow.serve.monitor_mark import (
+from pairflow.serve.requestlog.mark import (
     build_payload,
     fp16_b64,
     fp16_from_b64,

@@ -20,22 +20,22 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pairflow.monitor import emitter as emitter_mod
-from pairflow.monitor import sink as sink_mod
-from pairflow.monitor.cloudevents import (
+from pairflow.serve.requestlog import emitter as emitter_mod
+from pairflow.serve.requestlog import sink as sink_mod
+from pairflow.serve.requestlog.cloudevents import (
     HEADER_LENGTH_METADATA,
     REQUEST_TYPE,
     RESPONSE_TYPE,
     EventError,
     parse_event,
 )
-from pairflow.monitor.emitter import EventEmitter, LoggedPair
-from pairflow.monitor.settings import MonitorConfig
-from pairflow.monitor.sink import SinkState
-from pairflow.monitor.sink_rows import json_head_end, parse_request
-from pairflow.monitor.sink_store import StorageError
-from pairflow.monitor.window import read_window
-from pairflow.serve.monitor_mark import PAYLOAD_KEY, build_payload, image_facts
+from pairflow.serve.requestlog.emitter import EventEmitter, LoggedPair
+from pairflow.serve.requestlog.mark import PAYLOAD_KEY, build_payload, image_facts
+from pairflow.serve.requestlog.sink import SinkState
+from pairflow.serve.requestlog.sink_rows import json_head_end, parse_request
+from pairflow.serve.requestlog.sink_store import StorageError
+from pairflow.serve.requestlog.window import read_window
+from pairflow.stages.monitor.settings import MonitorConfig
 
 DIM = 8
 

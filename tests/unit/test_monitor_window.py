@@ -13,9 +13,9 @@ import pytest
 from pairflow.config import S3Config
 from pairflow.data import s3 as s3io
 from pairflow.errors import InputDataError
-from pairflow.monitor.records import schema, to_table
-from pairflow.monitor.sink_store import storable, write_parts
-from pairflow.monitor.window import partition_dirs, read_window
+from pairflow.serve.requestlog.records import schema, to_table
+from pairflow.serve.requestlog.sink_store import storable, write_parts
+from pairflow.serve.requestlog.window import partition_dirs, read_window
 
 T0 = datetime(2026, 3, 1, 22, 30, tzinfo=UTC)
 

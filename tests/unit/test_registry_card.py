@@ -10,12 +10,12 @@ import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
 
-from pairflow.clipfilter.bootstrap import save_untrained_clip
+from pairflow.models.scratch import save_untrained_clip
 from pairflow.registry.card import CardInputs, build_model_card, with_canary
-from pairflow.registry.register_version import gate_status
 from pairflow.registry.retry import RegistryUnavailable, with_retries
 from pairflow.registry.variants import resolve_variants
 from pairflow.report import StageReport
+from pairflow.stages.register.register_version import gate_status
 
 
 def test_card_without_inputs_states_what_is_missing() -> None:
@@ -281,17 +281,17 @@ def test_retries_back_off_then_fail_with_the_operation_named() -> None:
 
 
 def test_pyfunc_labels_come_from_a_trained_classifier_head(tmp_path: Path) -> None:
-    """The pyfunc on a pairflow.train classifier artifact (loaded as MLflow would: from the
+    """The pyfunc on a pairflow.stages.train classifier artifact (loaded as MLflow would: from the
     artifact folders; the context object is the only stand-in)."""
     from types import SimpleNamespace
 
     import torch
 
-    from pairflow.clipfilter.bootstrap import build_processor, tiny_clip
+    from pairflow.models.heads import build_head
+    from pairflow.models.scratch import build_processor, tiny_clip
+    from pairflow.models.trained import save_trained
     from pairflow.registry.logged_model import example_input
-    from pairflow.registry.pyfunc_model import PairClipModel
-    from pairflow.train.artifact import save_trained
-    from pairflow.train.models import build_head
+    from pairflow.serve.pyfunc import PairClipModel
 
     captions = ["a red circle", "a blue square"]
     processor = build_processor(captions)
@@ -327,7 +327,7 @@ def test_signature_declares_the_outputs_of_every_mode(tmp_path: Path) -> None:
     from types import SimpleNamespace
 
     from pairflow.registry.logged_model import example_input, signature
-    from pairflow.registry.pyfunc_model import PairClipModel
+    from pairflow.serve.pyfunc import PairClipModel
 
     sig = signature()
     assert sig.outputs is not None

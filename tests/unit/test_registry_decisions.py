@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 from tests.canary_sim import Arm, SimBackend, SimClock
 
-from pairflow.deploy.controller import run_canary
-from pairflow.deploy.settings import DeployConfig
-from pairflow.evaluate.bootstrap import paired_bootstrap
-from pairflow.evaluate.gate import accuracy_chance, decide, recall_chance
-from pairflow.evaluate.settings import EvaluateConfig
 from pairflow.registry.decisions import canary_records, decisions_markdown, gate_rows
+from pairflow.stages.deploy.controller import run_canary
+from pairflow.stages.deploy.settings import DeployConfig
+from pairflow.stages.evaluate.bootstrap import paired_bootstrap
+from pairflow.stages.evaluate.gate import accuracy_chance, decide, recall_chance
+from pairflow.stages.evaluate.settings import EvaluateConfig
 
 
 def test_gate_and_canary_numbers_are_rendered() -> None:
@@ -50,8 +50,8 @@ def test_gate_and_canary_numbers_are_rendered() -> None:
 
 
 def test_latency_against_the_champion_is_reported_not_gated() -> None:
-    from pairflow.compress.versus_champion import LatencyVersusChampion
     from pairflow.registry.card import budget_line
+    from pairflow.stages.evaluate.versus_champion import LatencyVersusChampion
 
     measured = LatencyVersusChampion(32, 18.0, 24.0, 6.0, 8.0, "int8_onnx", 20, 0.1)
     assert measured.ratio == 3.0

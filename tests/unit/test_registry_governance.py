@@ -215,8 +215,8 @@ def test_cli_promote_refuses_then_history_prints(reg: Registry, tmp_path: Path) 
 
 
 def test_deploy_decision_puts_the_canary_on_the_card(reg: Registry, tmp_path: Path) -> None:
-    from pairflow.deploy.aliases import Rollout, record_decision
     from pairflow.registry.card import CardInputs, build_model_card
+    from pairflow.stages.deploy.aliases import Rollout, record_decision
 
     v = _version(reg, tmp_path, "passed")
     card = build_model_card(CardInputs(model_name=NAME, lineage={"data_snapshot": "abc"}))

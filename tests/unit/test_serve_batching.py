@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pairflow.clipfilter.bootstrap import save_untrained_clip
-from pairflow.clipfilter.model import load_clip
+from pairflow.models.clip import load_clip
+from pairflow.models.open import TorchClip
+from pairflow.models.scratch import save_untrained_clip
 from pairflow.serve.batching import DirectRunner, MicroBatcher
 from pairflow.serve.limits import Pair
-from pairflow.serve.load import TorchClip
 from pairflow.serve.predictor import embed_pairs
 
 CAPTIONS = [

@@ -16,11 +16,9 @@ import yaml
 from kserve.errors import InvalidInput
 from PIL import Image
 
-from pairflow.clipfilter.bootstrap import save_untrained_clip
-from pairflow.clipfilter.model import ModelLoadError, load_clip
-from pairflow.compress.export import export_towers
-from pairflow.compress.variants import VariantIndex, VariantRecord
-from pairflow.serve.load import (
+from pairflow.models.clip import ModelLoadError, load_clip
+from pairflow.models.export import export_towers
+from pairflow.models.open import (
     TorchClip,
     TrainedClassifier,
     VariantModel,
@@ -28,6 +26,8 @@ from pairflow.serve.load import (
     load_servable,
     sized_pixels,
 )
+from pairflow.models.scratch import save_untrained_clip
+from pairflow.models.variants import VariantIndex, VariantRecord
 from pairflow.serve.predictor import PairflowPredictor
 from pairflow.serve.settings import ServeConfig
 
@@ -116,8 +116,8 @@ def test_hf_dir_refuses_unknown_variant(clip_dir: Path) -> None:
 def test_classifier_artifact_classifies_with_its_head_and_labels(
     clip_dir: Path, tmp_path: Path
 ) -> None:
-    from pairflow.train.artifact import load_trained, save_trained
-    from pairflow.train.models import build_head
+    from pairflow.models.heads import build_head
+    from pairflow.models.trained import load_trained, save_trained
 
     labels = ["circle", "square", "star"]
     clip = load_clip(str(clip_dir), device="cpu")
@@ -163,7 +163,7 @@ def test_classifier_artifact_classifies_with_its_head_and_labels(
 
 def test_registered_variant_follows_the_mlmodel_artifact_table(tmp_path: Path) -> None:
     """MLflow stores a pyfunc artifact under its source folder's name, not under its key."""
-    from pairflow.serve.load import registered_variant
+    from pairflow.models.open import registered_variant
 
     model = tmp_path / "artifacts"
     (model / "artifacts" / "int8_onnx").mkdir(parents=True)

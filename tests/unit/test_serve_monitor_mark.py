@@ -16,11 +16,11 @@ import pytest
 from kserve.protocol.infer_type import InferInput, InferRequest, InferResponse
 from PIL import Image
 
-from pairflow.clipfilter.bootstrap import save_untrained_clip
-from pairflow.monitor.settings import MonitorConfig
-from pairflow.serve.monitor_mark import PAYLOAD_KEY, fp16_from_b64, is_sampled
+from pairflow.models.scratch import save_untrained_clip
 from pairflow.serve.predictor import PairflowPredictor
+from pairflow.serve.requestlog.mark import PAYLOAD_KEY, fp16_from_b64, is_sampled
 from pairflow.serve.settings import ServeConfig
+from pairflow.stages.monitor.settings import MonitorConfig
 
 CAPTIONS = ["a red circle", "a blue square"]
 

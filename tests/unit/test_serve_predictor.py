@@ -17,7 +17,7 @@ from kserve.protocol.infer_type import InferInput, InferRequest, InferResponse
 from PIL import Image
 from prometheus_client import REGISTRY
 
-from pairflow.clipfilter.bootstrap import save_untrained_clip
+from pairflow.models.scratch import save_untrained_clip
 from pairflow.serve.limits import parse_v1
 from pairflow.serve.predictor import PairflowPredictor
 from pairflow.serve.settings import ServeConfig

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image, ImageFile
 
-from pairflow.data.synthetic import (
+from pairflow.demo.synthetic import (
     COLOUR_RGB,
     COLOURS,
     DEFECT_KINDS,

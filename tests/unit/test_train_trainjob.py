@@ -25,10 +25,10 @@ from tests.manifests_render import crd_errors, find_object, render_overlay
 
 from pairflow.config import load_config
 from pairflow.kubeflow import names
-from pairflow.train.cluster import plan_job
-from pairflow.train.launch import WorkerArgs
-from pairflow.train.settings import TrainJobConfig
-from pairflow.train.trainjob import (
+from pairflow.stages.train.cluster import plan_job
+from pairflow.stages.train.launch import WorkerArgs
+from pairflow.stages.train.settings import TrainJobConfig
+from pairflow.stages.train.trainjob import (
     JOBSET_LABEL,
     TrainJobError,
     failed_pod_reasons,
@@ -56,7 +56,13 @@ def test_body_matches_the_v1alpha1_crd_and_the_manifests() -> None:
     }
     tr = spec["trainer"]
     assert tr["numNodes"] == 3 and tr["numProcPerNode"] == 2 and tr["image"] == "reg/img@sha256:abc"
-    assert tr["command"] == ["python", "-m", "pairflow.train.node", "--shared", "s3://b/jobs/job-1"]
+    assert tr["command"] == [
+        "python",
+        "-m",
+        "pairflow.stages.train.node",
+        "--shared",
+        "s3://b/jobs/job-1",
+    ]
     assert tr["resourcesPerNode"]["limits"]["nvidia.com/gpu"] == "2"
     assert tr["env"] == [{"name": "A", "value": "1"}, {"name": "B", "value": "2"}]
     cpu = trainjob_body("j", TrainJobConfig(), num_nodes=1, image="i", command=["x"])
@@ -246,7 +252,7 @@ def test_cli_dry_run_prints_the_trainjob_as_yaml(tmp_path: Any) -> None:
     assert body["spec"]["trainer"]["command"][:4] == [
         "python",
         "-m",
-        "pairflow.train.node",
+        "pairflow.stages.train.node",
         "--shared",
     ]
     assert not (tmp_path / "o").exists()  # nothing written, nothing sent
@@ -258,8 +264,8 @@ def test_node_entry_needs_the_trainer_env_and_worker_needs_torchrun(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from pairflow.errors import PairflowError
-    from pairflow.train.loop import init_distributed
-    from pairflow.train.node import NodeError, pet_env, torchrun_argv
+    from pairflow.models.loop import init_distributed
+    from pairflow.stages.train.node import NodeError, pet_env, torchrun_argv
 
     with pytest.raises(NodeError, match="missing PET_NODE_RANK, PET_MASTER_ADDR"):
         pet_env({"PET_NNODES": "2", "PET_NPROC_PER_NODE": "1", "PET_MASTER_PORT": "29400"})

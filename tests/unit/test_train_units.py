@@ -13,9 +13,11 @@ import torch
 from PIL import Image
 from torch import nn
 
-from pairflow.holdout import split_holdout
-from pairflow.train import checkpoint as ck
-from pairflow.train.data import (
+from pairflow.data.split import split_holdout
+from pairflow.models import checkpoint as ck
+from pairflow.models.heads import FusionHead
+from pairflow.models.loop import LoopSettings, fit
+from pairflow.models.pairs import (
     EpochSampler,
     PairAugment,
     TrainDataError,
@@ -24,8 +26,6 @@ from pairflow.train.data import (
     mirror_caption,
     split_rows,
 )
-from pairflow.train.loop import LoopSettings, fit
-from pairflow.train.models import FusionHead
 
 
 def _frame(n: int) -> pd.DataFrame:
@@ -67,7 +67,7 @@ def _image() -> Image.Image:
 
 
 def test_flip_swaps_caption_and_pixels_and_is_seeded() -> None:
-    from pairflow.train.settings import AugmentConfig
+    from pairflow.stages.train.settings import AugmentConfig
 
     aug = PairAugment(
         32,
@@ -85,7 +85,7 @@ def test_flip_swaps_caption_and_pixels_and_is_seeded() -> None:
 
 
 def test_hue_jitter_skipped_when_caption_names_a_colour() -> None:
-    from pairflow.train.settings import AugmentConfig
+    from pairflow.stages.train.settings import AugmentConfig
 
     cfg = AugmentConfig(crop_scale=(1, 1), hflip=0, brightness=0, contrast=0, hue=0.5)
     aug = PairAugment(32, [0, 0, 0], [1, 1, 1], cfg)
@@ -244,7 +244,7 @@ def test_fit_batch_larger_than_dataset() -> None:
 
 
 def test_warmup_cosine_schedule() -> None:
-    from pairflow.train.loop import warmup_cosine
+    from pairflow.models.loop import warmup_cosine
 
     f = warmup_cosine(100, 0.1)
     assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)

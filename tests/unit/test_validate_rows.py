@@ -17,10 +17,10 @@ from PIL import Image
 from pairflow.config import DataConfig, S3Config, ValidateConfig
 from pairflow.data import s3 as s3io
 from pairflow.data.decode import decode_image
-from pairflow.data.ingest import run_ingest
-from pairflow.dedupe.signatures import IMAGE_SIGNATURE_COLUMNS
+from pairflow.data.signatures import IMAGE_SIGNATURE_COLUMNS
 from pairflow.report import StageOutputs
-from pairflow.validate.rows import ImageRules, check_image_bytes, validate_frame
+from pairflow.stages.ingest.ingest import run_ingest
+from pairflow.stages.validate.rows import ImageRules, check_image_bytes, validate_frame
 
 CFG = ValidateConfig()
 RULES = ImageRules.from_config(CFG)
@@ -248,13 +248,13 @@ def _smooth_photo(size: tuple[int, int]) -> Image.Image:
 
 def test_large_jpeg_is_decoded_scaled_with_full_size_facts_and_same_signature() -> None:
     """Validate decodes a large JPEG by DCT scaling; facts and signature match a full decode."""
-    from pairflow.dedupe.near import layout_distance
-    from pairflow.dedupe.signatures import (
+    from pairflow.data.signatures import (
         IMAGE_HASH_COLUMNS,
         IMAGE_PHASH_COLUMN,
         image_signature,
         layout_array,
     )
+    from pairflow.stages.dedupe.near import layout_distance
 
     img = _smooth_photo((1024, 768))
     exif = Image.Exif()
@@ -283,7 +283,7 @@ def test_large_jpeg_is_decoded_scaled_with_full_size_facts_and_same_signature() 
 
 def check_image_signature(data: bytes) -> dict[str, int]:
     """The signature validate stores for ``data`` (one row through the chunk path)."""
-    from pairflow.dedupe.signatures import (
+    from pairflow.data.signatures import (
         IMAGE_HASH_COLUMNS,
         IMAGE_PHASH_COLUMN,
         grey_phashes,

@@ -1,1 +1,2 @@
-"""Manifests, readers for every supported source, and the synthetic demo dataset."""
+"""Manifests, readers for every supported source, image decoding, signatures and the
+hold-out split."""

@@ -4,7 +4,7 @@ For an RGB image that is already S x S, a CLIP image processor's resize (shortes
 and centre crop (S x S) leave the pixels unchanged, so its output is just rescale +
 normalise: one subtract and one multiply per value in numpy (or torch), a fraction of the
 processor's cost (PIL round trips per image). :class:`SizedPixels` holds that arithmetic;
-serving (:mod:`pairflow.serve.load`) and CLIP scoring (:mod:`pairflow.clipfilter.scoring`)
+serving (:mod:`pairflow.models.open`) and CLIP scoring (:mod:`pairflow.models.scoring`)
 both use it. Anything else (other sizes or modes, non-standard settings) is left to the
 processor: the helpers return ``None``.
 """

@@ -150,7 +150,7 @@ def register(app: typer.Typer) -> None:
         monitor = pipeline == "monitor"
         pkg = CompiledPackage.load(package or (MONITOR_PACKAGE if monitor else DEFAULT_PACKAGE))
         if monitor:
-            from pairflow.monitor.run_params import check_sets, param_values
+            from pairflow.kubeflow.monitor_params import check_sets, param_values
 
             check_sets(set_ or [])
             params = pkg.coerce(param_values(cfg))

@@ -1,4 +1,2 @@
-"""MLflow registry: model logging, versions, aliases, lineage, model card, promotion history.
-
-Keep this file free of heavy imports: ``pairflow.config`` imports ``registry.settings``.
-"""
+"""MLflow registry access: client with retries, names, champion lookup, logged models,
+model card, governance, aliases and promotion history (``pairflow registry ...``)."""

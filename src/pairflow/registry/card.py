@@ -22,10 +22,9 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
-from pairflow.compress.select import budget_sentence
 from pairflow.registry.decisions import CANARY_HEADER, canary_records, canary_rows, table
 from pairflow.report import StageReport
-from pairflow.summary import STAGE_ORDER
+from pairflow.summary import STAGE_ORDER, budget_sentence
 
 NA = "_not available: {}_"
 CANARY_HEADING = "## Canary"

@@ -1,4 +1,4 @@
-"""``pairflow register`` (the stage, standalone) and ``pairflow registry ...`` (review, aliases)."""
+"""``pairflow registry ...``: review versions, cards, approvals, aliases and history."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ registry_app = typer.Typer(
 )
 
 
-def _config(config: Path | None, sets: list[str] | None, uri: str | None) -> Any:
+def config_for(config: Path | None, sets: list[str] | None, uri: str | None) -> Any:
     from pairflow.config import load_config
     from pairflow.tracking import resolve_tracking_uri
 
@@ -45,72 +45,6 @@ def _user(by: str) -> str:
     return by or f"cli:{getpass.getuser()}"
 
 
-def register_cmd(
-    manifest: Annotated[Path, typer.Option("--manifest", help="Curated (kept) manifest.")],
-    model: Annotated[
-        Path, typer.Option("--model", help="Compressed dir (variants.json) or an HF model dir.")
-    ],
-    out: Annotated[Path, typer.Option("--out", help="Where kept/rejected/report.json go.")],
-    trained: Annotated[
-        Path | None, typer.Option("--trained", help="Trained HF model dir (fallback).")
-    ] = None,
-    evaluate_report: Annotated[
-        Path | None, typer.Option("--evaluate-report", help="Evaluate's report.json.")
-    ] = None,
-    reports: Annotated[
-        list[Path] | None, typer.Option("--report", help="A stage report.json (repeatable).")
-    ] = None,
-    data_docs: Annotated[Path | None, typer.Option("--data-docs", help="GX Data Docs.")] = None,
-    drift_html: Annotated[Path | None, typer.Option("--drift-html")] = None,
-    plots: Annotated[list[Path] | None, typer.Option("--plot", help="Repeatable.")] = None,
-    drift_reference: Annotated[Path | None, typer.Option("--drift-reference")] = None,
-    serving_reference: Annotated[
-        Path | None,
-        typer.Option("--serving-reference", help="Evaluate's serving_reference.parquet."),
-    ] = None,
-    kfp_run_id: Annotated[
-        str, typer.Option("--kfp-run-id", help="Pipeline run id (idempotency key).")
-    ] = "",
-    config: ConfigOpt = None,
-    set_: SetOpt = None,
-    tracking_uri: UriOpt = None,
-) -> None:
-    """Register a model version (standalone register stage) and print its URI and card."""
-    from pairflow.registry.step import register_step
-    from pairflow.report import StageOutputs
-
-    cfg = _config(config, set_, tracking_uri)
-    out.mkdir(parents=True, exist_ok=True)
-    cfg_path = out / "config.json"
-    cfg_path.write_text(cfg.to_json())
-    outputs = StageOutputs.in_dir(out)
-    with console.status("registering in MLflow..."):
-        uri = register_step(
-            str(cfg_path),
-            str(manifest),
-            str(model),
-            outputs,
-            kfp_run_id,
-            trained_model=str(trained or ""),
-            evaluate_report=str(evaluate_report or ""),
-            stage_reports=[str(p) for p in reports or []],
-            data_docs=str(data_docs or ""),
-            drift_html=str(drift_html or ""),
-            eval_plots=[str(p) for p in plots or []],
-            drift_reference=str(drift_reference or ""),
-            serving_reference=str(serving_reference or ""),
-            card_out=str(out / "model_card.md"),
-        )
-    from pairflow.report import StageReport
-
-    rep = StageReport.read(outputs.report)
-    console.print(
-        f"registered {rep.metrics['registered_version']} (gate {rep.metrics['gate']}, "
-        f"challenger: {rep.metrics['challenger']}, reused: {rep.metrics['reused']})"
-    )
-    console.print(f"deployable: {uri or 'no (gate did not pass)'}; card: {out / 'model_card.md'}")
-
-
 @registry_app.command("list")
 def list_cmd(
     name: Annotated[str | None, typer.Argument(help="Model name (default: all models).")] = None,
@@ -122,7 +56,7 @@ def list_cmd(
     from pairflow.registry.governance import approval_of
     from pairflow.registry.names import TAG_COMPLETE, TAG_GATE, TAG_KFP_RUN_ID, TAG_VARIANT
 
-    reg = _registry(_config(config, set_, tracking_uri))
+    reg = _registry(config_for(config, set_, tracking_uri))
     if name is None:
         models = reg.call("list models", lambda: reg.client.search_registered_models())
         table = Table(title="registered models")
@@ -163,7 +97,7 @@ def show_cmd(
     tracking_uri: UriOpt = None,
 ) -> None:
     """Print a version's model card, aliases and tags."""
-    reg = _registry(_config(config, set_, tracking_uri))
+    reg = _registry(config_for(config, set_, tracking_uri))
     mv = reg.resolve(ref)
     full = reg.model_version(mv.name, mv.version)
     console.print(f"[bold]models:/{full.name}/{full.version}[/] aliases: {full.aliases or '—'}")
@@ -192,7 +126,7 @@ def approve_cmd(
     """Record a reviewer's approval of NAME/VERSION (needed to promote under policy manual)."""
     from pairflow.registry.governance import approve
 
-    reg = _registry(_config(config, set_, tracking_uri))
+    reg = _registry(config_for(config, set_, tracking_uri))
     approval = approve(reg, name, version, by=by, comment=comment)
     console.print(f"models:/{name}/{version} approved by {approval.by} at {approval.at}")
 
@@ -210,7 +144,7 @@ def promote_cmd(
     """champion ← VERSION, previous ← old champion (gate passed; manual policy: approval)."""
     from pairflow.registry.governance import promote
 
-    cfg = _config(config, set_, tracking_uri)
+    cfg = config_for(config, set_, tracking_uri)
     change = promote(
         _registry(cfg),
         name,
@@ -238,7 +172,7 @@ def rollback_cmd(
     """champion ← previous (the previous alias is then cleared)."""
     from pairflow.registry.governance import rollback
 
-    reg = _registry(_config(config, set_, tracking_uri))
+    reg = _registry(config_for(config, set_, tracking_uri))
     change = rollback(reg, name, reason=reason, actor=_user(by), kind="manual rollback")
     console.print(f"{name}: champion {change.champion_from or '—'} → {change.champion_to}")
 
@@ -254,7 +188,7 @@ def history_cmd(
     from pairflow.registry.governance import champion_drift
     from pairflow.registry.history import read_history
 
-    reg = _registry(_config(config, set_, tracking_uri))
+    reg = _registry(config_for(config, set_, tracking_uri))
     events = read_history(reg, name)
     table = Table(title=f"{name} promotion history")
     for col in ("when (UTC)", "who", "kind", "alias", "from", "to", "why"):
@@ -270,6 +204,5 @@ def history_cmd(
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``register`` (the stage) and the ``registry`` group to ``app``."""
-    app.command("register")(register_cmd)
+    """Add the ``registry`` group to ``app``."""
     app.add_typer(registry_app, name="registry")

@@ -9,20 +9,24 @@ import json
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
 from pairflow.registry.client import Registry
 from pairflow.registry.names import LOGGED_MODEL_NAME
-from pairflow.registry.pyfunc_model import (
+from pairflow.registry.variants import VariantSet
+from pairflow.serve.pyfunc import (
     DEFAULT_MODE,
     HF_ARTIFACT,
     LABELS_ARTIFACT,
     VARIANT_ARTIFACT,
 )
-from pairflow.registry.variants import VariantSet
 
-ENTRY_FILE = Path(__file__).with_name("pyfunc_entry.py")
+# MLflow copies this file into the model (found, not imported: importing it runs set_model)
+_ENTRY = find_spec("pairflow.serve.pyfunc_entry")
+assert _ENTRY is not None and _ENTRY.origin is not None, "pairflow.serve.pyfunc_entry is missing"
+ENTRY_FILE = Path(_ENTRY.origin)
 _REQUIREMENTS = ("pairflow", "mlflow", "torch", "transformers", "safetensors", "pillow", "pandas")
 
 

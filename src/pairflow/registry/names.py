@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-# Where evaluate looks for the champion's drift reference (owned by pairflow.evaluate).
-from pairflow.evaluate.champion import DRIFT_REFERENCE_ARTIFACT as DRIFT_REFERENCE_ARTIFACT
+# Where evaluate looks for the champion's drift reference (owned by pairflow.stages.evaluate).
+from pairflow.registry.champion import DRIFT_REFERENCE_ARTIFACT as DRIFT_REFERENCE_ARTIFACT
 
-# Where the drift monitor finds the champion's serving reference (owned by pairflow.evaluate).
-from pairflow.evaluate.champion import SERVING_REFERENCE_ARTIFACT as SERVING_REFERENCE_ARTIFACT
+# Where the drift monitor finds the champion's serving reference (owned by
+# pairflow.stages.evaluate).
+from pairflow.registry.champion import SERVING_REFERENCE_ARTIFACT as SERVING_REFERENCE_ARTIFACT
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"

@@ -1,6 +1,6 @@
 """Which model variant ships, read from the compress step's ``compressed`` directory.
 
-Layout written by compress (``pairflow.compress.variants``, format ``pairflow-compressed/1``):
+Layout written by compress (``pairflow.models.variants``, format ``pairflow-compressed/1``):
 ``variants.json`` at the root with ``chosen`` and ``variants`` (``name``, ``kind`` torch|onnx,
 ``files``, ``metrics``, ``description``), one folder ``<root>/<name>/`` per variant (torch: a
 ``save_pretrained`` CLIP directory; onnx: ``vision.onnx``, ``text.onnx`` + processor files)
@@ -16,10 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from pairflow.models.formats import INDEX_FILE
 from pairflow.registry.retry import RegistryError
 
-INDEX_FILE = "variants.json"
-TABLE_FILE = "variants.md"
 Kind = Literal["torch", "onnx"]
 
 

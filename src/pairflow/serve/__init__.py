@@ -1,4 +1,2 @@
-"""Serving: the KServe custom predictor, dynamic micro-batching and Prometheus metrics.
-
-Keep this file free of heavy imports: ``pairflow.config`` imports ``serve.settings``.
-"""
+"""Serving: the KServe custom predictor, dynamic micro-batching, request limits,
+Prometheus metrics and request logging (a runtime, not a pipeline step)."""

@@ -1,6 +1,6 @@
 """The KServe custom predictor: embed images/texts, score pairs, classify (V1 and V2).
 
-``load()`` loads the model (any variant, see :mod:`pairflow.serve.load`), embeds the
+``load()`` loads the model (any variant, see :mod:`pairflow.models.open`), embeds the
 zero-shot class prompts (a train classifier artifact classifies with its own head and labels
 instead), runs ``serve.warmup_batches`` forward passes and only then sets
 ``ready``; KServe answers 503 on ``/v2/models/NAME/ready`` (and ``/v1/models/NAME``) until
@@ -30,9 +30,9 @@ from kserve.model import InferenceVerb
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 from PIL import Image
 
-from pairflow.monitor.settings import MonitorConfig
+from pairflow.config import MonitorConfig
+from pairflow.models.open import Loaded, ServableModel, load_servable
 from pairflow.parallel import available_cpus
-from pairflow.registry.pyfunc_model import ZERO_SHOT_SCALE
 from pairflow.serve.batching import DirectRunner, MicroBatcher, Runner
 from pairflow.serve.limits import (
     Pair,
@@ -45,9 +45,9 @@ from pairflow.serve.limits import (
     parse_v1,
     parse_v2,
 )
-from pairflow.serve.load import Loaded, ServableModel, load_servable
 from pairflow.serve.metrics import ModelMetrics
-from pairflow.serve.monitor_mark import (
+from pairflow.serve.pyfunc import ZERO_SHOT_SCALE
+from pairflow.serve.requestlog.mark import (
     PAYLOAD_KEY,
     ImageFacts,
     build_payload,

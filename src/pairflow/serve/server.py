@@ -39,7 +39,7 @@ from pairflow.errors import PairflowError
 from pairflow.serve.metrics import rejected
 
 if TYPE_CHECKING:
-    from pairflow.monitor.settings import MonitorConfig
+    from pairflow.config import MonitorConfig
     from pairflow.serve.guard import V2Infer
     from pairflow.serve.predictor import PairflowPredictor
     from pairflow.serve.settings import ServeConfig
@@ -76,8 +76,8 @@ def serve_forever(
         from kserve.model_server import app as kserve_app
         from kserve.protocol.rest.server import RESTServer
 
-        from pairflow.monitor.emitter import EmitterMiddleware, EventEmitter
         from pairflow.serve.guard import RequestGuard
+        from pairflow.serve.requestlog.emitter import EmitterMiddleware, EventEmitter
 
     cfg = predictor.cfg
     emitter = None
@@ -382,7 +382,7 @@ def run(
 
     ``monitor``: request logging (sampled responses are marked when ``serve.mark_for_logger``
     or ``monitor.sink_url`` is set; with ``sink_url`` this process also posts their
-    CloudEvents to the sink, see :mod:`pairflow.monitor.emitter`)."""
+    CloudEvents to the sink, see :mod:`pairflow.serve.requestlog.emitter`)."""
     with plain_argv():
         from pairflow.serve.predictor import PairflowPredictor
 

@@ -1,2 +1,0 @@
-"""Watch served traffic: request logging (sink), drift against the champion's reference,
-and a guarded retrain trigger."""

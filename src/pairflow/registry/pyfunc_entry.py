@@ -1,7 +1,0 @@
-"""Models-from-code entry file: MLflow copies it into the model and runs it on load."""
-
-import mlflow.models
-
-from pairflow.registry.pyfunc_model import PairClipModel
-
-mlflow.models.set_model(PairClipModel())

@@ -1,0 +1,197 @@
+"""Plain-Python bodies of the pipeline steps; ``pairflow.components`` wraps them for KFP.
+
+Every function takes file paths and plain values, so it runs the same in a KFP container, in
+``kfp.local`` and in a test. Steps whose issue has not landed pass rows through unchanged and
+say ``implemented: false`` in their report and log: they never fake results.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+import pandas as pd
+
+from pairflow import tracking
+from pairflow.config import (
+    PairflowConfig,
+    config_from_json,
+)
+from pairflow.data.schema import empty_rejected, read_manifest, write_manifest
+from pairflow.errors import ConservationError
+from pairflow.report import StageOutputs, StageReport, Stopwatch, merge_reports
+
+log = logging.getLogger("pairflow.stage_io")
+
+
+def setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+
+def load_step_config(path: str | Path) -> PairflowConfig:
+    return config_from_json(Path(path).read_text())
+
+
+def finish_stage(
+    report: StageReport,
+    outputs: StageOutputs,
+    cfg: PairflowConfig | None = None,
+    kfp_run_id: str = "",
+) -> StageReport:
+    report.write(outputs.report)
+    if not report.implemented:
+        log.warning("stage %s is NOT IMPLEMENTED yet: rows passed through unchanged", report.stage)
+    log.info(
+        "stage=%s rows_in=%d rows_out=%d rejected=%s seconds=%.2f implemented=%s",
+        report.stage,
+        report.rows_in,
+        report.rows_out,
+        report.rejected,
+        report.seconds,
+        report.implemented,
+    )
+    if cfg is not None and kfp_run_id:
+        tracking.log_stage_report(cfg, kfp_run_id, report)
+    return report
+
+
+class StageResult(Protocol):
+    kept: pd.DataFrame
+    rejected: pd.DataFrame
+    counts: dict[str, int]
+    metrics: dict[str, Any]
+
+
+def write_stage_outputs(
+    stage: str,
+    rows_in: int,
+    result: StageResult,
+    outputs: StageOutputs,
+    watch: Stopwatch,
+    *,
+    shard: int | None = None,
+) -> StageReport:
+    """Write a stage's kept/rejected manifests; its report (not yet written or checked)."""
+    write_manifest(result.kept, outputs.kept)
+    write_manifest(result.rejected, outputs.rejected)
+    return StageReport(
+        stage=stage,
+        rows_in=rows_in,
+        rows_out=len(result.kept),
+        rejected=result.counts,
+        seconds=watch.seconds,
+        shard=shard,
+        metrics=result.metrics,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# config and ingest
+
+
+def step_tracking_uri(configured: str, workdir: str) -> str:
+    """The tracking URI; when there is none in a KFP pod, exit at once with one line."""
+    try:
+        return tracking.resolve_tracking_uri(configured, workdir)
+    except tracking.TrackingConfigError as exc:
+        raise SystemExit(f"pairflow: {exc}") from None
+
+
+def redact(uri: str) -> str:
+    """Drop credentials from a URI before it reaches a log."""
+    if "@" in uri and "://" in uri:
+        scheme, rest = uri.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return uri
+
+
+# ---------------------------------------------------------------------------------------------
+# sharded data stages and their merges
+
+
+def log_progress(stage: str, every: int = 10_000) -> Callable[[int, int], None]:
+    state = {"next": every}
+
+    def report(done: int, total: int) -> None:
+        if done >= state["next"] or done == total:
+            log.info("%s: %d/%d rows", stage, done, total)
+            state["next"] = done + every
+
+    return report
+
+
+class MergedShards:
+    """Shard outputs of one stage concatenated (sorted by id), and their reports summed."""
+
+    def __init__(
+        self,
+        frame: pd.DataFrame,
+        rejected: pd.DataFrame,
+        report: StageReport,
+        shard_reports: list[StageReport],
+    ) -> None:
+        self.frame = frame
+        self.rejected = rejected
+        self.report = report
+        self.shard_reports = shard_reports
+
+
+def merge_shards(
+    stage: str,
+    manifests: list[str],
+    reports: list[str],
+    upstream_report: str,
+    *,
+    rejected: list[str] | None = None,
+) -> MergedShards:
+    """Concatenate shard outputs; fail unless the shards together saw every upstream row."""
+    shard_reports = [StageReport.read(p) for p in reports]
+    report = merge_reports(stage, shard_reports)
+    upstream = StageReport.read(upstream_report)
+    if report.rows_in != upstream.rows_out:
+        raise ConservationError(
+            f"stage {stage!r}: shards saw {report.rows_in} rows but upstream stage "
+            f"{upstream.stage!r} produced {upstream.rows_out}"
+        )
+    frame = _concat_sorted([read_manifest(p) for p in manifests])
+    if len(frame) != report.rows_out:
+        raise ConservationError(
+            f"stage {stage!r}: shard manifests hold {len(frame)} rows, reports say "
+            f"{report.rows_out}"
+        )
+    rejects = _concat_sorted([pd.read_parquet(p) for p in rejected or []])
+    if rejected is not None and len(rejects) != report.rows_rejected:
+        raise ConservationError(
+            f"stage {stage!r}: shard rejects hold {len(rejects)} rows, reports say "
+            f"{report.rows_rejected}"
+        )
+    return MergedShards(frame, rejects, report, shard_reports)
+
+
+def _concat_sorted(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    nonempty = [f for f in frames if len(f)]
+    if not nonempty:
+        return frames[0] if frames else empty_rejected()
+    out = pd.concat(nonempty, ignore_index=True)
+    return out.sort_values("id", kind="stable").reset_index(drop=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# exit handler
+
+
+def write_step_summary(outputs: StageOutputs, summary_path: str | Path) -> dict[str, Any]:
+    """Write the stage's Markdown summary; return artifact metadata for the KFP UI."""
+    from pairflow.summary import report_markdown
+
+    rep = StageReport.read(outputs.report)
+    Path(summary_path).parent.mkdir(parents=True, exist_ok=True)
+    Path(summary_path).write_text(report_markdown(rep))
+    return {
+        "rows_in": rep.rows_in,
+        "rows_out": rep.rows_out,
+        "rows_rejected": rep.rows_rejected,
+        "implemented": rep.implemented,
+    }

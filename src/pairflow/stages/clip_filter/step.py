@@ -1,0 +1,160 @@
+"""Plain-Python bodies of the ``clip-filter`` (per shard) and ``gather-filtered`` steps.
+
+Each shard scores its rows and writes kept/rejected manifests, its embeddings, a score
+histogram and a summary. The gather step concatenates the shards, merges their embeddings
+into one Parquet (what evaluate's drift report and embedding dedupe reuse), and computes the
+global figures: score quantiles, and ROC-AUC against the generator's ground truth when
+``data.ground_truth`` names one.
+
+Top-fraction mode keeps each shard's top fraction. Shards are drawn by a hash of ``id``, so
+this approximates the global top fraction; the threshold mode is exact under any sharding.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pairflow.config import PairflowConfig
+from pairflow.data.schema import read_manifest, write_manifest
+from pairflow.errors import ConfigError
+from pairflow.models.embeddings import (
+    read_embeddings,
+    score_quantiles,
+    summary_markdown,
+    write_histogram,
+)
+from pairflow.report import StageOutputs, StageReport, Stopwatch
+from pairflow.sharding import select_shard
+from pairflow.stage_io import (
+    finish_stage,
+    load_step_config,
+    merge_shards,
+    setup_logging,
+    write_stage_outputs,
+)
+from pairflow.stages.clip_filter.run import FilterOutputs, mismatch_auc, run_filter
+
+log = logging.getLogger("pairflow.stages.clip_filter")
+
+
+def _ground_truth(cfg: PairflowConfig) -> str | None:
+    path = cfg.data.ground_truth
+    if not path:
+        return None
+    if not Path(path).is_file():
+        raise ConfigError(f"data.ground_truth={path!r}: no such file")
+    return path
+
+
+def filter_shard_step(
+    config_path: str,
+    manifest: str,
+    shard: int,
+    outputs: StageOutputs,
+    artifacts: FilterOutputs,
+) -> StageReport:
+    """CLIP-score one shard and keep the pairs whose image and caption agree."""
+    setup_logging()
+    watch = Stopwatch()
+    cfg = load_step_config(config_path)
+    if not cfg.clip_filter.model:
+        raise ConfigError(
+            "clip_filter.model is empty: set a CLIP reference (a directory, HF id, s3:// prefix "
+            "or models:/NAME@ALIAS); `pairflow demo` sets its locally pretrained model"
+        )
+    df = select_shard(read_manifest(manifest), shard, cfg.data.shards)
+    result = run_filter(
+        df,
+        cfg.clip_filter,
+        cfg.data.s3,
+        outputs=artifacts,
+        ground_truth=_ground_truth(cfg),
+        tracking_uri=cfg.mlflow.tracking_uri or None,
+        max_pixels=cfg.validate_.max_pixels,
+    )
+    report = write_stage_outputs("clip_filter", len(df), result, outputs, watch, shard=shard)
+    return finish_stage(report, outputs)
+
+
+def merge_embeddings(paths: list[str], out: str | Path) -> int:
+    """Concatenate shard embedding files (same format and model) into ``out``; row count."""
+    tables = [pq.read_table(p) for p in paths]
+    metas = {t.schema.metadata.get(b"pairflow.embeddings") for t in tables if t.schema.metadata}
+    if len({m for m in metas if m}) > 1:
+        raise ConfigError(f"shard embeddings disagree on model or format: {sorted(metas)!r}")
+    merged = pa.concat_tables(tables)
+    merged = merged.sort_by("id")
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(merged, out)
+    return int(merged.num_rows)
+
+
+def gather_filtered_step(
+    config_path: str,
+    shard_manifests: list[str],
+    shard_rejected: list[str],
+    shard_reports: list[str],
+    shard_embeddings: list[str],
+    upstream_report: str,
+    outputs: StageOutputs,
+    artifacts: FilterOutputs,
+    kfp_run_id: str = "",
+) -> StageReport:
+    """Concatenate the filtered shards; global quantiles, histogram and ROC-AUC."""
+    setup_logging()
+    cfg = load_step_config(config_path)
+    merged = merge_shards(
+        "clip_filter", shard_manifests, shard_reports, upstream_report, rejected=shard_rejected
+    )
+    write_manifest(merged.frame, outputs.kept)
+    write_manifest(merged.rejected, outputs.rejected)
+    report = merged.report
+    if artifacts.embeddings is not None:
+        merge_embeddings(shard_embeddings, artifacts.embeddings)
+        emb = read_embeddings(artifacts.embeddings)
+        scores = emb.scores.astype(np.float64)
+        kept_ids = set(merged.frame["id"].astype(str))
+        kept_mask = np.array([i in kept_ids for i in emb.ids], dtype=bool)
+        shard_cuts = [r.metrics.get("cut") for r in merged.shard_reports]
+        cuts = [float(c) for c in shard_cuts if c is not None]
+        quantiles = score_quantiles(emb.scores)
+        report.metrics.update(score_quantiles=quantiles, scored=len(emb.ids))
+        truth = _ground_truth(cfg)
+        auc = None
+        if truth is not None:
+            import pandas as pd
+
+            auc, pos, neg = mismatch_auc(pd.Series(emb.ids), emb.scores, truth)
+            report.metrics.update(roc_auc=auc, auc_positives=pos, auc_negatives=neg)
+            log.info("clip_filter: ROC-AUC %s on %d mismatched vs %d clean pairs", auc, pos, neg)
+        if artifacts.histogram is not None:
+            cut = cuts[0] if len(set(cuts)) == 1 else None
+            write_histogram(artifacts.histogram, scores, kept_mask, cut=cut)
+        if artifacts.summary is not None:
+            fcfg = cfg.clip_filter
+            artifacts.summary.parent.mkdir(parents=True, exist_ok=True)
+            rates = [float(r.metrics.get("rows_per_s", 0.0)) for r in merged.shard_reports]
+            artifacts.summary.write_text(
+                summary_markdown(
+                    rows_in=report.rows_in,
+                    kept=report.rows_out,
+                    rejected=report.rejected,
+                    mode="top_fraction" if fcfg.top_fraction > 0 else "threshold",
+                    cut=cuts[0] if len(set(cuts)) == 1 else None,
+                    threshold=fcfg.threshold,
+                    top_fraction=fcfg.top_fraction,
+                    source_thresholds=fcfg.source_thresholds,
+                    quantiles=quantiles,
+                    model_ref=str(emb.meta.get("model_ref", fcfg.model)),
+                    model_digest=str(emb.meta.get("model_digest", "")),
+                    rows_per_s=sum(rates),
+                    roc_auc=auc,
+                    extra=[("shards", len(shard_reports))],
+                )
+            )
+    return finish_stage(report, outputs, cfg, kfp_run_id)

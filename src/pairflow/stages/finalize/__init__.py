@@ -1,0 +1,1 @@
+"""Exit handler: record the pipeline's final state in the log and MLflow."""

@@ -1,0 +1,2 @@
+"""register: log the shipped variant as an MLflow model version with lineage, card and
+aliases."""

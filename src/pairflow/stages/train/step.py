@@ -1,0 +1,142 @@
+"""Plain-Python body of the ``train`` pipeline step (wrapped by ``pairflow.components``).
+
+Order: resolve and load the base model (a bad reference fails before any data is read), read
+the curated manifest, launch the workers (torchrun locally, a TrainJob on a cluster), read
+rank 0's result, write the report.
+
+Report conservation: train filters nothing, so ``kept`` is the input manifest unchanged
+(evaluate takes its held-out rows from it), ``rows_out = rows_in`` and no rows are rejected;
+``metrics`` splits the rows into ``rows_train`` + ``rows_val`` + ``rows_holdout`` (= rows_in).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pairflow import tracking
+from pairflow.config import PairflowConfig
+from pairflow.data.schema import empty_rejected, read_manifest, write_manifest
+from pairflow.models.pairs import TrainDataError
+from pairflow.report import StageOutputs, StageReport, Stopwatch
+from pairflow.stage_io import finish_stage, load_step_config, setup_logging
+from pairflow.stages.train.launch import WorkerArgs, run_torchrun
+
+log = logging.getLogger("pairflow.stages.train")
+
+
+def work_dir(model_dir: str | Path) -> Path:
+    """Where the step keeps config, result and (by default) checkpoints: ``<model dir>.train``."""
+    p = Path(model_dir)
+    return p.with_name(p.name + ".train")
+
+
+def resolve_base(cfg: PairflowConfig, tracking_uri: str | None) -> str:
+    """The base reference as a local directory (loaded once to fail early), or ``""``."""
+    from pairflow.models.clip import load_clip
+
+    ref = cfg.train.base_model or cfg.clip_filter.model
+    if not ref:
+        return ""
+    loaded = load_clip(ref, cfg.data.s3, device="cpu", tracking_uri=tracking_uri)
+    if cfg.train.launcher == "trainjob":
+        return ref  # the job resolves it itself
+    return str(loaded.path) if loaded.path is not None else ref
+
+
+def run_train(
+    cfg: PairflowConfig,
+    manifest: str,
+    model_dir: str | Path,
+    outputs: StageOutputs,
+    *,
+    kfp_run_id: str = "",
+    on_line: Callable[[str], None] | None = None,
+) -> StageReport:
+    """Train on ``manifest``; write the model to ``model_dir``; return the (unwritten) report."""
+    watch = Stopwatch()
+    t = cfg.train
+    emit = on_line or (lambda line: log.info("%s", line))
+    uri = tracking.resolve_tracking_uri(cfg.mlflow.tracking_uri, cfg.run.workdir)
+    run_id = (
+        tracking.find_pipeline_run(uri, cfg.mlflow.experiment, kfp_run_id) if kfp_run_id else None
+    )
+    base = resolve_base(cfg, uri)
+    df = read_manifest(manifest)
+    if df.empty:
+        raise TrainDataError(f"{manifest}: empty manifest, nothing to train on")
+    work = work_dir(model_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    if not base:
+        from pairflow.models.scratch import save_untrained_clip
+
+        base = str(
+            save_untrained_clip(work / "base", [str(c) for c in df["caption"]], cfg.run.seed)
+        )
+        emit(f"no base model configured: tiny CLIP built from config at {base}")
+    config_file = work / "config.json"
+    config_file.write_text(json.dumps(cfg.to_dict(), indent=2, sort_keys=True))
+    ckpt = Path(t.checkpoint_dir) if t.checkpoint_dir else work / "checkpoints"
+    result_file = work / "result.json"
+    result_file.unlink(missing_ok=True)
+    args = WorkerArgs(
+        config=config_file,
+        manifest=str(Path(manifest).resolve()),
+        out=Path(model_dir).resolve(),
+        base=base,
+        checkpoint_dir=ckpt.resolve(),
+        result=result_file.resolve(),
+        tracking_uri=uri if run_id else "",
+        run_id=run_id or "",
+    )
+    if t.launcher == "local":
+        emit(f"torchrun: {t.world_size} processes on 127.0.0.1 ({t.model}, {t.epochs} epochs)")
+        run_torchrun(t.world_size, args, emit)
+    else:
+        from pairflow.stages.train.cluster import run_on_cluster
+
+        args = run_on_cluster(cfg, args, kfp_run_id, emit)
+    result: dict[str, Any] = json.loads(Path(args.result).read_text())
+    if Path(args.out) != Path(model_dir).resolve():
+        shutil.copytree(args.out, model_dir, dirs_exist_ok=True)
+    write_manifest(df, outputs.kept)
+    write_manifest(empty_rejected(list(df.columns)), outputs.rejected)
+    if not t.keep_checkpoints and args.checkpoint_dir is not None:
+        shutil.rmtree(args.checkpoint_dir, ignore_errors=True)
+    checkpoint = result.get("last_checkpoint") if t.keep_checkpoints else None
+    metrics = {
+        "model": t.model,
+        "fusion": t.fusion if t.model == "classifier" else None,
+        "launcher": t.launcher,
+        "base_model": base if t.base_model or cfg.clip_filter.model else "tiny-clip-from-config",
+        **{k: result[k] for k in ("rows_train", "rows_val", "rows_holdout", "world_size")},
+        "samples_per_s": result["samples_per_s"],
+        "epochs": result["epochs_run"],
+        "steps": result["steps"],
+        "best_val_metric": result["best_metric"],
+        "best_epoch": result["best_epoch"],
+        "stopped_early": result["stopped_early"],
+        "bad_steps": result["bad_steps"],
+        "resumed_from_step": result["resumed_from_step"],
+        "checkpoint": checkpoint,
+        "val": result["final"],
+        "step_seconds": result["timings"],
+        "train_seconds": round(result["seconds"], 2),
+    }
+    return StageReport(
+        stage="train", rows_in=len(df), rows_out=len(df), seconds=watch.seconds, metrics=metrics
+    )
+
+
+def train_step(
+    config_path: str, manifest: str, model_dir: str, outputs: StageOutputs, kfp_run_id: str = ""
+) -> StageReport:
+    """Train the configured model on the curated manifest; write model, kept, report."""
+    setup_logging()
+    cfg = load_step_config(config_path)
+    report = run_train(cfg, manifest, model_dir, outputs, kfp_run_id=kfp_run_id)
+    return finish_stage(report, outputs, cfg, kfp_run_id)
