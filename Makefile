@@ -87,4 +87,4 @@ images:
 	  docker build -t pairflow-$$n:dev -f $$d/Dockerfile . || exit 1; done
 
 clean:
-	rm -rf $(VENV) .pairflow .cache .mypy_cache .ruff_cache .pytest_cache build
+	rm -rf $(VENV) .pairflow .cache .mypy_cache .ruff_cache .pytest_cache .import_linter_cache build

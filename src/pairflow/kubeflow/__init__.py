@@ -1,4 +1,2 @@
-"""Kubeflow: submitting, scheduling and promoting the compiled pipeline on a KFP endpoint.
-
-Keep this file free of heavy imports: ``pairflow.config`` imports ``kubeflow.settings``.
-"""
+"""Kubeflow Pipelines: submitting, scheduling and promoting the compiled pipeline on a KFP
+endpoint, and the cluster names shared with the manifests."""
