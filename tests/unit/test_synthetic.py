@@ -23,6 +23,7 @@ from pairflow.demo.synthetic import (
     generate_dataset,
 )
 from pairflow.errors import ConfigError
+from pairflow.models.pairs import COLOUR_WORDS, names_colour
 
 N = 120
 
@@ -270,3 +271,11 @@ def test_bad_arguments_raise(tmp_path: Path, kwargs: dict[str, float]) -> None:
             defect_share=float(args.get("defect_share", 0.25)),
             image_size=int(args.get("image_size", 64)),
         )
+
+
+def test_training_knows_every_demo_colour_word() -> None:
+    """Train's hue jitter skips captions that name a colour (a hue shift would falsify them);
+    its colour words are generic, and the generator's palette must be among them."""
+    assert set(COLOURS) <= set(COLOUR_WORDS)
+    assert all(names_colour(f"a small {c} circle on the left") for c in COLOURS)
+    assert not names_colour("a small circle on the left")
