@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from pairflow.errors import PairflowError
 
@@ -32,3 +33,23 @@ def ensure_writable_dir(path: Path, what: str = "output dir") -> Path:
     if not path.is_dir() or not os.access(path, os.W_OK):
         raise PairflowError(f"{path}: {what} is not writable")
     return path
+
+
+def progress_bar() -> Progress:
+    """A progress bar on the shared console (description, bar, done/total, elapsed)."""
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+VerboseOpt = Annotated[
+    bool,
+    typer.Option(
+        "--verbose", "-v", help="Stream every step's executor log (they always go to files)."
+    ),
+]

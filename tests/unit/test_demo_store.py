@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pairflow.cli import fresh_demo_store
+from pairflow.demo.cli import fresh_demo_store
 from pairflow.tracking import resolve_tracking_uri
 
 
@@ -33,8 +33,8 @@ def test_the_demo_store_is_removed_and_a_foreign_one_kept(
 
 
 def test_run_highlights_state_the_latency_budget_against_the_champion() -> None:
-    from pairflow.cli import _highlights
     from pairflow.report import StageReport
+    from pairflow.run_console import highlights
 
     budget = {
         "met": False,
@@ -54,11 +54,11 @@ def test_run_highlights_state_the_latency_budget_against_the_champion() -> None:
             "variants": {"int8_onnx": {"speedup_b32": 2.8, "size_ratio": 2.8}},
         },
     )
-    lines = _highlights({"compress": compress})
+    lines = highlights({"compress": compress})
     assert lines[0].startswith("compress: chose int8_onnx (2.8x faster")
     assert lines[1] == (
         "  Latency budget NOT met: chosen p50 6.64 ms at batch 32 vs limit 5.34 ms "
         "(champion 4.85 ms + 10%, timed interleaved)."
     )
     del compress.metrics["selection"]  # first run: no champion, no budget line
-    assert len(_highlights({"compress": compress})) == 1
+    assert len(highlights({"compress": compress})) == 1
