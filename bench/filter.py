@@ -48,7 +48,8 @@ from pairflow.data.imageio import read_image_bytes
 from pairflow.data.pixels import SizedPixels
 from pairflow.data.sources import read_source
 from pairflow.demo.synthetic import generate_dataset
-from pairflow.models.clip import LoadedClip, load_clip, save_clip
+from pairflow.models.clip import LoadedClip, save_clip
+from pairflow.models.open import open_model
 from pairflow.models.scoring import (
     Batch,
     CaptionTokens,
@@ -254,7 +255,7 @@ def run(
             model_dir = os.environ.get("PAIRFLOW_BENCH_CLIP_MODEL") or str(
                 save_untrained_clip(Path(tmp) / "clip", captions)
             )
-        loaded = load_clip(model_dir, device="cpu")
+        loaded = open_model(model_dir, variant="torch").clip
         workers, threads = plan_threads(cfg, n)
         with_workers = max(1, cfg.num_workers)
         batches = _preloaded(df, loaded, cfg.batch_size)

@@ -68,13 +68,13 @@ def int8_variant(model_dir: Path, out_dir: Path) -> Path:
 
     import torch
 
-    from pairflow.models.clip import load_clip
     from pairflow.models.export import export_towers
+    from pairflow.models.open import open_model
     from pairflow.stages.compress.quantize import quantize_dynamic_file
     from pairflow.stages.compress.settings import CompressConfig
 
     cfg = CompressConfig()
-    clip = load_clip(str(model_dir), device="cpu")
+    clip = open_model(model_dir, variant="torch").clip
     fp32 = out_dir / "onnx-fp32"
     size = int(clip.processor.image_processor.crop_size["height"])
     enc = clip.processor.tokenizer(["a small red circle"], return_tensors="pt")
@@ -98,12 +98,11 @@ def int8_variant(model_dir: Path, out_dir: Path) -> Path:
 
 def served_models(model_dir: Path, int8_dir: Path) -> tuple[Served, Served]:
     """(fp32 torch, int8 ONNX) as ``pairflow serve`` loads them."""
-    from pairflow.models.open import VariantModel, load_hf
-    from pairflow.models.variants import open_variant
+    from pairflow.models.open import open_model
 
-    fp32 = Served("torch-fp32", load_hf(model_dir, str(model_dir)))
-    onnx = VariantModel(open_variant(int8_dir, "onnx", 1, "onnx-int8"), "onnx-int8")
-    return fp32, Served("onnx-int8", onnx)
+    fp32 = Served("torch-fp32", open_model(model_dir, variant="torch").model)
+    onnx = Served("onnx-int8", open_model(int8_dir, threads=1).model)
+    return fp32, onnx
 
 
 def generate(out_dir: Path, n: int, seed: int, shift: bool) -> pd.DataFrame:
@@ -117,11 +116,11 @@ def generate(out_dir: Path, n: int, seed: int, shift: bool) -> pd.DataFrame:
 
 def serving_reference(model_dir: Path, frame: pd.DataFrame) -> Any:
     """Evaluate's serving reference of ``frame`` (all rows as the held-out part)."""
-    from pairflow.models.clip import load_clip
+    from pairflow.models.open import open_model
     from pairflow.stages.evaluate.scoring import score_holdout
     from pairflow.stages.evaluate.serving_reference import build_serving_reference
 
-    clip = load_clip(str(model_dir), device="cpu")
+    clip = open_model(model_dir, variant="torch").clip
     scores = score_holdout(clip, frame, [])
     return build_serving_reference(clip, frame, scores, frame.iloc[:0], train_sample=0, seed=0)
 

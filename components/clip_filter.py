@@ -20,13 +20,16 @@ def clip_filter(
     """Score the rows of ``shard`` with CLIP and keep pairs whose image and caption agree."""
     from pathlib import Path
 
-    from pairflow.stages.clip_filter.run import FilterOutputs
-    from pairflow.stages.clip_filter.step import filter_shard_step
     from pairflow.report import StageOutputs
+    from pairflow.stage_io import load_step_config
+    from pairflow.stages.clip_filter.run import FilterOutputs
+    from pairflow.stages.clip_filter.step import ClipFilterOutputs, ShardInputs, run_shard
 
-    out = StageOutputs(kept=kept.path, rejected=rejected.path, report=report.path)
-    files = FilterOutputs(Path(embeddings.path), Path(histogram.path), Path(summary.path))
-    rep = filter_shard_step(config.path, manifest.path, int(shard), out, files)
+    out = ClipFilterOutputs(
+        StageOutputs(kept=kept.path, rejected=rejected.path, report=report.path),
+        FilterOutputs(Path(embeddings.path), Path(histogram.path), Path(summary.path)),
+    )
+    rep = run_shard(load_step_config(config.path), ShardInputs(manifest.path, int(shard)), out)
     kept.metadata.update({"rows": rep.rows_out, "shard": rep.shard})
     embeddings.metadata.update({"format": "pairflow-clip-embeddings/1", "shard": rep.shard})
 
@@ -39,7 +42,7 @@ def gather_filtered(
     shard_reports: Input[list[Artifact]],
     shard_embeddings: Input[list[Dataset]],
     upstream_report: Input[Artifact],
-    kfp_run_id: str,
+    mlflow_run_id: str,
     kept: Output[Dataset],
     rejected: Output[Dataset],
     report: Output[Artifact],
@@ -50,23 +53,24 @@ def gather_filtered(
     """Concatenate the filtered shards and their embeddings; global scores and ROC-AUC."""
     from pathlib import Path
 
-    from pairflow.stages.clip_filter.run import FilterOutputs
-    from pairflow.stages.clip_filter.step import gather_filtered_step
     from pairflow.report import StageOutputs
+    from pairflow.stage_io import load_step_config
+    from pairflow.stages.clip_filter.run import FilterOutputs
+    from pairflow.stages.clip_filter.step import ClipFilterOutputs, GatherInputs, run
 
-    out = StageOutputs(kept=kept.path, rejected=rejected.path, report=report.path)
-    files = FilterOutputs(Path(embeddings.path), Path(histogram.path), Path(summary.path))
-    rep = gather_filtered_step(
-        config.path,
-        [s.path for s in shards],
-        [r.path for r in shard_rejected],
-        [r.path for r in shard_reports],
-        [e.path for e in shard_embeddings],
-        upstream_report.path,
-        out,
-        files,
-        kfp_run_id,
+    out = ClipFilterOutputs(
+        StageOutputs(kept=kept.path, rejected=rejected.path, report=report.path),
+        FilterOutputs(Path(embeddings.path), Path(histogram.path), Path(summary.path)),
     )
+    inputs = GatherInputs(
+        shard_manifests=[s.path for s in shards],
+        shard_rejected=[r.path for r in shard_rejected],
+        shard_reports=[r.path for r in shard_reports],
+        shard_embeddings=[e.path for e in shard_embeddings],
+        upstream_report=upstream_report.path,
+        mlflow_run_id=mlflow_run_id,
+    )
+    rep = run(load_step_config(config.path), inputs, out)
     kept.metadata.update(
         {"rows_in": rep.rows_in, "rows_out": rep.rows_out, "rows_rejected": rep.rows_rejected}
     )

@@ -10,10 +10,8 @@ def compress(
     config: Input[Artifact],
     manifest: Input[Dataset],
     model: Input[Model],
-    kfp_run_id: str,
+    mlflow_run_id: str,
     compressed: Output[Model],
-    kept: Output[Dataset],
-    rejected: Output[Dataset],
     report: Output[Artifact],
     summary: Output[Markdown],
 ) -> None:
@@ -24,13 +22,13 @@ def compress(
     """
     from pathlib import Path
 
-    from pairflow.stages.compress.step import compress_step
-    from pairflow.report import StageOutputs
-    from pairflow.stage_io import write_step_summary
+    from pairflow.stage_io import load_step_config, write_step_summary
+    from pairflow.stages.compress.step import CompressInputs, CompressOutputs, run
 
-    out = StageOutputs(kept=kept.path, rejected=rejected.path, report=report.path)
-    rep = compress_step(config.path, manifest.path, model.path, compressed.path, out, kfp_run_id)
-    compressed.metadata.update(write_step_summary(out, summary.path))
+    inputs = CompressInputs(manifest.path, model.path, mlflow_run_id)
+    outputs = CompressOutputs(compressed=Path(compressed.path), report=Path(report.path))
+    rep = run(load_step_config(config.path), inputs, outputs)
+    compressed.metadata.update(write_step_summary(outputs.report, summary.path))
     table = Path(compressed.path) / "variants.md"
     if table.is_file():
         with open(summary.path, "a") as fh:

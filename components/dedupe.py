@@ -9,7 +9,7 @@ from pairflow.components.base import component
 def dedupe(
     config: Input[Artifact],
     manifest: Input[Dataset],
-    kfp_run_id: str,
+    mlflow_run_id: str,
     kept: Output[Dataset],
     rejected: Output[Dataset],
     report: Output[Artifact],
@@ -17,9 +17,9 @@ def dedupe(
 ) -> None:
     """Global dedupe over the merged signatures that the validate shards computed."""
     from pairflow.report import StageOutputs
-    from pairflow.stages.dedupe.step import dedupe_step
-    from pairflow.stage_io import write_step_summary
+    from pairflow.stage_io import load_step_config, write_step_summary
+    from pairflow.stages.dedupe.step import DedupeInputs, run
 
     out = StageOutputs(kept=kept.path, rejected=rejected.path, report=report.path)
-    dedupe_step(config.path, manifest.path, out, kfp_run_id)
-    kept.metadata.update(write_step_summary(out, summary.path))
+    run(load_step_config(config.path), DedupeInputs(manifest.path, mlflow_run_id), out)
+    kept.metadata.update(write_step_summary(out.report, summary.path))

@@ -10,21 +10,20 @@ def deploy(
     config: Input[Artifact],
     manifest: Input[Dataset],
     model_uri: str,
+    mlflow_run_id: str,
     kfp_run_id: str,
-    kept: Output[Dataset],
-    rejected: Output[Dataset],
     report: Output[Artifact],
     summary: Output[Markdown],
 ) -> str:
     """Roll the registered version out behind a canary; return the decision."""
-    from pairflow.stages.deploy.step import deploy_step
-    from pairflow.report import StageOutputs
+    from pathlib import Path
 
-    out = StageOutputs(kept=kept.path, rejected=rejected.path, report=report.path)
-    rep = deploy_step(
-        config.path, manifest.path, model_uri, out, kfp_run_id, summary_path=summary.path
-    )
+    from pairflow.stage_io import load_step_config
+    from pairflow.stages.deploy.step import DeployInputs, DeployOutputs, run
+
+    inputs = DeployInputs(manifest.path, model_uri, kfp_run_id, mlflow_run_id)
+    outputs = DeployOutputs(report=Path(report.path), summary=Path(summary.path))
+    rep = run(load_step_config(config.path), inputs, outputs)
     decision = str(rep.metrics.get("decision", "unknown"))
-    kept.metadata.update({"rows_in": rep.rows_in, "rows_out": rep.rows_out})
     report.metadata.update({"decision": decision})
     return decision

@@ -20,9 +20,7 @@ def evaluate(
     config: Input[Artifact],
     manifest: Input[Dataset],
     model: Input[Model],
-    kfp_run_id: str,
-    kept: Output[Dataset],
-    rejected: Output[Dataset],
+    mlflow_run_id: str,
     report: Output[Artifact],
     summary: Output[Markdown],
     metrics: Output[Metrics],
@@ -43,34 +41,30 @@ def evaluate(
     """
     from pathlib import Path
 
-    from pairflow.stages.evaluate.step import EvaluateFiles, evaluate_step
-    from pairflow.report import StageOutputs
+    from pairflow.stage_io import load_step_config
+    from pairflow.stages.evaluate.step import EvaluateInputs, EvaluateOutputs, run
 
-    out = StageOutputs(kept=kept.path, rejected=rejected.path, report=report.path)
-    files = EvaluateFiles(
+    inputs = EvaluateInputs(
+        manifest.path,
+        model.path,
+        embeddings=embeddings.path if embeddings is not None else None,
+        mlflow_run_id=mlflow_run_id,
+    )
+    outputs = EvaluateOutputs(
+        Path(report.path),
         Path(drift.path),
         Path(reference.path),
         Path(summary.path),
         Path(plots.path),
         Path(serving_reference.path),
     )
-    result = evaluate_step(
-        config.path,
-        manifest.path,
-        model.path,
-        out,
-        kfp_run_id,
-        embeddings=embeddings.path if embeddings is not None else None,
-        files=files,
-    )
+    result = run(load_step_config(config.path), inputs, outputs)
     for name, value in sorted(result.scalars.items()):
         metrics.log_metric(name, value)
     if result.confusion is not None:
         classification.log_confusion_matrix(result.class_names, result.confusion)
     rep = result.report
-    kept.metadata.update(
-        {"rows_in": rep.rows_in, "rows_out": rep.rows_out, "implemented": rep.implemented}
-    )
+    report.metadata.update({"gate_passed": result.passed, "implemented": rep.implemented})
     reference.metadata.update({"format": "pairflow-drift-reference/1"})
     serving_reference.metadata.update({"format": "pairflow-drift-reference/1", "role": "serving"})
     return result.passed

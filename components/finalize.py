@@ -14,16 +14,18 @@ def finalize(
     kfp_run_id: str,
 ) -> str:
     """Runs whether the pipeline succeeded or failed."""
-    from pairflow.stages.finalize.step import finalize_step
+    from pairflow.stages.finalize.step import FinalizeInputs, run
 
-    return finalize_step(
-        tracking_uri,
-        experiment,
-        workdir,
-        kfp_run_id,
-        {
-            "state": status.state,
-            "error": {"code": status.error_code, "message": status.error_message},
-            "task": status.pipeline_task_name,
-        },
+    return run(
+        FinalizeInputs(
+            tracking_uri,
+            experiment,
+            workdir,
+            kfp_run_id,
+            {
+                "state": status.state,
+                "error": {"code": status.error_code, "message": status.error_message},
+                "task": status.pipeline_task_name,
+            },
+        )
     )

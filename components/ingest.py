@@ -8,7 +8,7 @@ from pairflow.components.base import component
 @component
 def ingest(
     config: Input[Artifact],
-    kfp_run_id: str,
+    mlflow_run_id: str,
     kept: Output[Dataset],
     rejected: Output[Dataset],
     report: Output[Artifact],
@@ -16,10 +16,10 @@ def ingest(
 ) -> list[int]:
     """Read the configured source; return the shard ids the data stages fan out over."""
     from pairflow.report import StageOutputs
-    from pairflow.stages.ingest.step import ingest_step
-    from pairflow.stage_io import write_step_summary
+    from pairflow.stage_io import load_step_config, write_step_summary
+    from pairflow.stages.ingest.step import IngestInputs, run
 
     out = StageOutputs(kept=kept.path, rejected=rejected.path, report=report.path)
-    shards = ingest_step(config.path, out, kfp_run_id)
-    kept.metadata.update(write_step_summary(out, summary.path))
+    shards = run(load_step_config(config.path), IngestInputs(mlflow_run_id), out)
+    kept.metadata.update(write_step_summary(out.report, summary.path))
     return shards

@@ -19,16 +19,12 @@ def monitor_window(
     decision: Output[Artifact],
     report: Output[HTML],
 ) -> str:
-    """One monitor pass (``pairflow.stages.monitor.run_step``); returns the decision line."""
-    from pairflow.stages.monitor.run_step import monitor_step
+    """One monitor pass (``pairflow.stages.monitor.step``); returns the decision line."""
+    from pathlib import Path
 
-    return monitor_step(
-        defaults_json,
-        params,
-        window_end,
-        dry_run,
-        kfp_host,
-        retrain_version,
-        decision.path,
-        report.path,
-    )
+    from pairflow.stage_io import compiled_config
+    from pairflow.stages.monitor.step import MonitorInputs, MonitorOutputs, run
+
+    inputs = MonitorInputs(params, window_end, dry_run, kfp_host, retrain_version)
+    outputs = MonitorOutputs(decision=Path(decision.path), report=Path(report.path))
+    return run(compiled_config(defaults_json), inputs, outputs)

@@ -10,9 +10,8 @@ def register(
     config: Input[Artifact],
     manifest: Input[Dataset],
     model: Input[Model],
+    mlflow_run_id: str,
     kfp_run_id: str,
-    kept: Output[Dataset],
-    rejected: Output[Dataset],
     report: Output[Artifact],
     summary: Output[Markdown],
     model_card: Output[Markdown],
@@ -32,43 +31,40 @@ def register(
     serving_reference: Input[Dataset] = None,
 ) -> str:
     """Register the chosen variant; return its ``models:/`` URI (empty unless the gate passed)."""
-    from pairflow.stages.register.step import register_step
-    from pairflow.report import StageOutputs
-    from pairflow.stage_io import write_step_summary
+    from pathlib import Path
 
-    def path(art: Artifact | None) -> str:
-        return art.path if art is not None else ""
+    from pairflow.stage_io import load_step_config, write_step_summary
+    from pairflow.stages.register.step import RegisterInputs, RegisterOutputs, run
 
-    stage_reports = [
-        path(a)
-        for a in (
-            ingest_report,
-            validate_report,
-            dedupe_report,
-            filter_report,
-            train_report,
-            compress_report,
-        )
-        if a is not None
-    ]
-    out = StageOutputs(kept=kept.path, rejected=rejected.path, report=report.path)
-    uri = register_step(
-        config.path,
-        manifest.path,
-        model.path,
-        out,
-        kfp_run_id,
-        trained_model=path(trained_model),
+    def path(art: Artifact | None) -> Path | None:
+        # KFP passes an unset optional input as None (or, in some runners, an empty path)
+        return Path(art.path) if art is not None and art.path else None
+
+    stage_reports = (
+        ingest_report,
+        validate_report,
+        dedupe_report,
+        filter_report,
+        train_report,
+        compress_report,
+    )
+    inputs = RegisterInputs(
+        manifest=Path(manifest.path),
+        compressed=path(model),
+        trained=path(trained_model),
         evaluate_report=path(evaluate_report),
-        stage_reports=stage_reports,
+        stage_reports=[p for p in map(path, stage_reports) if p is not None],
         data_docs=path(data_docs),
         drift_html=path(drift_html),
-        eval_plots=[path(eval_plots)] if eval_plots is not None else [],
+        eval_plots=[p for p in [path(eval_plots)] if p is not None],
         drift_reference=path(drift_reference),
         serving_reference=path(serving_reference),
+        kfp_run_id=kfp_run_id,
         kfp_run_name=kfp_run_name,
-        card_out=model_card.path,
+        mlflow_run_id=mlflow_run_id,
     )
-    kept.metadata.update(write_step_summary(out, summary.path))
+    outputs = RegisterOutputs(report=Path(report.path), model_card=Path(model_card.path))
+    uri = run(load_step_config(config.path), inputs, outputs).deployable_uri
+    report.metadata.update(write_step_summary(outputs.report, summary.path))
     model_card.metadata["model_uri"] = uri
     return uri

@@ -2,7 +2,7 @@
 
 from typing import Any
 
-from kfp.dsl import Artifact, Output
+from kfp.dsl import Artifact, Output, OutputPath
 
 from pairflow.components.base import component
 
@@ -14,10 +14,21 @@ def resolve_config(
     kfp_run_id: str,
     kfp_run_name: str,
     config: Output[Artifact],
+    mlflow_run_id: OutputPath(str),  # type: ignore[valid-type]
 ) -> str:
-    """Validate the run's config (compiled defaults + UI parameters); return its hash."""
-    from pairflow.stages.resolve_config.step import resolve_config_step
+    """Validate the run's config (compiled defaults + UI parameters); return its hash.
 
-    digest = resolve_config_step(defaults_json, params, kfp_run_id, kfp_run_name, config.path)
-    config.metadata["config_hash"] = digest
-    return digest
+    ``mlflow_run_id``: the MLflow run that records this pipeline run, which every later step
+    logs to.
+    """
+    from pathlib import Path
+
+    from pairflow.stage_io import compiled_config
+    from pairflow.stages.resolve_config.step import ResolveInputs, ResolveOutputs, run
+
+    inputs = ResolveInputs(params, kfp_run_id, kfp_run_name)
+    resolved = run(compiled_config(defaults_json), inputs, ResolveOutputs(Path(config.path)))
+    config.metadata["config_hash"] = resolved.config_hash
+    Path(mlflow_run_id).parent.mkdir(parents=True, exist_ok=True)
+    Path(mlflow_run_id).write_text(resolved.mlflow_run_id)
+    return resolved.config_hash

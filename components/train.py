@@ -9,18 +9,19 @@ from pairflow.components.base import component
 def train(
     config: Input[Artifact],
     manifest: Input[Dataset],
+    mlflow_run_id: str,
     kfp_run_id: str,
     model: Output[Model],
-    kept: Output[Dataset],
-    rejected: Output[Dataset],
     report: Output[Artifact],
     summary: Output[Markdown],
 ) -> None:
     """Train the configured model on the curated manifest."""
-    from pairflow.report import StageOutputs
-    from pairflow.stage_io import write_step_summary
-    from pairflow.stages.train.step import train_step
+    from pathlib import Path
 
-    out = StageOutputs(kept=kept.path, rejected=rejected.path, report=report.path)
-    train_step(config.path, manifest.path, model.path, out, kfp_run_id)
-    model.metadata.update(write_step_summary(out, summary.path))
+    from pairflow.stage_io import load_step_config, write_step_summary
+    from pairflow.stages.train.step import TrainInputs, TrainOutputs, run
+
+    inputs = TrainInputs(manifest.path, mlflow_run_id=mlflow_run_id, kfp_run_id=kfp_run_id)
+    outputs = TrainOutputs(model=Path(model.path), report=Path(report.path))
+    run(load_step_config(config.path), inputs, outputs)
+    model.metadata.update(write_step_summary(outputs.report, summary.path))

@@ -16,10 +16,11 @@ def validate(
 ) -> None:
     """Check the rows of ``shard``; quarantine bad rows with a reason; add image signatures."""
     from pairflow.report import StageOutputs
-    from pairflow.stages.validate.step import validate_shard_step
+    from pairflow.stage_io import load_step_config
+    from pairflow.stages.validate.step import ShardInputs, run_shard
 
     out = StageOutputs(kept=kept.path, rejected=rejected.path, report=report.path)
-    rep = validate_shard_step(config.path, manifest.path, int(shard), out)
+    rep = run_shard(load_step_config(config.path), ShardInputs(manifest.path, int(shard)), out)
     kept.metadata.update({"rows": rep.rows_out, "shard": rep.shard})
 
 
@@ -30,7 +31,7 @@ def data_contract(
     shard_rejected: Input[list[Dataset]],
     shard_reports: Input[list[Artifact]],
     upstream_report: Input[Artifact],
-    kfp_run_id: str,
+    mlflow_run_id: str,
     kept: Output[Dataset],
     rejected: Output[Dataset],
     report: Output[Artifact],
@@ -39,20 +40,20 @@ def data_contract(
     summary: Output[Markdown],
 ) -> None:
     """Merge validated shards and check the Great Expectations data contract."""
+    from pathlib import Path
+
     from pairflow.report import StageOutputs
-    from pairflow.stages.validate.step import contract_step
-    from pairflow.stage_io import write_step_summary
+    from pairflow.stage_io import load_step_config, write_step_summary
+    from pairflow.stages.validate.step import ContractInputs, ContractOutputs, run
 
     out = StageOutputs(kept=kept.path, rejected=rejected.path, report=report.path)
-    contract_step(
-        config.path,
-        [s.path for s in shards],
-        [r.path for r in shard_rejected],
-        [r.path for r in shard_reports],
-        upstream_report.path,
-        out,
-        data_docs.path,
-        data_docs_site.path,
-        kfp_run_id,
+    inputs = ContractInputs(
+        shard_manifests=[s.path for s in shards],
+        shard_rejected=[r.path for r in shard_rejected],
+        shard_reports=[r.path for r in shard_reports],
+        upstream_report=upstream_report.path,
+        mlflow_run_id=mlflow_run_id,
     )
-    kept.metadata.update(write_step_summary(out, summary.path))
+    outputs = ContractOutputs(out, Path(data_docs.path), Path(data_docs_site.path))
+    run(load_step_config(config.path), inputs, outputs)
+    kept.metadata.update(write_step_summary(out.report, summary.path))

@@ -91,9 +91,11 @@ def _dag(defaults_json: str, p: dict[str, Any]) -> None:
         ).set_display_name("resolve config")
         _no_cache(_io_bound(conf))
         cfg = conf.outputs["config"]
+        # The MLflow run resolve-config opened: every step that logs, logs to it by this id.
+        mlflow_run = conf.outputs["mlflow_run_id"]
 
         # A source may change under the same URI: ingest always re-reads it.
-        ing = ingest(config=cfg, kfp_run_id=run_id).set_display_name("ingest")
+        ing = ingest(config=cfg, mlflow_run_id=mlflow_run).set_display_name("ingest")
         _no_cache(_io_bound(ing))
 
         with dsl.ParallelFor(ing.outputs["Output"], name="validate-shards") as shard:
@@ -105,9 +107,9 @@ def _dag(defaults_json: str, p: dict[str, Any]) -> None:
             shard_rejected=dsl.Collected(val.outputs["rejected"]),
             shard_reports=dsl.Collected(val.outputs["report"]),
             upstream_report=ing.outputs["report"],
-            kfp_run_id=run_id,
+            mlflow_run_id=mlflow_run,
         ).set_display_name("data contract")
-        ded = dedupe(config=cfg, manifest=con.outputs["kept"], kfp_run_id=run_id)
+        ded = dedupe(config=cfg, manifest=con.outputs["kept"], mlflow_run_id=mlflow_run)
         ded.set_display_name("dedupe")
 
         with dsl.ParallelFor(ing.outputs["Output"], name="filter-shards") as fshard:
@@ -120,33 +122,34 @@ def _dag(defaults_json: str, p: dict[str, Any]) -> None:
             shard_reports=dsl.Collected(flt.outputs["report"]),
             shard_embeddings=dsl.Collected(flt.outputs["embeddings"]),
             upstream_report=ded.outputs["report"],
-            kfp_run_id=run_id,
+            mlflow_run_id=mlflow_run,
         ).set_display_name("gather filtered shards")
+        # Model stages output models and decisions, no manifest: each takes the curated
+        # manifest from the data stage that produced it.
+        manifest = curated.outputs["kept"]
 
-        trn = train(config=cfg, manifest=curated.outputs["kept"], kfp_run_id=run_id)
+        trn = train(config=cfg, manifest=manifest, mlflow_run_id=mlflow_run, kfp_run_id=run_id)
         trn.set_display_name("train")
         ev = evaluate(
             config=cfg,
-            manifest=curated.outputs["kept"],
+            manifest=manifest,
             model=trn.outputs["model"],
             embeddings=curated.outputs["embeddings"],
-            kfp_run_id=run_id,
+            mlflow_run_id=mlflow_run,
         ).set_display_name("evaluate")
         # It reads the champion from MLflow: state outside its inputs.
         _no_cache(_io_bound(ev))
 
         with dsl.If(ev.outputs["Output"] == True, name="gate-passed"):  # noqa: E712
             cmp = compress(
-                config=cfg,
-                manifest=curated.outputs["kept"],
-                model=trn.outputs["model"],
-                kfp_run_id=run_id,
+                config=cfg, manifest=manifest, model=trn.outputs["model"], mlflow_run_id=mlflow_run
             )
             cmp.set_display_name("compress")
             reg = register(
                 config=cfg,
-                manifest=curated.outputs["kept"],
+                manifest=manifest,
                 model=cmp.outputs["compressed"],
+                mlflow_run_id=mlflow_run,
                 kfp_run_id=run_id,
                 kfp_run_name=run_name,
                 trained_model=trn.outputs["model"],
@@ -166,8 +169,9 @@ def _dag(defaults_json: str, p: dict[str, Any]) -> None:
             _no_cache(_io_bound(reg.set_display_name("register")))
             dep = deploy(
                 config=cfg,
-                manifest=curated.outputs["kept"],
+                manifest=manifest,
                 model_uri=reg.outputs["Output"],
+                mlflow_run_id=mlflow_run,
                 kfp_run_id=run_id,
             )
             _no_cache(_io_bound(dep.set_display_name("deploy")))

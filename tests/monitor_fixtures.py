@@ -80,7 +80,7 @@ def register_champion(uri: str, tmp_path: Path, name: str) -> None:
     client.log_artifact(run_id, str(ref_file), str(Path(SERVING_REFERENCE_ARTIFACT).parent))
     train, hold = split_holdout(curated, 0.2)
     lineage.log_datasets(
-        Registry(uri, retries=0),
+        Registry(uri),
         run_id,
         {"training": (train, "train"), "evaluation": (hold, "holdout")},
         source=str(kept),

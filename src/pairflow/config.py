@@ -18,7 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from pairflow.config_fields import UI_FLAG, Section, ui
-from pairflow.data.settings import DataConfig, S3Config
+from pairflow.data.settings import DataConfig, S3Config, SplitConfig
 from pairflow.errors import ConfigError
 from pairflow.kubeflow.settings import KubeflowConfig
 from pairflow.serve.settings import ServeConfig
@@ -51,6 +51,7 @@ __all__ = [
     "RunConfig",
     "S3Config",
     "ServeConfig",
+    "SplitConfig",
     "TrainConfig",
     "ValidateConfig",
     "apply_override",
@@ -66,16 +67,46 @@ __all__ = [
 
 
 class MlflowConfig(Section):
+    """The tracking server, and the retry policy of every MLflow call.
+
+    The tracking URI is resolved once (:func:`pairflow.tracking.resolve_mlflow_settings`): by
+    the resolve-config step into the run's config, or by a CLI after loading its config; steps
+    read ``mlflow.tracking_uri`` as it is. Retries are MLflow's own HTTP retries (urllib3:
+    connection errors and 408/429/500/502/503/504 answers are retried with exponential backoff
+    and jitter; a refused request, 4xx, never is), set by the ``http_*`` fields below as
+    MLflow's ``MLFLOW_HTTP_REQUEST_*`` environment of every step and CLI (they override those
+    variables). A call that still fails is a ``RegistryUnavailable`` error; on a cluster KFP
+    then retries the whole step (``kubeflow.io_retries``). Nothing else retries MLflow calls.
+    """
+
     tracking_uri: str = ui(
         "",
         "MLflow tracking URI",
         "Empty: $MLFLOW_TRACKING_URI, else sqlite:///<workdir>/mlflow.db.",
     )
     experiment: str = ui("pairflow-retrain", "MLflow experiment", "Experiment for run records.")
+    http_retries: int = Field(
+        7,
+        ge=0,
+        le=10,
+        description="MLFLOW_HTTP_REQUEST_MAX_RETRIES: retries of one MLflow HTTP request on a "
+        "connection error or a 408/429/5xx answer (MLflow's default; 0: none).",
+    )
+    http_backoff_factor: int = Field(
+        2,
+        ge=0,
+        le=120,
+        description="MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR: the n-th retry waits factor x 2^(n-1) "
+        "seconds (the first none, at most 120 s) plus up to 1 s of jitter; with the defaults "
+        "about 4 minutes in all, which outlasts a server restart or rate limiting.",
+    )
+    http_timeout_s: int = Field(
+        120, ge=1, description="MLFLOW_HTTP_REQUEST_TIMEOUT: timeout of one MLflow HTTP request."
+    )
 
 
 class RunConfig(Section):
-    """Local runs (kfp.local): work dir, seed, and how hard to retry failing steps."""
+    """Local runs (kfp.local): work dir and seed."""
 
     workdir: str = ui(
         ".pairflow",
@@ -83,9 +114,6 @@ class RunConfig(Section):
         "Local runs: where outputs and the default sqlite MLflow store live.",
     )
     seed: int = ui(0, "Seed", "Global random seed.")
-    local_io_retries: int = Field(
-        1, ge=0, description="kubeflow.io_retries for local runs: fail fast while iterating."
-    )
 
 
 class PairflowConfig(Section):

@@ -214,8 +214,8 @@ def prepare_local_config(cfg: PairflowConfig) -> PairflowConfig:
     out.run.workdir = str(workdir)
     if out.data.source and "://" not in out.data.source:
         out.data.source = str(Path(out.data.source).expanduser().resolve())
-    out.mlflow.tracking_uri = tracking.resolve_tracking_uri(out.mlflow.tracking_uri, workdir)
-    out.kubeflow.io_retries = out.run.local_io_retries
+    tracking.resolve_mlflow_settings(out)
+    out.kubeflow.io_retries = out.kubeflow.local_io_retries
     out.kubeflow.io_retry_backoff_s = 2
     return out
 

@@ -1,12 +1,14 @@
-"""Plain-Python bodies of the pipeline steps; ``pairflow.components`` wraps them for KFP.
+"""Helpers shared by the stages' steps (``pairflow.stages.<name>.step.run``).
 
-Every function takes file paths and plain values, so it runs the same in a KFP container, in
-``kfp.local`` and in a test. Steps whose issue has not landed pass rows through unchanged and
-say ``implemented: false`` in their report and log: they never fake results.
+A component loads the run's config (:func:`load_step_config`), builds its stage's typed
+inputs and outputs and calls ``run(cfg, inputs, outputs)``; a stage CLI calls the same ``run``
+with a config it loaded itself. Every report goes through :func:`finish_stage`: written,
+checked and, given the pipeline's MLflow run id (resolve-config's output), logged to that run.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +19,7 @@ import pandas as pd
 from pairflow import tracking
 from pairflow.config import (
     PairflowConfig,
+    config_from_dict,
     config_from_json,
 )
 from pairflow.data.schema import empty_rejected, read_manifest, write_manifest
@@ -31,16 +34,28 @@ def setup_logging() -> None:
 
 
 def load_step_config(path: str | Path) -> PairflowConfig:
-    return config_from_json(Path(path).read_text())
+    """The run's config artifact (``config.json``), with the step's logging set up: what a
+    component hands to its stage's ``run``."""
+    setup_logging()
+    cfg = config_from_json(Path(path).read_text())
+    tracking.apply_http_policy(cfg.mlflow)  # its tracking URI was resolved by resolve-config
+    return cfg
+
+
+def compiled_config(defaults_json: str) -> PairflowConfig:
+    """The config compiled into a pipeline (before the run's UI parameters apply)."""
+    setup_logging()
+    return config_from_dict(json.loads(defaults_json), "compiled config")
 
 
 def finish_stage(
     report: StageReport,
-    outputs: StageOutputs,
+    report_path: str | Path,
     cfg: PairflowConfig | None = None,
-    kfp_run_id: str = "",
+    mlflow_run_id: str = "",
 ) -> StageReport:
-    report.write(outputs.report)
+    """Write (and check) ``report``; log it to the pipeline's MLflow run when one is given."""
+    report.write(report_path)
     if not report.implemented:
         log.warning("stage %s is NOT IMPLEMENTED yet: rows passed through unchanged", report.stage)
     log.info(
@@ -52,8 +67,8 @@ def finish_stage(
         report.seconds,
         report.implemented,
     )
-    if cfg is not None and kfp_run_id:
-        tracking.log_stage_report(cfg, kfp_run_id, report)
+    if cfg is not None and mlflow_run_id:
+        tracking.log_stage_report(cfg, mlflow_run_id, report)
     return report
 
 
@@ -89,6 +104,16 @@ def write_stage_outputs(
 
 # ---------------------------------------------------------------------------------------------
 # config and ingest
+
+
+def resolve_step_mlflow(cfg: PairflowConfig) -> PairflowConfig:
+    """:func:`pairflow.tracking.resolve_mlflow_settings` for the step that resolves a run's
+    config (resolve-config, the monitor pass): with no tracking URI in a KFP pod, exit at once
+    with one line."""
+    try:
+        return tracking.resolve_mlflow_settings(cfg)
+    except tracking.TrackingConfigError as exc:
+        raise SystemExit(f"pairflow: {exc}") from None
 
 
 def step_tracking_uri(configured: str, workdir: str) -> str:
@@ -182,11 +207,11 @@ def _concat_sorted(frames: list[pd.DataFrame]) -> pd.DataFrame:
 # exit handler
 
 
-def write_step_summary(outputs: StageOutputs, summary_path: str | Path) -> dict[str, Any]:
+def write_step_summary(report_path: str | Path, summary_path: str | Path) -> dict[str, Any]:
     """Write the stage's Markdown summary; return artifact metadata for the KFP UI."""
     from pairflow.summary import report_markdown
 
-    rep = StageReport.read(outputs.report)
+    rep = StageReport.read(report_path)
     Path(summary_path).parent.mkdir(parents=True, exist_ok=True)
     Path(summary_path).write_text(report_markdown(rep))
     return {

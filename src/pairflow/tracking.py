@@ -1,4 +1,10 @@
-"""MLflow wiring shared by every step: tracking URI resolution and the pipeline-run record."""
+"""MLflow wiring shared by every step: tracking URI resolution, MLflow's HTTP retry policy and
+the pipeline-run record.
+
+The tracking URI is resolved in one place, :func:`resolve_mlflow_settings`: the resolve-config
+step writes the resolved URI into the run's config, and every CLI calls it once after loading
+its config. Steps read ``cfg.mlflow.tracking_uri`` as it is.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pairflow.config import PairflowConfig
+from pairflow.config import MlflowConfig, PairflowConfig
 from pairflow.errors import ConfigError
 from pairflow.report import StageReport
 
@@ -50,6 +56,46 @@ def resolve_tracking_uri(configured: str, workdir: str | Path) -> str:
     return f"sqlite:///{db}"
 
 
+# MLflow reads its HTTP retry policy from these variables at each request (mlflow.utils.rest_utils).
+HTTP_RETRIES_ENV = "MLFLOW_HTTP_REQUEST_MAX_RETRIES"
+HTTP_BACKOFF_ENV = "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"
+HTTP_TIMEOUT_ENV = "MLFLOW_HTTP_REQUEST_TIMEOUT"
+
+
+def http_policy_env(m: MlflowConfig) -> dict[str, str]:
+    """MLflow's HTTP retry policy of ``mlflow.http_*``, as the environment MLflow reads."""
+    return {
+        HTTP_RETRIES_ENV: str(m.http_retries),
+        HTTP_BACKOFF_ENV: str(m.http_backoff_factor),
+        HTTP_TIMEOUT_ENV: str(m.http_timeout_s),
+    }
+
+
+def apply_http_policy(m: MlflowConfig) -> None:
+    """Make ``mlflow.http_*`` the retry policy of every MLflow request of this process (and of
+    the processes it starts, e.g. torchrun workers): the one retry layer below KFP's."""
+    os.environ.update(http_policy_env(m))
+
+
+def http_attempts(tracking_uri: str) -> int:
+    """Attempts MLflow makes per request under the current policy (1 for a local store)."""
+    if not tracking_uri.startswith(("http://", "https://")):
+        return 1
+    from mlflow.environment_variables import MLFLOW_HTTP_REQUEST_MAX_RETRIES as retries
+
+    return int(os.environ.get(HTTP_RETRIES_ENV, retries.default)) + 1
+
+
+def resolve_mlflow_settings(cfg: PairflowConfig) -> PairflowConfig:
+    """Resolve ``cfg.mlflow.tracking_uri`` in place (:func:`resolve_tracking_uri`) and apply the
+    HTTP retry policy; returns ``cfg``. The one place a run's MLflow settings are resolved:
+    resolve-config before it writes the run's config, each CLI after loading its config.
+    In a KFP pod with no tracking URI it raises :class:`TrackingConfigError`."""
+    cfg.mlflow.tracking_uri = resolve_tracking_uri(cfg.mlflow.tracking_uri, cfg.run.workdir)
+    apply_http_policy(cfg.mlflow)
+    return cfg
+
+
 def _client(tracking_uri: str) -> Any:
     from mlflow.tracking import MlflowClient
 
@@ -75,7 +121,12 @@ def _artifact_location(tracking_uri: str) -> str | None:
 
 
 def find_pipeline_run(tracking_uri: str, experiment: str, kfp_run_id: str) -> str | None:
-    """The MLflow run id recording KFP run ``kfp_run_id``, if one exists."""
+    """The MLflow run id recording KFP run ``kfp_run_id``, if one exists.
+
+    Steps get the run's id from resolve-config; this tag search remains for the three places
+    that cannot: resolve-config itself (a retried task finds the run it opened), the exit
+    handler (it runs when resolve-config failed, so it cannot take its output) and a
+    standalone ``pairflow register --kfp-run-id``."""
     client = _client(tracking_uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
@@ -114,12 +165,9 @@ def start_pipeline_run(cfg: PairflowConfig, kfp_run_id: str, kfp_run_name: str) 
     return run_id
 
 
-def log_stage_report(cfg: PairflowConfig, kfp_run_id: str, report: StageReport) -> None:
-    """Log a stage's row counts and numeric metrics to the pipeline run, and its JSON."""
-    run_id = find_pipeline_run(cfg.mlflow.tracking_uri, cfg.mlflow.experiment, kfp_run_id)
-    if run_id is None:
-        log.warning("no MLflow run for KFP run %s; stage %s not logged", kfp_run_id, report.stage)
-        return
+def log_stage_report(cfg: PairflowConfig, run_id: str, report: StageReport) -> None:
+    """Log a stage's row counts and numeric metrics to the pipeline's MLflow run ``run_id``
+    (resolve-config's output), and its JSON."""
     from mlflow.entities import Metric
 
     client = _client(cfg.mlflow.tracking_uri)

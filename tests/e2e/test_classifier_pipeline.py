@@ -55,7 +55,6 @@ CANARY = [
     "deploy.analysis.min_quality_drop=0.35",
     "deploy.analysis.min_latency_increase_ms=50.0",
     "deploy.replay.rate_per_s=30",
-    "deploy.replay.holdout_fraction=0.3",
     "deploy.local.startup_timeout_s=180",
 ]
 

@@ -63,7 +63,7 @@ def test_shuffled_caption_fine_tune_fails_the_gate_and_is_never_deployed(
             f"clip_filter.model={untrained_clip}",
             "clip_filter.top_fraction=0.9",
             "train.batch_size=8",
-            f"evaluate.holdout_fraction={HOLDOUT}",
+            f"data.split.holdout_fraction={HOLDOUT}",
             "register.model_name=e2e-degraded",
         ],
     )

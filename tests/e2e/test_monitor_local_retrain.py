@@ -91,7 +91,7 @@ def test_triggered_retrain_runs_locally_and_completes(
     champion_run = client.create_run(client.create_experiment(f"champ-{tmp_path.name}"))
     previous = pd.read_parquet(small_dataset.manifest)
     lineage.log_datasets(
-        Registry(mlflow_server, retries=0),
+        Registry(mlflow_server),
         champion_run.info.run_id,
         {"training": (previous, "train")},
         source=str(small_dataset.manifest),

@@ -16,6 +16,7 @@ import pytest
 import torch
 from onnx import numpy_helper
 
+from pairflow.config import SplitConfig
 from pairflow.data.sources import read_source
 from pairflow.data.split import split_holdout
 from pairflow.demo.synthetic import generate_dataset
@@ -31,15 +32,17 @@ from pairflow.models.errors import CompressError, ParityError, VariantError
 from pairflow.models.formats import HEAD_ONNX_FILE, META_FILE
 from pairflow.models.heads import build_head
 from pairflow.models.latency import load_held_out
+from pairflow.models.open import open_model
 from pairflow.models.scratch import build_processor, tiny_clip
-from pairflow.models.trained import load_trained, save_trained
-from pairflow.models.variants import VariantIndex, load_variant
+from pairflow.models.trained import TrainedModel, save_trained
+from pairflow.models.variants import LoadedVariant, VariantIndex, VariantRecord
 from pairflow.stages.compress.build import CompressResult, compress_model
 from pairflow.stages.compress.settings import CompressConfig
 
 pytestmark = pytest.mark.slow
 
 HOLDOUT = 0.3
+SPLIT = SplitConfig(holdout_fraction=HOLDOUT)
 ALL = ["fp32_torch", "fp32_onnx", "int8_onnx", "int8_static_onnx", "student_fp32", "student_int8"]
 
 
@@ -77,12 +80,26 @@ def cross_attention(
         calibration_size=16,
     )
     out = root / "compressed"
-    result = compress_model(model, rows, cfg, out, holdout_fraction=HOLDOUT)
+    result = compress_model(model, rows, cfg, out, split=SPLIT)
     return model, out, result
 
 
+def load_variant(out: Path, name: str = "auto", threads: int | None = None) -> LoadedVariant:
+    """Variant ``name`` of a compressed directory as ``open_model`` opens it."""
+    loaded = open_model(out, variant=name, threads=threads).loaded_variant
+    assert loaded is not None
+    return loaded
+
+
+def load_trained(model: str | Path) -> TrainedModel:
+    """The trained artifact at ``model`` as ``open_model`` opens it."""
+    trained = open_model(model, variant="torch").trained
+    assert trained is not None
+    return trained
+
+
 def _held_batch(rows: pd.DataFrame, model: Path) -> tuple[Any, np.ndarray, np.ndarray, list[str]]:
-    trained = load_trained(str(model), device="cpu")
+    trained = load_trained(model)
     _, held = split_holdout(rows, HOLDOUT)
     h = load_held_out(held, trained.clip.processor, trained.clip.max_text_length)
     assert trained.labels is not None
@@ -138,20 +155,25 @@ def test_classifier_student_is_distilled_smaller_with_its_own_fusion_head(
     assert student["params"] <= 0.5 * teacher["params"]
     meta = json.loads((out / "student_fp32" / META_FILE).read_text())
     assert meta["kind"] == "classifier" and meta["fusion"] == {"kind": "cross_attention"}
-    trained = load_trained(str(out / "student_fp32"), device="cpu")
+    trained = load_trained(out / "student_fp32")
     assert trained.head is not None and trained.head.kind == "cross_attention"
     # the student's towers are narrower than the teacher's
-    teacher_cfg: Any = load_trained(str(model), device="cpu").clip.model.config
+    teacher_cfg: Any = load_trained(model).clip.model.config
     student_cfg: Any = trained.clip.model.config
     assert student_cfg.vision_config.hidden_size < teacher_cfg.vision_config.hidden_size
 
 
 def test_clip_variant_has_no_classify(tmp_path: Path, rows: pd.DataFrame) -> None:
     from pairflow.models.scratch import save_untrained_clip
-    from pairflow.models.variants import open_variant
 
     clip_dir = save_untrained_clip(tmp_path / "clip", [str(c) for c in rows["caption"]], seed=1)
-    loaded = open_variant(clip_dir, "torch")
+    index = VariantIndex(
+        chosen="fp32_torch", variants=[VariantRecord(name="fp32_torch", kind="torch", files=[])]
+    )
+    (tmp_path / "compressed").mkdir()
+    shutil.move(clip_dir, tmp_path / "compressed" / "fp32_torch")
+    index.write(tmp_path / "compressed")
+    loaded = load_variant(tmp_path / "compressed")
     assert loaded.labels is None
     with pytest.raises(VariantError, match="is a CLIP, not a classifier"):
         loaded.classify(
@@ -165,7 +187,7 @@ def test_concat_head_exports_with_parity_and_a_corrupted_head_fails_it(
     rows: pd.DataFrame, tmp_path: Path
 ) -> None:
     model = _classifier(tmp_path, rows, "concat")
-    trained = load_trained(str(model), device="cpu")
+    trained = load_trained(model)
     assert trained.head is not None and trained.labels is not None
     held, _, _, _ = _held_batch(rows, model)
     out = tmp_path / "onnx"
@@ -205,12 +227,12 @@ def test_unknown_fusion_or_stray_weights_are_refused_not_dropped(
     (bad / META_FILE).write_text(json.dumps(meta))
     cfg = CompressConfig(int8=False)
     with pytest.raises(CompressError, match="fusion head 'bilinear'"):
-        compress_model(bad, rows, cfg, tmp_path / "o1", holdout_fraction=HOLDOUT)
+        compress_model(bad, rows, cfg, tmp_path / "o1", split=SPLIT)
     stray = tmp_path / "stray"
     shutil.copytree(model, stray)
     (stray / "adapter_model.safetensors").write_bytes(b"\0")
     with pytest.raises(CompressError, match=r"adapter_model\.safetensors"):
-        compress_model(stray, rows, cfg, tmp_path / "o2", holdout_fraction=HOLDOUT)
+        compress_model(stray, rows, cfg, tmp_path / "o2", split=SPLIT)
     unlabelled = rows.drop(columns=["label"])
     with pytest.raises(InputDataError, match="'label' column"):
-        compress_model(model, unlabelled, cfg, tmp_path / "o3", holdout_fraction=HOLDOUT)
+        compress_model(model, unlabelled, cfg, tmp_path / "o3", split=SPLIT)

@@ -42,7 +42,7 @@ def test_compress_cli_writes_variants_index_and_report(
         "compress.latency_repeats=3",
         "compress.latency_batch_sizes=[1, 4]",
         "compress.selection_batch_size=4",
-        "evaluate.holdout_fraction=0.3",
+        "data.split.holdout_fraction=0.3",
     ]
     args = ["compress", "--model", str(model), "--input", str(manifest), "--out", str(tmp_path)]
     for s in sets:

@@ -13,20 +13,23 @@ import pytest
 import torch
 from onnx import numpy_helper
 
+from pairflow.config import SplitConfig
 from pairflow.data.sources import read_source
 from pairflow.demo.synthetic import generate_dataset
-from pairflow.models.errors import LatencyBudgetError, ParityError, VariantError
+from pairflow.models.errors import LatencyBudgetError, ModelLoadError, ParityError
 from pairflow.models.export import check_parity, export_towers
 from pairflow.models.latency import load_held_out
+from pairflow.models.open import open_model
 from pairflow.models.runners import OrtClip, TorchClip
 from pairflow.models.scratch import save_untrained_clip
-from pairflow.models.variants import VariantIndex, load_variant
+from pairflow.models.variants import LoadedVariant, VariantIndex
 from pairflow.stages.compress.build import CompressResult, compress_model
 from pairflow.stages.compress.settings import CompressConfig
 
 pytestmark = pytest.mark.slow
 
 HOLDOUT = 0.3
+SPLIT = SplitConfig(holdout_fraction=HOLDOUT)
 ALL = ["fp32_torch", "fp32_onnx", "int8_onnx", "int8_static_onnx", "student_fp32", "student_int8"]
 
 
@@ -51,7 +54,7 @@ def compressed(
         student={"epochs": 1, "batch_size": 16},
         calibration_size=16,
     )
-    result = compress_model(model, df, cfg, out, holdout_fraction=HOLDOUT)  # type: ignore[arg-type]
+    result = compress_model(model, df, cfg, out, split=SPLIT)  # type: ignore[arg-type]
     return result, out
 
 
@@ -77,6 +80,13 @@ def test_every_variant_is_written_measured_and_indexed(
     assert "| **" + index.chosen in result.table
 
 
+def load_variant(out: Path, name: str = "auto", threads: int | None = None) -> LoadedVariant:
+    """Variant ``name`` of a compressed directory as ``open_model`` opens it."""
+    loaded = open_model(out, variant=name, threads=threads).loaded_variant
+    assert loaded is not None
+    return loaded
+
+
 def test_any_variant_loads_and_embeds_like_the_fp32_model(
     compressed: tuple[CompressResult, Path], rows_and_model: tuple[object, Path]
 ) -> None:
@@ -94,7 +104,7 @@ def test_any_variant_loads_and_embeds_like_the_fp32_model(
     emb = student.embed_images(images)
     assert emb.shape[0] == 3 and np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-4)
     assert load_variant(out).name == VariantIndex.read(out).chosen
-    with pytest.raises(VariantError, match="no variant 'nope'"):
+    with pytest.raises(ModelLoadError, match="no variant 'nope'"):
         load_variant(out, "nope")
 
 
@@ -114,7 +124,7 @@ def test_champion_is_timed_with_the_variants_and_bounds_the_choice(
     # generous budget: something fits, and the record holds the champion's own timings
     out = tmp_path / "loose"
     cfg = CompressConfig(**base, max_slowdown_vs_champion=100.0)
-    result = compress_model(model, df, cfg, out, holdout_fraction=HOLDOUT, champion=champion)
+    result = compress_model(model, df, cfg, out, split=SPLIT, champion=champion)
     sel = result.index.selection
     champ = sel["champion_latency_ms"]
     assert set(champ) == {"1", "32"} and champ["32"]["p50_ms"] > 0
@@ -128,9 +138,7 @@ def test_champion_is_timed_with_the_variants_and_bounds_the_choice(
     # distilled int8 student, so nothing fits and, by default, nothing ships
     cfg = CompressConfig(**base, max_slowdown_vs_champion=0.0)
     with pytest.raises(LatencyBudgetError, match=r"latency budget not met.*variants\.md"):
-        compress_model(
-            model, df, cfg, tmp_path / "tight", holdout_fraction=HOLDOUT, champion=champion
-        )
+        compress_model(model, df, cfg, tmp_path / "tight", split=SPLIT, champion=champion)
     missed = VariantIndex.read(tmp_path / "tight").selection
     assert missed["latency_budget"]["met"] is False
     assert missed["latency_budget"]["chosen_p50_ms"] > missed["latency_budget"]["limit_ms"]
@@ -159,10 +167,8 @@ def test_candidate_latency_against_the_champion_before_compress(
 def test_corrupted_onnx_export_fails_parity(
     rows_and_model: tuple[object, Path], tmp_path: Path
 ) -> None:
-    from pairflow.models.clip import load_clip
-
     df, model_dir = rows_and_model
-    loaded = load_clip(str(model_dir), device="cpu")
+    loaded = open_model(model_dir, variant="torch").clip
     held = load_held_out(df.iloc[:8], loaded.processor, loaded.max_text_length)  # type: ignore[attr-defined]
     px, ids, mask = (torch.from_numpy(a) for a in held.batches[0])
     files = export_towers(loaded.model, tmp_path, px, ids, mask)
@@ -185,31 +191,29 @@ def test_step_writes_conserved_report_and_logs_the_table_to_mlflow(
 
     from pairflow import tracking
     from pairflow.config import PairflowConfig
-    from pairflow.data.schema import read_manifest, write_manifest
-    from pairflow.report import StageOutputs
-    from pairflow.stages.compress.step import compress_step
+    from pairflow.data.schema import write_manifest
+    from pairflow.stage_io import load_step_config
+    from pairflow.stages.compress import step
 
     df, model_dir = rows_and_model
     cfg = PairflowConfig()
     cfg.mlflow.tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    cfg.evaluate.holdout_fraction = HOLDOUT
+    cfg.data.split.holdout_fraction = HOLDOUT
     cfg.compress = CompressConfig(
         static_vision=False, latency_repeats=3, latency_batch_sizes=[1, 8], selection_batch_size=8
     )
     (tmp_path / "config.json").write_text(json.dumps(cfg.to_dict()))
     write_manifest(df, tmp_path / "in.parquet")  # type: ignore[arg-type]
     run_id = tracking.start_pipeline_run(cfg, "kfp-compress", "t")
-    outputs = StageOutputs.in_dir(tmp_path / "step")
-    report = compress_step(
-        str(tmp_path / "config.json"),
-        str(tmp_path / "in.parquet"),
-        str(model_dir),
-        str(tmp_path / "compressed"),
+    outputs = step.CompressOutputs(tmp_path / "compressed", tmp_path / "step" / "report.json")
+    report = step.run(
+        load_step_config(tmp_path / "config.json"),
+        step.CompressInputs(str(tmp_path / "in.parquet"), str(model_dir), run_id),
         outputs,
-        "kfp-compress",
     )
     assert report.implemented and report.rows_in == report.rows_out == len(df)  # type: ignore[arg-type]
-    assert len(read_manifest(outputs.kept)) == len(df)  # type: ignore[arg-type]
+    # a model stage: the model and the report, no pass-through manifest
+    assert sorted(p.name for p in (tmp_path / "step").iterdir()) == ["report.json"]
     assert set(report.metrics["variants"]) == {"fp32_torch", "fp32_onnx", "int8_onnx"}
     client = MlflowClient(tracking_uri=cfg.mlflow.tracking_uri)
     run = client.get_run(run_id)

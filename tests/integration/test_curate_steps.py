@@ -1,7 +1,8 @@
 """Curate steps end to end on generated data: ground-truth scores, sharding, failure modes.
 
-Runs the step functions the components call (ingest → validate shards → contract → dedupe)
-without KFP, so the checks are fast; the kfp.local e2e test runs the same steps in the DAG.
+Runs the stages' ``run`` functions the components call (ingest → validate shards → contract →
+dedupe) on the config the components load, without KFP, so the checks are fast; the kfp.local
+e2e test runs the same steps in the DAG.
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ from pairflow.config import PairflowConfig
 from pairflow.demo.synthetic import GenerateSummary, generate_dataset
 from pairflow.errors import InputDataError
 from pairflow.report import StageOutputs, StageReport
-from pairflow.stages.dedupe.step import dedupe_step
-from pairflow.stages.ingest.step import ingest_step
+from pairflow.stage_io import load_step_config
+from pairflow.stages.dedupe import step as dedupe_step
+from pairflow.stages.ingest import step as ingest_step
+from pairflow.stages.validate import step as validate_step
 from pairflow.stages.validate.contract import ContractError
-from pairflow.stages.validate.step import contract_step, validate_shard_step
 
 FILE_DEFECTS = ("corrupt_file", "zero_byte_file", "not_an_image", "missing_file")
 
@@ -34,25 +36,26 @@ def _curate(tmp: Path, source: Path, shards: int, **validate: object) -> dict[st
     tmp.mkdir(parents=True, exist_ok=True)
     config = tmp / "config.json"
     config.write_text(cfg.to_json())
+    loaded = load_step_config(config)  # what every component hands its stage's run
     ing = StageOutputs.in_dir(tmp / "ingest")
-    ids = ingest_step(str(config), ing)
+    ids = ingest_step.run(loaded, ingest_step.IngestInputs(), ing)
     assert ids == list(range(shards))
     vals = [StageOutputs.in_dir(tmp / f"validate-{s}") for s in ids]
     for shard, out in zip(ids, vals, strict=True):
-        validate_shard_step(str(config), str(ing.kept), shard, out)
+        validate_step.run_shard(loaded, validate_step.ShardInputs(str(ing.kept), shard), out)
     con = StageOutputs.in_dir(tmp / "contract")
-    contract_step(
-        str(config),
-        [str(v.kept) for v in vals],
-        [str(v.rejected) for v in vals],
-        [str(v.report) for v in vals],
-        str(ing.report),
-        con,
-        str(tmp / "docs.html"),
-        str(tmp / "docs-site"),
+    validate_step.run(
+        loaded,
+        validate_step.ContractInputs(
+            shard_manifests=[str(v.kept) for v in vals],
+            shard_rejected=[str(v.rejected) for v in vals],
+            shard_reports=[str(v.report) for v in vals],
+            upstream_report=str(ing.report),
+        ),
+        validate_step.ContractOutputs(con, tmp / "docs.html", tmp / "docs-site"),
     )
     ded = StageOutputs.in_dir(tmp / "dedupe")
-    dedupe_step(str(config), str(con.kept), ded)
+    dedupe_step.run(loaded, dedupe_step.DedupeInputs(str(con.kept)), ded)
     return {
         "ingest": ing.report,
         "contract": con.report,

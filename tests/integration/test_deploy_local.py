@@ -85,7 +85,6 @@ def _config(tracking_uri: str, tmp_path: Path, **deploy: Any) -> PairflowConfig:
     cfg = PairflowConfig()
     cfg.mlflow.tracking_uri = tracking_uri
     cfg.run.workdir = str(tmp_path)
-    cfg.register_.retries = 0
     d = cfg.deploy
     d.local.command = [sys.executable, __file__, "--model", "{model_uri}", "--port", "{port}"]
     d.local.startup_timeout_s = 60
@@ -102,7 +101,7 @@ def _config(tracking_uri: str, tmp_path: Path, **deploy: Any) -> PairflowConfig:
     d.analysis.min_quality_drop = 0.3
     d.replay.rate_per_s = 100
     d.replay.concurrency = 8
-    d.replay.holdout_fraction = 0.3
+    cfg.data.split.holdout_fraction = 0.3
     return cfg
 
 
@@ -119,20 +118,11 @@ def _deploy(
     behaviour: dict[str, dict[str, float]],
     monkeypatch: pytest.MonkeyPatch,
 ) -> dict[str, Any]:
-    from pairflow.report import StageOutputs
-    from pairflow.stages.deploy.step import deploy_step
+    from pairflow.stages.deploy.step import DeployInputs, DeployOutputs, run
 
     monkeypatch.setenv(FAKE_ENV, json.dumps(behaviour))
-    config_path = tmp_path / "config.json"
-    config_path.write_text(cfg.to_json())
-    out = StageOutputs.in_dir(tmp_path / "out")
-    rep = deploy_step(
-        str(config_path),
-        str(dataset.manifest),
-        candidate_uri,
-        out,
-        summary_path=str(tmp_path / "out" / "summary.md"),
-    )
+    out = DeployOutputs.in_dir(tmp_path / "out")
+    rep = run(cfg, DeployInputs(str(dataset.manifest), candidate_uri), out)
     assert rep.rows_in == rep.rows_out and rep.rows_in > 0
     saved = json.loads(out.report.read_text())
     assert saved["metrics"]["decision"] == rep.metrics["decision"]

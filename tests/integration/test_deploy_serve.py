@@ -93,7 +93,6 @@ def test_canary_between_two_real_predictors(
     cfg = PairflowConfig()
     cfg.mlflow.tracking_uri = mlflow_server
     cfg.run.workdir = str(tmp_path)
-    cfg.register_.retries = 0
     d = cfg.deploy
     d.local.startup_timeout_s = 120
     d.steps = [50, 100]
@@ -103,7 +102,7 @@ def test_canary_between_two_real_predictors(
     d.analysis.warmup_s = 0.3
     d.replay.rate_per_s = 30
     d.replay.concurrency = 4
-    d.replay.holdout_fraction = 0.3
+    cfg.data.split.holdout_fraction = 0.3
     # minimum effects a test-sized window (tens of requests per arm) has the power to detect
     d.analysis.min_error_rate_increase = 0.2
     d.analysis.min_latency_exceedance = 0.4

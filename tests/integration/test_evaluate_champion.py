@@ -23,14 +23,16 @@ from pairflow.config import PairflowConfig, load_config
 from pairflow.data.split import split_holdout
 from pairflow.demo.synthetic import generate_dataset
 from pairflow.drift.reference import read_reference
-from pairflow.models.clip import load_clip, save_clip
+from pairflow.models.clip import save_clip
 from pairflow.models.embeddings import Embeddings, write_embeddings
+from pairflow.models.open import open_model
 from pairflow.models.scoring import score_frame
 from pairflow.models.scratch import save_untrained_clip
 from pairflow.registry.champion import DRIFT_REFERENCE_ARTIFACT
-from pairflow.report import StageOutputs, StageReport
+from pairflow.report import StageReport
+from pairflow.stage_io import load_step_config
 from pairflow.stages.evaluate.scoring import score_holdout
-from pairflow.stages.evaluate.step import EvaluateFiles, evaluate_step
+from pairflow.stages.evaluate.step import EvaluateInputs, EvaluateOutputs, run
 from pairflow.tracking import start_pipeline_run
 
 pytestmark = pytest.mark.slow
@@ -46,7 +48,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     df.to_parquet(manifest)
     untrained = save_untrained_clip(root / "untrained", df["caption"].tolist(), seed=0)
     champion = _fit_on_holdout(untrained, df, root / "champion")
-    loaded = load_clip(str(untrained))
+    loaded = open_model(untrained, device=None).clip
     cfg = PairflowConfig()
     res = score_frame(df, loaded, cfg.clip_filter)
     emb = write_embeddings(
@@ -69,7 +71,7 @@ def _fit_on_holdout(start: Path, df: pd.DataFrame, out: Path, steps: int = 300) 
     full batch) on the towers' cached pooled outputs, so the saved CLIP's held-out
     embeddings are exactly the ones optimised here.
     """
-    clip = load_clip(str(start), device="cpu")
+    clip = open_model(start).clip
     _, holdout = split_holdout(df, 0.3)
     model = clip.model
     scores = score_holdout(clip, holdout, [])  # reuse the reader: check every image reads
@@ -110,7 +112,7 @@ def _cfg(root: Path, uri: str, name: str, *extra: str) -> Path:
             f"run.workdir={root}",
             f"mlflow.tracking_uri={uri}",
             f"register.model_name={name}",
-            "evaluate.holdout_fraction=0.3",
+            "data.split.holdout_fraction=0.3",
             "evaluate.bootstrap_samples=500",
             *extra,
         ],
@@ -121,19 +123,17 @@ def _cfg(root: Path, uri: str, name: str, *extra: str) -> Path:
 
 
 def _run(
-    setup: dict[str, Path], cfg: Path, model: Path, kfp_run_id: str = ""
-) -> tuple[bool, dict[str, Any], EvaluateFiles]:
+    setup: dict[str, Path], cfg: Path, model: Path, mlflow_run_id: str = ""
+) -> tuple[bool, dict[str, Any], EvaluateOutputs]:
     out_dir = setup["root"] / f"out-{uuid.uuid4().hex[:8]}"
-    files = EvaluateFiles.in_dir(out_dir)
-    outcome = evaluate_step(
-        str(cfg),
+    files = EvaluateOutputs.in_dir(out_dir)
+    inputs = EvaluateInputs(
         str(setup["manifest"]),
         str(model),
-        StageOutputs.in_dir(out_dir),
-        kfp_run_id,
         embeddings=str(setup["embeddings"]),
-        files=files,
+        mlflow_run_id=mlflow_run_id,
     )
+    outcome = run(load_step_config(cfg), inputs, files)
     rep = StageReport.read(out_dir / "report.json")
     assert rep.rows_in == rep.rows_out == 90 and rep.rows_rejected == 0
     assert rep.metrics["gate"]["passed"] is outcome.passed
@@ -154,7 +154,7 @@ def _register_champion(uri: str, name: str, model_dir: Path, reference: Path) ->
     return str(run_id)
 
 
-def _check_serving_reference(files: EvaluateFiles, metrics: dict[str, Any]) -> None:
+def _check_serving_reference(files: EvaluateOutputs, metrics: dict[str, Any]) -> None:
     """The candidate's own view of the run's rows: every held-out row plus the training rows
     (fewer than evaluate.serving_reference_train_rows here), its digest, its own pair scores."""
     assert files.serving_reference is not None
@@ -184,7 +184,7 @@ def test_first_run_then_champion_gate(setup: dict[str, Path], mlflow_server: str
         ],
     )
     run_id = start_pipeline_run(cfg, "kfp-first", "first")
-    passed, metrics, files = _run(setup, cfg_path, setup["champion"], "kfp-first")
+    passed, metrics, files = _run(setup, cfg_path, setup["champion"], run_id)
     assert passed and metrics["gate"]["enforced"] is True, metrics["gate"]["reasons"]
     assert metrics["champion"] is None
     assert any(

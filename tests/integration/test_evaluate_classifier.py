@@ -107,7 +107,7 @@ def _config(root: Path, uri: str, name: str, *extra: str) -> Path:
             f"run.workdir={root}",
             f"mlflow.tracking_uri={uri}",
             f"register.model_name={name}",
-            f"evaluate.holdout_fraction={HOLDOUT}",
+            f"data.split.holdout_fraction={HOLDOUT}",
             "evaluate.bootstrap_samples=500",
             *extra,
         ],
@@ -120,8 +120,6 @@ def _config(root: Path, uri: str, name: str, *extra: str) -> Path:
 def _component(models: dict[str, Any], cfg: Path, model: Path) -> tuple[bool, dict[str, Any]]:
     out = models["root"] / f"kfp-{uuid.uuid4().hex[:8]}"
     arts: dict[str, Any] = {
-        "kept": dsl.Dataset(uri=str(out / "kept")),
-        "rejected": dsl.Dataset(uri=str(out / "rejected")),
         "report": dsl.Artifact(uri=str(out / "report")),
         "summary": dsl.Markdown(uri=str(out / "summary")),
         "metrics": dsl.Metrics(uri=str(out / "metrics")),
@@ -135,7 +133,7 @@ def _component(models: dict[str, Any], cfg: Path, model: Path) -> tuple[bool, di
         config=dsl.Artifact(uri=str(cfg)),
         manifest=dsl.Dataset(uri=str(models["manifest"])),
         model=dsl.Model(uri=str(model)),
-        kfp_run_id="",
+        mlflow_run_id="",
         **arts,
     )
     assert isinstance(passed, bool)
@@ -223,7 +221,7 @@ def test_cli_outputs_and_exit_codes(models: dict[str, Any], tmp_path: Path) -> N
         "--set",
         f"run.workdir={tmp_path}",
         "--set",
-        f"evaluate.holdout_fraction={HOLDOUT}",
+        f"data.split.holdout_fraction={HOLDOUT}",
         "--set",
         "evaluate.bootstrap_samples=500",
     ]
@@ -231,14 +229,16 @@ def test_cli_outputs_and_exit_codes(models: dict[str, Any], tmp_path: Path) -> N
     assert equal.returncode == 0, equal.stdout + equal.stderr
     assert "gate PASSED" in equal.stdout
     out = tmp_path / "eq"
-    for f in ("kept.parquet", "rejected.parquet", "report.json", "drift.html", "summary.md"):
+    for f in ("report.json", "drift.html", "summary.md"):
         assert (out / f).is_file(), f
+    # a model stage: no pass-through manifests
+    assert not (out / "kept.parquet").exists() and not (out / "rejected.parquet").exists()
     page = (out / "plots.html").read_text()
     assert "Confusion matrix of the candidate (classifier)" in page
     assert "Confusion matrix of the champion (classifier)" in page
     rep = json.loads((out / "report.json").read_text())
-    assert rep["rows_in"] == rep["rows_out"] == len(pd.read_parquet(out / "kept.parquet"))
-    assert len(pd.read_parquet(out / "rejected.parquet")) == 0
+    assert rep["rows_in"] == rep["rows_out"] == len(pd.read_parquet(models["manifest"]))
+    assert rep["rows_rejected"] == 0
     assert rep["metrics"]["champion"]["uri"] == str(models["good"])
     assert rep["metrics"]["deltas"]["accuracy"]["delta"] == 0.0
 

@@ -19,8 +19,8 @@ import torch
 
 from pairflow.config import load_config
 from pairflow.demo.synthetic import generate_dataset
-from pairflow.models.clip import load_clip
 from pairflow.models.heads import build_head
+from pairflow.models.open import open_model
 from pairflow.models.scratch import save_untrained_clip
 from pairflow.models.trained import save_trained
 from pairflow.stages.evaluate.run import EvaluateResult, evaluate_frame
@@ -35,7 +35,7 @@ def arts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     df = pd.read_parquet(gen.manifest)
     df["image"] = [str((gen.manifest.parent / p).resolve()) for p in df["image"]]
     base = save_untrained_clip(root / "base", df["caption"].tolist())
-    clip = load_clip(str(base), device="cpu")
+    clip = open_model(base).clip
     labels = sorted(df["label"].unique())
     torch.manual_seed(0)
     head = build_head(clip.model, "concat", len(labels))
@@ -53,7 +53,7 @@ def _evaluate(arts: dict[str, Any], candidate: Path, champion: Path, tag: str) -
         [
             f"run.workdir={root}",
             f"mlflow.tracking_uri=sqlite:///{root / 'mlflow.db'}",
-            "evaluate.holdout_fraction=0.4",
+            "data.split.holdout_fraction=0.4",
             "evaluate.bootstrap_samples=200",
         ],
     )

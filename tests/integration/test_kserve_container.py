@@ -28,6 +28,7 @@ import pytest
 from tests.fixtures_mlflow import register_gated_versions
 from tests.manifests_render import find_object, render_overlay, validate_object
 
+from pairflow.config import SplitConfig
 from pairflow.demo.synthetic import GenerateSummary
 from pairflow.kubeflow import names
 from pairflow.stages.deploy.kserve import start_patch
@@ -100,7 +101,8 @@ def test_patched_container_serves_the_candidate_version(
             text = resp.read().decode()
         info = [ln for ln in text.splitlines() if ln.startswith("pairflow_predictor_info{")]
         assert info and all(f'model_version="{version}"' in ln for ln in info), info
-        (row,) = holdout_pairs(str(small_dataset.manifest), 0.3, 32)[:1]
+        split = SplitConfig(holdout_fraction=0.3)
+        (row,) = holdout_pairs(str(small_dataset.manifest), split, 32)[:1]
         req = urllib.request.Request(
             f"{url}/v1/models/pairflow:predict",
             data=json.dumps(pair_request(row)).encode(),

@@ -193,7 +193,6 @@ def _config(tracking_uri: str, tmp_path: Path) -> PairflowConfig:
     cfg = PairflowConfig()
     cfg.mlflow.tracking_uri = tracking_uri
     cfg.run.workdir = str(tmp_path)
-    cfg.register_.retries = 0
     d = cfg.deploy
     d.local.command = [sys.executable, __file__, "--model", "{model_uri}", "--port", "{port}"]
     d.local.startup_timeout_s = 60
@@ -210,7 +209,7 @@ def _config(tracking_uri: str, tmp_path: Path) -> PairflowConfig:
     d.kserve.scrape_interval_s = SCRAPE_S
     d.replay.rate_per_s = 60
     d.replay.concurrency = 6
-    d.replay.holdout_fraction = 0.3
+    cfg.data.split.holdout_fraction = 0.3
     return cfg
 
 
@@ -244,7 +243,7 @@ def test_prometheus_analysis_decides_as_the_local_backend(
     made: list[PrometheusJudged] = []
 
     def factory(rollout: Any, c: PairflowConfig, manifest: str, work: Path) -> Any:
-        pairs = holdout_pairs(manifest, c.deploy.replay.holdout_fraction, 32)
+        pairs = holdout_pairs(manifest, c.data.split, 32)
         local = launch_local(
             rollout.uri(rollout.stable), rollout.uri(rollout.candidate), pairs, c.deploy, work,
             env={"MLFLOW_TRACKING_URI": mlflow_server},

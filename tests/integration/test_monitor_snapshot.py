@@ -97,7 +97,7 @@ def test_window_plus_previous_found_through_the_champion_run(
     run_id = client.create_run(exp).info.run_id
     frame = pd.read_parquet(prev)
     train, hold = split_holdout(frame, 0.2)
-    reg = Registry(mlflow_server, retries=0)
+    reg = Registry(mlflow_server)
     lineage.log_datasets(reg, run_id, {"training": (train, "train"), "evaluation": (hold, "h")},
                          source=str(prev))  # fmt: skip
     found = training_manifest_uri(mlflow_server, run_id, "models:/clip/3")

@@ -2,8 +2,9 @@
 pyfunc, ``load_clip`` of the alias, idempotency, and outages.
 
 Outages are real: an HTTP proxy in front of the server refuses chosen requests with 503 or
-drops them, so the MLflow client sees the same failures as with a dead server. MLflow's own
-HTTP retries are turned off in those tests so that only pairflow's retry policy is measured.
+drops them, so the MLflow client sees the same failures as with a dead server. The retry policy
+measured is the one pairflow sets: MLflow's own HTTP retries, from ``mlflow.http_*`` (no
+backoff in those tests, so they stay quick).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import os
 import shutil
 import threading
 from collections.abc import Callable, Iterator
@@ -37,6 +39,12 @@ from pairflow.registry.retry import GovernanceError, RegistryError, RegistryUnav
 from pairflow.report import StageReport
 from pairflow.stages.register.lineage import manifest_digest
 from pairflow.stages.register.register_version import RegisterInputs, register_model
+from pairflow.tracking import (
+    HTTP_BACKOFF_ENV,
+    HTTP_RETRIES_ENV,
+    HTTP_TIMEOUT_ENV,
+    start_pipeline_run,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -146,12 +154,14 @@ def material(tmp_path_factory: pytest.TempPathFactory) -> Material:
     )
 
 
-def _cfg(uri: str, name: str, retries: int = 0) -> PairflowConfig:
+def _cfg(uri: str, name: str, retries: int | None = None) -> PairflowConfig:
     cfg = PairflowConfig()
     cfg.mlflow.tracking_uri = uri
     cfg.register_.model_name = name
-    cfg.register_.retries = retries
-    cfg.register_.retry_backoff_s = 0.05
+    if retries is not None:
+        cfg.mlflow.http_retries = retries
+        cfg.mlflow.http_backoff_factor = 0
+        cfg.mlflow.http_timeout_s = 10
     return cfg
 
 
@@ -333,8 +343,9 @@ class _Proxy:
 
 @pytest.fixture
 def proxy(mlflow_server: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[_Proxy]:
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    # the tests' configs set MLflow's retry environment: restored to what it was afterwards
+    for name in (HTTP_RETRIES_ENV, HTTP_BACKOFF_ENV, HTTP_TIMEOUT_ENV):
+        monkeypatch.setenv(name, os.environ.get(name, "0"))
     p = _Proxy(mlflow_server)
     yield p
     p.close()
@@ -403,16 +414,17 @@ def test_component_returns_uri_card_and_report(tmp_path: Path, material: Materia
         return kind(uri=str(tmp_path / name))
 
     outs = {
-        "kept": art(dsl.Dataset, "kept"),
-        "rejected": art(dsl.Dataset, "rejected"),
         "report": art(dsl.Artifact, "report"),
         "summary": art(dsl.Markdown, "summary"),
         "model_card": art(dsl.Markdown, "card"),
     }
+    # the pipeline's MLflow run, as resolve-config opens it and hands its id on
+    run_id = start_pipeline_run(cfg, "kfp-component", "component")
     uri = register.python_func(
         config=dsl.Artifact(uri=str(config)),
         manifest=dsl.Dataset(uri=str(material.manifest)),
         model=dsl.Model(uri=str(material.compressed)),
+        mlflow_run_id=run_id,
         kfp_run_id="kfp-component",
         evaluate_report=dsl.Artifact(uri=str(material.evaluate_passed)),
         ingest_report=dsl.Artifact(uri=str(material.reports[0])),
@@ -421,6 +433,7 @@ def test_component_returns_uri_card_and_report(tmp_path: Path, material: Materia
     rep = json.loads(Path(outs["report"].path).read_text())
     assert uri == rep["metrics"]["registered_version"] == "models:/reg-component/1"
     assert rep["implemented"] and rep["rows_in"] == rep["rows_out"] == len(material.frame)
+    assert rep["metrics"]["mlflow_run_id"] == run_id  # the version is logged under that run
     assert "**Gate: PASSED**" in Path(outs["model_card"].path).read_text()
     # a model input without a model is an error naming the input, never a pass-through
     marker = tmp_path / "no-model"
@@ -430,6 +443,7 @@ def test_component_returns_uri_card_and_report(tmp_path: Path, material: Materia
             config=dsl.Artifact(uri=str(config)),
             manifest=dsl.Dataset(uri=str(material.manifest)),
             model=dsl.Model(uri=str(marker)),
+            mlflow_run_id="",
             kfp_run_id="kfp-none",
             **outs,
         )

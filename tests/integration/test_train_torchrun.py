@@ -25,8 +25,9 @@ from pairflow.models.clip import ModelLoadError, load_clip
 from pairflow.models.pairs import TrainDataError
 from pairflow.models.scratch import save_untrained_clip
 from pairflow.models.trained import load_trained
-from pairflow.report import StageOutputs, StageReport
-from pairflow.stages.train.step import run_train, train_step
+from pairflow.report import StageReport
+from pairflow.stage_io import load_step_config
+from pairflow.stages.train.step import TrainInputs, TrainOutputs, run
 
 
 @pytest.fixture(scope="module")
@@ -62,10 +63,9 @@ def test_two_rank_clip_training_logs_rank0_metrics_to_mlflow(
     run_id = tracking.start_pipeline_run(cfg, "kfp-train-1", "train test")
     config_path = tmp_path / "config.json"
     config_path.write_text(cfg.to_json())
-    out = StageOutputs.in_dir(tmp_path / "out")
-    report = train_step(
-        str(config_path), str(manifest), str(tmp_path / "model"), out, "kfp-train-1"
-    )
+    out = TrainOutputs(model=tmp_path / "model", report=tmp_path / "out" / "report.json")
+    inputs = TrainInputs(str(manifest), mlflow_run_id=run_id, kfp_run_id="kfp-train-1")
+    report = run(load_step_config(config_path), inputs, out)
 
     rows = len(read_manifest(manifest))
     written = StageReport.read(out.report)
@@ -203,11 +203,10 @@ def test_bad_base_reference_fails_before_reading_data(tmp_path: Path) -> None:
         None, [f"train.base_model={tmp_path / 'missing-model'}", f"run.workdir={tmp_path}"]
     )
     with pytest.raises(ModelLoadError, match="missing-model: model directory not found"):
-        run_train(
+        run(
             cfg,
-            str(tmp_path / "no-such-manifest.parquet"),
-            tmp_path / "m",
-            StageOutputs.in_dir(tmp_path),
+            TrainInputs(str(tmp_path / "no-such-manifest.parquet")),
+            TrainOutputs.in_dir(tmp_path),
         )
 
 
@@ -217,4 +216,4 @@ def test_empty_manifest_is_a_clear_error(data: tuple[Path, Path], tmp_path: Path
     read_manifest(manifest).head(0).to_parquet(empty)
     cfg = load_config(None, [f"train.base_model={base}", f"run.workdir={tmp_path}"])
     with pytest.raises(TrainDataError, match="empty manifest"):
-        run_train(cfg, str(empty), tmp_path / "m", StageOutputs.in_dir(tmp_path))
+        run(cfg, TrainInputs(str(empty)), TrainOutputs.in_dir(tmp_path))

@@ -1,4 +1,5 @@
-"""CLIP model references and loading: local directories, bad references, corrupt directories.
+"""Model references and ``open_model`` of a CLIP: local directories, bad references, corrupt
+directories.
 
 Uses a randomly initialised tiny CLIP saved with ``save_pretrained`` (seconds to build); the
 pretrained reference model and S3/MLflow loading are covered by the integration tests.
@@ -15,7 +16,9 @@ import pytest
 
 from pairflow.errors import PairflowError
 from pairflow.models import scratch
-from pairflow.models.clip import ModelLoadError, find_hf_dir, load_clip, resolve_reference
+from pairflow.models.errors import ModelLoadError
+from pairflow.models.locate import find_hf_dir, locate_model
+from pairflow.models.open import open_model
 
 CAPTIONS = [
     "two small red circles in the top left",
@@ -41,10 +44,14 @@ def test_saved_directory_loads_like_a_hub_clip(tiny_dir: Path) -> None:
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= names
     assert "preprocessor_config.json" in names or "processor_config.json" in names
     assert not any(n.endswith((".bin", ".pt", ".pkl")) for n in names)
-    loaded = load_clip(str(tiny_dir))
+    opened = open_model(str(tiny_dir))
+    assert opened.path == tiny_dir and opened.kind == "clip" and opened.labels is None
+    assert opened.version == f"local-{opened.digest[:12]}"
+    loaded = opened.clip
     assert loaded.path == tiny_dir
-    assert len(loaded.digest) == 64
-    assert loaded.digest == load_clip(str(tiny_dir)).digest
+    assert len(loaded.digest) == 64 and opened.digest == loaded.digest
+    assert loaded.digest == open_model(str(tiny_dir)).clip.digest
+    assert opened.max_text_length == loaded.max_text_length
     assert loaded.embed_dim == 64 and loaded.max_text_length == scratch.CONTEXT_LENGTH
     assert not loaded.model.training
     tok = loaded.processor.tokenizer
@@ -60,7 +67,8 @@ def test_saved_directory_loads_like_a_hub_clip(tiny_dir: Path) -> None:
 
 
 def test_reference_kinds_and_errors(tmp_path: Path, offline: None) -> None:
-    assert resolve_reference("openai/clip-vit-base-patch32") == "openai/clip-vit-base-patch32"
+    hub = locate_model("openai/clip-vit-base-patch32")
+    assert hub.layout == "hub" and hub.path == "openai/clip-vit-base-patch32"
     cases = {
         "": "empty model reference",
         "   ": "empty model reference",
@@ -70,17 +78,18 @@ def test_reference_kinds_and_errors(tmp_path: Path, offline: None) -> None:
         "not a model!": "unknown model reference",
     }
     for ref, message in cases.items():
-        with pytest.raises(ModelLoadError, match=message):
-            resolve_reference(ref)
+        with pytest.raises(ModelLoadError, match=message) as err:
+            open_model(ref)
+        assert "\n" not in str(err.value)
     file_ref = tmp_path / "file.txt"
     file_ref.write_text("x")
     with pytest.raises(ModelLoadError, match="is a file"):
-        resolve_reference(str(file_ref))
+        open_model(str(file_ref))
 
 
 def test_hub_id_offline_is_a_clear_error(offline: None) -> None:
     with pytest.raises(PairflowError) as err:
-        load_clip("pairflow-test-org/no-such-clip-model")
+        open_model("pairflow-test-org/no-such-clip-model")
     text = str(err.value)
     assert text.startswith("pairflow-test-org/no-such-clip-model: cannot load CLIP")
     assert "HF_HUB_OFFLINE" in text and "\n" not in text
@@ -95,42 +104,42 @@ def test_corrupt_directories(tmp_path: Path, tiny_dir: Path) -> None:
     no_weights = _copy(tiny_dir, tmp_path / "no-weights")
     (no_weights / "model.safetensors").unlink()
     with pytest.raises(ModelLoadError, match="cannot load CLIP model directory"):
-        load_clip(str(no_weights))
+        open_model(str(no_weights))
 
     truncated = _copy(tiny_dir, tmp_path / "truncated")
     weights = truncated / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])
     with pytest.raises(ModelLoadError, match="cannot load CLIP model directory"):
-        load_clip(str(truncated))
+        open_model(str(truncated))
 
     bad_json = _copy(tiny_dir, tmp_path / "bad-json")
     (bad_json / "config.json").write_text("{not json")
     with pytest.raises(ModelLoadError, match=r"unreadable config\.json"):
-        load_clip(str(bad_json))
+        open_model(str(bad_json))
 
     not_clip = _copy(tiny_dir, tmp_path / "not-clip")
     config = json.loads((not_clip / "config.json").read_text())
     (not_clip / "config.json").write_text(json.dumps({**config, "model_type": "bert"}))
     with pytest.raises(ModelLoadError, match="model_type 'bert', not 'clip'"):
-        load_clip(str(not_clip))
+        open_model(str(not_clip))
 
     no_tokenizer = _copy(tiny_dir, tmp_path / "no-tokenizer")
     for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt"):
         (no_tokenizer / name).unlink(missing_ok=True)
     with pytest.raises(ModelLoadError):
-        load_clip(str(no_tokenizer))
+        open_model(str(no_tokenizer))
 
     wrong_shape = _copy(tiny_dir, tmp_path / "wrong-shape")
     config = json.loads((wrong_shape / "config.json").read_text())
     config["projection_dim"] = 32
     (wrong_shape / "config.json").write_text(json.dumps(config))
     with pytest.raises(ModelLoadError, match=r"do not match|cannot load"):
-        load_clip(str(wrong_shape))
+        open_model(str(wrong_shape))
 
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(ModelLoadError, match=r"no config\.json"):
-        load_clip(str(empty))
+        open_model(str(empty))
 
 
 def test_find_hf_dir_layouts(tmp_path: Path, tiny_dir: Path) -> None:

@@ -7,6 +7,7 @@ exactly the rules manifests/README.md lists.
 
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 from pathlib import Path
@@ -16,6 +17,7 @@ import pytest
 import yaml
 from tests.manifests_render import OVERLAYS, find_object, render_overlay
 
+from pairflow.config import load_config
 from pairflow.kubeflow.settings import KubeflowConfig
 from pairflow.pipelines.retrain import CONFIG_MAP_ENV, MLFLOW_SECRET_ENV, S3_SECRET_ENV
 
@@ -212,3 +214,31 @@ def test_tracking_uri_is_required_in_a_kfp_pod_only(
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow:5000")
     assert tracking.resolve_tracking_uri("", tmp_path) == "http://mlflow:5000"
     assert tracking.resolve_tracking_uri("http://other:5000", tmp_path) == "http://other:5000"
+
+
+def test_mlflow_settings_are_resolved_in_one_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``resolve_mlflow_settings`` (resolve-config, every CLI) resolves the tracking URI into
+    the config and makes ``mlflow.http_*`` MLflow's retry environment; in a KFP pod with no
+    URI the step exits with one line."""
+    from pairflow import stage_io, tracking
+
+    for name in (tracking.HTTP_RETRIES_ENV, tracking.HTTP_BACKOFF_ENV, tracking.HTTP_TIMEOUT_ENV):
+        monkeypatch.setenv(name, "0")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv(tracking.KFP_POD_ENV, raising=False)
+    cfg = load_config(None, [f"run.workdir={tmp_path}", "mlflow.http_retries=3"])
+    assert tracking.resolve_mlflow_settings(cfg) is cfg
+    assert cfg.mlflow.tracking_uri == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert os.environ[tracking.HTTP_RETRIES_ENV] == "3"
+    assert os.environ[tracking.HTTP_BACKOFF_ENV] == "2"
+    assert os.environ[tracking.HTTP_TIMEOUT_ENV] == "120"
+    assert tracking.http_attempts("http://mlflow:5000") == 4
+    assert tracking.http_attempts(cfg.mlflow.tracking_uri) == 1
+    monkeypatch.setenv(tracking.KFP_POD_ENV, "retrain-abc-driver")
+    with pytest.raises(SystemExit) as exit_:
+        stage_io.resolve_step_mlflow(load_config(None, [f"run.workdir={tmp_path / 'pod'}"]))
+    message = str(exit_.value)
+    assert message.startswith("pairflow: mlflow.tracking_uri: not set in a Kubeflow pipeline pod")
+    assert "\n" not in message

@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from kfp import dsl, local
+from mlflow.tracking import MlflowClient
 
 from pairflow.components.ingest import ingest
 from pairflow.components.resolve_config import resolve_config
@@ -23,6 +24,7 @@ def _defaults(tmp_path: Path) -> str:
 
 def test_resolve_config_applies_ui_values(tmp_path: Path, small_dataset: GenerateSummary) -> None:
     out = dsl.Artifact(uri=str(tmp_path / "config"))
+    run_file = tmp_path / "mlflow_run_id"
     digest = resolve_config.python_func(
         defaults_json=_defaults(tmp_path),
         params={
@@ -33,10 +35,15 @@ def test_resolve_config_applies_ui_values(tmp_path: Path, small_dataset: Generat
         kfp_run_id="run-1",
         kfp_run_name="first",
         config=out,
+        mlflow_run_id=str(run_file),
     )
     cfg = config_from_json(Path(out.path).read_text())
     assert (cfg.data.shards, cfg.compress.int8) == (3, False)
     assert digest == cfg.digest() == out.metadata["config_hash"]
+    # the run id output names the MLflow run that records this KFP run: later steps log to it
+    run = MlflowClient(tracking_uri=cfg.mlflow.tracking_uri).get_run(run_file.read_text())
+    assert run.data.tags["pairflow.kfp_run_id"] == "run-1"
+    assert run.data.tags["pairflow.config_hash"] == digest
 
 
 def test_ingest_component_writes_manifest_report_and_summary(
@@ -53,7 +60,11 @@ def test_ingest_component_writes_manifest_report_and_summary(
         dsl.Markdown(uri=str(tmp_path / "summary")),
     )
     shards = ingest.python_func(
-        config=dsl.Artifact(uri=str(config)), kfp_run_id="", report=report, summary=summary, **arts
+        config=dsl.Artifact(uri=str(config)),
+        mlflow_run_id="",
+        report=report,
+        summary=summary,
+        **arts,
     )
     assert shards == [0, 1, 2, 3]
     rep = json.loads(Path(report.path).read_text())
@@ -76,3 +87,5 @@ def test_resolve_config_through_kfp_local(tmp_path: Path) -> None:
     cfg = config_from_json(Path(task.outputs["config"].path).read_text())
     assert cfg.train.epochs == 4
     assert task.outputs["Output"] == cfg.digest()
+    run = MlflowClient(tracking_uri=cfg.mlflow.tracking_uri).get_run(task.outputs["mlflow_run_id"])
+    assert run.data.tags["pairflow.kfp_run_id"] == "local-1"

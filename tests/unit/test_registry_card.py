@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
 
+from pairflow.config import MlflowConfig
 from pairflow.models.scratch import save_untrained_clip
 from pairflow.registry.card import CardInputs, build_model_card, with_canary
-from pairflow.registry.retry import RegistryUnavailable, with_retries
+from pairflow.registry.client import Registry
+from pairflow.registry.retry import RegistryError, RegistryUnavailable
 from pairflow.registry.variants import resolve_variants
 from pairflow.report import StageReport
 from pairflow.stages.register.register_version import gate_status
+from pairflow.tracking import HTTP_BACKOFF_ENV, HTTP_RETRIES_ENV, HTTP_TIMEOUT_ENV
 
 
 def test_card_without_inputs_states_what_is_missing() -> None:
@@ -252,32 +257,88 @@ def test_variant_index_picks_chosen_and_falls_back_to_torch_for_onnx(tmp_path: P
         resolve_variants(root, None)
 
 
-def test_retries_back_off_then_fail_with_the_operation_named() -> None:
-    delays: list[float] = []
-    calls = {"n": 0}
+class _FakeMlflow:
+    """A registry endpoint of MLflow's REST API answering from a script: each request takes
+    the next (status, body) of ``answers`` (the last one repeats); the times are recorded."""
 
-    def flaky() -> str:
-        calls["n"] += 1
-        if calls["n"] < 3:
-            raise MlflowException("API request failed: connection refused")
-        return "ok"
+    def __init__(self, answers: list[Answer]) -> None:
+        self.answers = answers
+        self.times: list[float] = []
+        fake = self
 
-    assert with_retries(flaky, "op", 4, 0.5, sleep=delays.append) == "ok"
-    assert delays == [0.5, 1.0]
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                fake.times.append(time.monotonic())
+                status, body = fake.answers[min(len(fake.times), len(fake.answers)) - 1]
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
 
-    def down() -> None:
-        raise MlflowException("503 Service Unavailable")
+            def log_message(self, *args: object) -> None:
+                pass
 
-    with pytest.raises(RegistryUnavailable, match="set alias failed after 3 attempts"):
-        with_retries(down, "set alias", 2, 0.1, sleep=delays.append)
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
-    def refused() -> None:
-        raise MlflowException("no such model", error_code=RESOURCE_DOES_NOT_EXIST)
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
 
-    delays.clear()
-    with pytest.raises(MlflowException, match="no such model"):
-        with_retries(refused, "get", 5, 0.1, sleep=delays.append)
-    assert delays == []
+
+@pytest.fixture
+def http_policy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """MLflow's retry environment, restored after the test (the policy writes it)."""
+    for name in (HTTP_RETRIES_ENV, HTTP_BACKOFF_ENV, HTTP_TIMEOUT_ENV):
+        monkeypatch.setenv(name, "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_JITTER", "0")  # exact delays
+
+
+def _registry(url: str, retries: int, backoff: int) -> Registry:
+    return Registry.from_config(
+        MlflowConfig(
+            tracking_uri=url, http_retries=retries, http_backoff_factor=backoff, http_timeout_s=10
+        )
+    )
+
+
+Answer = tuple[int, dict[str, object]]
+MODEL: Answer = (200, {"registered_model": {"name": "m"}})
+UNAVAILABLE: Answer = (503, {"error_code": "TEMPORARILY_UNAVAILABLE", "message": "try later"})
+REFUSED: Answer = (404, {"error_code": "RESOURCE_DOES_NOT_EXIST", "message": "no such model"})
+
+
+def test_retries_back_off_then_fail_with_the_operation_named(http_policy: None) -> None:
+    """The one retry layer under KFP's is MLflow's own (mlflow.http_*): transient answers are
+    retried with growing delays, a failure that outlives them names the operation and the
+    attempts, a refused request is not retried."""
+    flaky = _FakeMlflow([UNAVAILABLE, UNAVAILABLE, MODEL])
+    try:
+        assert _registry(flaky.url, 4, 1).registered_model("m").name == "m"
+    finally:
+        flaky.close()
+    assert len(flaky.times) == 3
+    first, second = (b - a for a, b in itertools.pairwise(flaky.times))
+    assert first < 1.0 and 1.9 < second < 3.5  # urllib3: 0 s, then factor x 2 s
+
+    down = _FakeMlflow([UNAVAILABLE])
+    try:
+        with pytest.raises(RegistryUnavailable, match="get m failed after 3 attempts"):
+            _registry(down.url, 2, 0).registered_model("m")
+    finally:
+        down.close()
+    assert len(down.times) == 3
+
+    refused = _FakeMlflow([REFUSED])
+    try:
+        with pytest.raises(RegistryError, match="m: no such registered model"):
+            _registry(refused.url, 5, 0).registered_model("m")
+    finally:
+        refused.close()
+    assert len(refused.times) == 1
 
 
 def test_pyfunc_labels_come_from_a_trained_classifier_head(tmp_path: Path) -> None:

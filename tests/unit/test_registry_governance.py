@@ -35,7 +35,7 @@ NAME = "gov"
 def store(tmp_path_factory: pytest.TempPathFactory) -> Registry:
     """One sqlite store per module (creating its schema takes seconds)."""
     db = tmp_path_factory.mktemp("registry") / "mlflow.db"
-    return Registry(f"sqlite:///{db}", retries=3, backoff_s=0.01)
+    return Registry(f"sqlite:///{db}")
 
 
 @pytest.fixture

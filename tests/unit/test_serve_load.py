@@ -16,14 +16,13 @@ import yaml
 from kserve.errors import InvalidInput
 from PIL import Image
 
-from pairflow.models.clip import ModelLoadError, load_clip
+from pairflow.models.errors import ModelLoadError
 from pairflow.models.export import export_towers
 from pairflow.models.open import (
     TorchClip,
     TrainedClassifier,
     VariantModel,
-    load_hf,
-    load_servable,
+    open_model,
     sized_pixels,
 )
 from pairflow.models.scratch import save_untrained_clip
@@ -52,7 +51,7 @@ def compressed(clip_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     nested two folders deep as a download would be."""
     root = tmp_path_factory.mktemp("compressed") / "artifacts" / "compressed"
     shutil.copytree(clip_dir, root / "fp32_torch")
-    clip = load_clip(str(clip_dir), device="cpu")
+    clip = open_model(clip_dir).clip
     pixels = torch.from_numpy(
         np.asarray(
             clip.processor.image_processor(images=IMAGES[:2], return_tensors="np")["pixel_values"]
@@ -73,18 +72,28 @@ def compressed(clip_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
 
 @pytest.mark.slow  # the ONNX export of the compressed fixture: ~15-30 s on 2 cores
 def test_compressed_dir_loads_chosen_or_named_variant(compressed: Path, clip_dir: Path) -> None:
-    ref = TorchClip(load_clip(str(clip_dir), device="cpu"))
-    chosen = load_servable(str(compressed), threads=1)
+    ref = open_model(clip_dir)
+    assert isinstance(ref.model, TorchClip)
+    chosen = open_model(compressed, threads=1)
     assert isinstance(chosen.model, VariantModel)
     assert chosen.model.loaded.name == "fp32_onnx" and chosen.model.loaded.kind == "onnx"
-    assert chosen.version.startswith("local-") and chosen.path.name == "fp32_onnx"
-    named = load_servable(str(compressed), "fp32_torch", threads=1)
+    assert chosen.version.startswith("local-") and chosen.path is not None
+    assert chosen.path.name == "fp32_onnx" and chosen.kind == "clip" and chosen.labels is None
+    assert chosen.location.record is not None and chosen.location.record.chosen
+    named = open_model(str(compressed), variant="fp32_torch", threads=1)
     assert isinstance(named.model, VariantModel) and named.model.loaded.kind == "torch"
-    for m in (chosen.model, named.model):
+    assert named.clip.path == named.path  # a torch variant exposes its CLIP towers
+    for m in (chosen, named):
         np.testing.assert_allclose(m.embed_images(IMAGES), ref.embed_images(IMAGES), atol=1e-4)
         np.testing.assert_allclose(m.embed_texts(CAPTIONS), ref.embed_texts(CAPTIONS), atol=1e-4)
+    with pytest.raises(ModelLoadError, match="is not a torch CLIP"):
+        _ = chosen.clip
     with pytest.raises(ModelLoadError, match=r"no variant 'int8_onnx'.*fp32_onnx"):
-        load_servable(str(compressed), "int8_onnx")
+        open_model(str(compressed), variant="int8_onnx")
+    # one ONNX variant folder opens on its own (as the registry's pyfunc artifact does)
+    alone = open_model(compressed / "artifacts" / "compressed" / "fp32_onnx", threads=1)
+    assert alone.location.layout == "onnx" and alone.runtime == "onnx"
+    np.testing.assert_allclose(alone.embed_texts(CAPTIONS), ref.embed_texts(CAPTIONS), atol=1e-4)
 
 
 @pytest.mark.slow
@@ -99,28 +108,29 @@ def test_registered_layout_loads_its_shipping_variant(
     shutil.copytree(clip_dir, model / "artifacts" / "hf")
     conf = {"flavors": {"python_function": {"config": {"variant": "fp32_onnx", "kind": "onnx"}}}}
     (model / "MLmodel").write_text(yaml.safe_dump(conf))
-    loaded = load_servable(str(tmp_path / "download"), threads=1)
+    loaded = open_model(str(tmp_path / "download"), threads=1)
     assert isinstance(loaded.model, VariantModel) and loaded.model.loaded.kind == "onnx"
     assert loaded.model.variant.startswith("fp32_onnx")
-    torch_side = load_servable(str(tmp_path / "download"), "torch")
-    assert isinstance(torch_side.model, TorchClip) and torch_side.path.name == "hf"
+    torch_side = open_model(str(tmp_path / "download"), variant="torch")
+    assert isinstance(torch_side.model, TorchClip)
+    assert torch_side.path is not None and torch_side.path.name == "hf"
     with pytest.raises(ModelLoadError, match="ships variant 'fp32_onnx' only"):
-        load_servable(str(tmp_path / "download"), "int8_onnx")
+        open_model(str(tmp_path / "download"), variant="int8_onnx")
 
 
 def test_hf_dir_refuses_unknown_variant(clip_dir: Path) -> None:
     with pytest.raises(ModelLoadError, match="variant 'fp32_onnx' is not available"):
-        load_servable(str(clip_dir), "fp32_onnx")
+        open_model(str(clip_dir), variant="fp32_onnx")
 
 
 def test_classifier_artifact_classifies_with_its_head_and_labels(
     clip_dir: Path, tmp_path: Path
 ) -> None:
     from pairflow.models.heads import build_head
-    from pairflow.models.trained import load_trained, save_trained
+    from pairflow.models.trained import save_trained
 
     labels = ["circle", "square", "star"]
-    clip = load_clip(str(clip_dir), device="cpu")
+    clip = open_model(clip_dir).clip
     torch.manual_seed(0)
     head = build_head(clip.model, "concat", len(labels))
     for p in head.parameters():
@@ -141,7 +151,10 @@ def test_classifier_artifact_classifies_with_its_head_and_labels(
     }
     response, _ = asyncio.run(pred(body))
     got = np.asarray([[r["probabilities"][lab] for lab in labels] for r in response["predictions"]])
-    trained = load_trained(out, device="cpu")
+    opened = open_model(out)
+    assert opened.kind == "classifier" and opened.labels == labels
+    trained = opened.trained
+    assert trained is not None
     px = torch.from_numpy(
         np.asarray(
             trained.clip.processor.image_processor(images=IMAGES, return_tensors="np")[
@@ -152,6 +165,8 @@ def test_classifier_artifact_classifies_with_its_head_and_labels(
     enc = trained.clip.processor.tokenizer(CAPTIONS[:3], padding=True, return_tensors="pt")
     want = torch.softmax(trained.classify(px, enc["input_ids"], enc["attention_mask"]), -1)
     np.testing.assert_allclose(got, want.numpy(), atol=1e-4)
+    mine = torch.softmax(torch.from_numpy(opened.classify(IMAGES, CAPTIONS[:3])), -1)
+    np.testing.assert_allclose(mine.numpy(), want.numpy(), atol=1e-4)
     assert [r["label"] for r in response["predictions"]] == [labels[int(i)] for i in got.argmax(1)]
     with pytest.raises(InvalidInput, match=r"instances\[0\].*needs an image and a caption"):
         asyncio.run(pred({"task": "classify", "instances": [{"image": _b64(IMAGES[0])}]}))
@@ -163,7 +178,7 @@ def test_classifier_artifact_classifies_with_its_head_and_labels(
 
 def test_registered_variant_follows_the_mlmodel_artifact_table(tmp_path: Path) -> None:
     """MLflow stores a pyfunc artifact under its source folder's name, not under its key."""
-    from pairflow.models.open import registered_variant
+    from pairflow.models.locate import registered_variant
 
     model = tmp_path / "artifacts"
     (model / "artifacts" / "int8_onnx").mkdir(parents=True)
@@ -188,7 +203,7 @@ def test_registered_variant_follows_the_mlmodel_artifact_table(tmp_path: Path) -
 def test_sized_pixels_equal_the_processor_and_defer_otherwise(clip_dir: Path) -> None:
     """The numpy fast path for images already at the model's size gives the processor's
     pixel values; other sizes or modes are left to the processor (``None``)."""
-    proc = load_hf(clip_dir, str(clip_dir)).clip.processor.image_processor
+    proc = open_model(clip_dir).processor.image_processor
     side = int(proc.crop_size["height"])
     rng = np.random.default_rng(3)
     images = [

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import math
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from pairflow.config import SplitConfig
 from pairflow.data.split import split_holdout
 from pairflow.models import checkpoint as ck
 from pairflow.models.heads import FusionHead
@@ -36,7 +38,7 @@ def _frame(n: int) -> pd.DataFrame:
 
 def test_split_rows_drops_exactly_the_holdout_rows_and_disjoint_val() -> None:
     df = _frame(400)
-    s = split_rows(df, 0.2, 0.15)
+    s = split_rows(df, SplitConfig(holdout_fraction=0.2), 0.15)
     _, held = split_holdout(df, 0.2)
     assert list(s.holdout["id"]) == list(held["id"])
     ids = [set(s.train["id"]), set(s.val["id"]), set(s.holdout["id"])]
@@ -246,8 +248,23 @@ def test_fit_batch_larger_than_dataset() -> None:
 def test_warmup_cosine_schedule() -> None:
     from pairflow.models.loop import warmup_cosine
 
-    f = warmup_cosine(100, 0.1)
-    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
-    assert f(55) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.5))) and f(100) == pytest.approx(
+    def lrs(total: int, warmup_fraction: float) -> list[float]:
+        """The learning rate of each optimizer step 0..total (peak 1)."""
+        optim = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+        sched = warmup_cosine(optim, total, warmup_fraction)
+        seen = []
+        for _ in range(total + 1):
+            seen.append(float(sched.get_last_lr()[0]))
+            optim.step()
+            sched.step()
+        return seen
+
+    f = lrs(100, 0.1)  # 10 warm-up steps: linear from 0, the peak at step 10
+    assert f[0] == pytest.approx(0.0) and f[5] == pytest.approx(0.5) and f[10] == pytest.approx(1.0)
+    assert all(a < b for a, b in pairwise(f[:11]))
+    assert f[55] == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.5))) and f[100] == pytest.approx(
         0.0
     )
+    assert all(a > b for a, b in pairwise(f[10:]))  # cosine down to 0
+    g = lrs(100, 0.0)  # no warm-up: the first step runs at the peak
+    assert g[0] == pytest.approx(1.0) and g[50] == pytest.approx(0.5) and g[100] == pytest.approx(0)

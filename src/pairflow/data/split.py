@@ -1,8 +1,10 @@
 """The held-out split: chosen by a hash of ``id``, so it is stable across runs and shards.
 
-Train never sees a held-out row; evaluate and compress measure on exactly these rows. The
-salt lets a team re-draw the split deliberately (changing it invalidates comparisons with
-champions evaluated on the old split).
+Train never sees a held-out row; evaluate and compress measure on exactly these rows, register
+records them as the evaluation dataset and the deploy canary replays them. The fraction and the
+salt are the ``data.split`` section (:class:`pairflow.data.settings.SplitConfig`); every stage
+splits through :func:`split_frame` with it. The salt lets a team re-draw the split deliberately
+(changing it invalidates comparisons with champions evaluated on the old split).
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ import hashlib
 import numpy as np
 import pandas as pd
 
-DEFAULT_SALT = "pairflow-holdout-v1"
+from pairflow.data.settings import DEFAULT_SALT, SplitConfig
+
+__all__ = ["DEFAULT_SALT", "holdout_bucket", "holdout_mask", "split_frame", "split_holdout"]
 
 
 def holdout_bucket(row_id: str, salt: str = DEFAULT_SALT) -> float:
@@ -41,3 +45,8 @@ def split_holdout(
         frame.loc[~mask].reset_index(drop=True),
         frame.loc[mask].reset_index(drop=True),
     )
+
+
+def split_frame(frame: pd.DataFrame, split: SplitConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(train rows, held-out rows) of a manifest under the run's ``data.split`` section."""
+    return split_holdout(frame, split.holdout_fraction, split.salt)

@@ -92,12 +92,12 @@ def demo(
     set_: SetOpt = None,
 ) -> None:
     """Generate demo data and run the whole pipeline locally, round after round."""
-    from pairflow.tracking import resolve_tracking_uri
+    from pairflow.tracking import resolve_mlflow_settings
 
     start = time.perf_counter()
     ensure_writable_dir(workdir, "work dir")
     cfg = load_config(config, [*(set_ or []), f"run.workdir={workdir}"])
-    uri = resolve_tracking_uri(cfg.mlflow.tracking_uri, workdir)
+    uri = resolve_mlflow_settings(cfg).mlflow.tracking_uri
     if keep_store:
         console.print(f"MLflow store kept: {uri}", markup=False, highlight=False)
     else:
@@ -216,7 +216,7 @@ def _demo_monitor_round(
     from pairflow.demo.monitor_round import replay_against_champion
     from pairflow.demo.synthetic import generate_dataset
     from pairflow.stages.monitor.run import decision_lines, monitor_window
-    from pairflow.tracking import resolve_tracking_uri
+    from pairflow.tracking import resolve_mlflow_settings
 
     split: list[tuple[str, float]] = []
     before = time.perf_counter()
@@ -248,7 +248,7 @@ def _demo_monitor_round(
             *sets,
         ],
     )
-    uri = resolve_tracking_uri(cfg.mlflow.tracking_uri, workdir)
+    uri = resolve_mlflow_settings(cfg).mlflow.tracking_uri
     before = time.perf_counter()
     with console.status(
         f"serving the champion with the sink; replaying {MONITOR_REQUESTS} requests "

@@ -10,14 +10,16 @@ synthetic image size (64 px: nothing is upscaled to 224). Everything is saved wi
 ``CLIPProcessor.from_pretrained(dir)`` load it exactly as they load
 ``openai/clip-vit-base-patch32``.
 
-Training is a small loop, to be replaced by the real trainer (``pairflow.stages.train``):
+Training runs through the train stage's loop (:func:`pairflow.models.loop.fit`: AdamW, warm-up
++ cosine) on CPU, with a demo objective, model and data set:
 
-- symmetric InfoNCE with a learnable logit scale clamped at 100, AdamW, warm-up + cosine;
+- symmetric InfoNCE with a learnable logit scale clamped at 100 (as the train stage's towers);
 - one hard negative caption per image (NegCLIP-style): the caption with its shape word
   swapped, an extra negative column for that image, so shape must be read from pixels;
 - an auxiliary linear head classifying the manifest ``label`` (the shape) from the image
   embedding; it is discarded after training;
-- horizontal flips of the image with ``left``/``right`` swapped in the caption;
+- horizontal flips of the image with ``left``/``right`` swapped in the caption (the flip and
+  the hard negative are drawn per ``(epoch, index)`` key, as the train stage's augmentation);
 - the patch embedding starts as a whitened PCA of training patches, which lets the tiny ViT
   learn local shape features in a few hundred steps instead of thousands.
 """
@@ -37,12 +39,17 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset
 
 from pairflow.data.decode import DecodeError, decode_image
 from pairflow.data.sources import read_source
 from pairflow.demo.synthetic import LABELS, generate_dataset
-from pairflow.models.clip import features, save_clip
+from pairflow.models.clip import save_clip
 from pairflow.models.formats import INFO_FILE
+from pairflow.models.heads import MAX_LOGIT_SCALE, ClipTowers
+from pairflow.models.loop import LoopSettings, fit
+from pairflow.models.pairs import Key, item_seed, mirror_caption
 from pairflow.models.scratch import CONTEXT_LENGTH, build_processor, tiny_clip
 
 if TYPE_CHECKING:
@@ -54,10 +61,10 @@ DEMO_DATA_SEED = 7
 REFERENCE_SEED = 1234
 
 _SHAPE_WORD = re.compile(r"\b(" + "|".join(LABELS) + r")(s?)\b")
-_SIDE_WORD = re.compile(r"\b(left|right)\b")
 _PCA_PATCHES = 20_000
 _PCA_SCALE = 2.0
 _AUX_SCALE = 10.0
+_WARMUP_FRACTION = 0.05
 
 
 # ---------------------------------------------------------------------------------------------
@@ -75,11 +82,6 @@ def swap_shape(caption: str, rng: random.Random) -> str:
         return rng.choice([s for s in LABELS if s != m.group(1)]) + m.group(2)
 
     return _SHAPE_WORD.sub(other, caption, count=1)
-
-
-def mirror_caption(caption: str) -> str:
-    """The caption of the horizontally flipped image: ``left`` <-> ``right``."""
-    return _SIDE_WORD.sub(lambda m: "right" if m.group(1) == "left" else "left", caption)
 
 
 def _load_pixels(paths: Sequence[str], processor: CLIPProcessor) -> torch.Tensor:
@@ -122,15 +124,84 @@ def pca_patch_init(model: CLIPModel, pixels: torch.Tensor, scale: float = _PCA_S
         conv.weight[:k] = (v[:k] / std[:, None]).reshape(k, -1, p, p) * scale
 
 
-def _lr_lambda(total: int) -> Callable[[int], float]:
-    warmup = max(1, total // 20)
+class _PretrainSet(Dataset[dict[str, Any]]):
+    """Clean pairs keyed by ``(epoch, index)`` (see :class:`pairflow.models.pairs.EpochSampler`):
+    a horizontal flip with ``left``/``right`` swapped in the caption, and a hard-negative caption,
+    both drawn from an RNG seeded by the key."""
 
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+    def __init__(
+        self, pixels: torch.Tensor, captions: Sequence[str], labels: torch.Tensor, seed: int
+    ) -> None:
+        self.pixels = pixels
+        self.captions = captions
+        self.labels = labels
+        self.seed = seed
 
-    return factor
+    def __len__(self) -> int:
+        return len(self.captions)
+
+    def __getitem__(self, key: Key) -> dict[str, Any]:
+        epoch, index = key
+        rng = random.Random(item_seed(self.seed, epoch, index))
+        pixels, caption = self.pixels[index], self.captions[index]
+        if rng.random() < 0.5:
+            pixels, caption = pixels.flip(-1), mirror_caption(caption)
+        return {
+            "pixel_values": pixels,
+            "caption": caption,
+            "negative": swap_shape(caption, rng),
+            "label": int(self.labels[index]),
+        }
+
+
+class _PretrainCollate:
+    """Stacked pixels; the captions' tokens, then their hard negatives' (2B text rows)."""
+
+    def __init__(self, processor: CLIPProcessor) -> None:
+        self.processor = processor
+
+    def __call__(self, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        captions = [it["caption"] for it in items] + [it["negative"] for it in items]
+        return {
+            "pixel_values": torch.stack([it["pixel_values"] for it in items]),
+            **_tokens(self.processor, captions),
+            "label": torch.tensor([it["label"] for it in items]),
+        }
+
+
+class _PretrainModel(nn.Module):
+    """The CLIP towers plus the auxiliary shape head on the image embedding (discarded)."""
+
+    def __init__(self, clip: CLIPModel, n_labels: int) -> None:
+        super().__init__()
+        self.towers = ClipTowers(clip)
+        self.aux = nn.Linear(clip.config.projection_dim or 64, n_labels)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        out = self.towers(batch)
+        return {**out, "aux_logits": self.aux(out["image"] * _AUX_SCALE)}
+
+
+class PretrainObjective:
+    """Symmetric InfoNCE whose text side holds each image's hard negative as an extra column,
+    plus cross-entropy of the auxiliary head against the shape label. Keeps the last batch's
+    contrastive loss (for the log and ``pairflow_reference.json``)."""
+
+    def __init__(self) -> None:
+        self.contrastive = float("nan")
+
+    def __call__(
+        self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
+        img, txt = outputs["image"], outputs["text"]
+        n = len(img)
+        logits = outputs["logit_scale"] * img @ txt.T  # (B, 2B): hard negatives on the right
+        target = torch.arange(n, device=img.device)
+        contrastive = 0.5 * (
+            F.cross_entropy(logits, target) + F.cross_entropy(logits[:, :n].T, target)
+        )
+        self.contrastive = float(contrastive.detach())
+        return contrastive + F.cross_entropy(outputs["aux_logits"], batch["label"])
 
 
 def pretrain_reference_clip(
@@ -156,7 +227,6 @@ def pretrain_reference_clip(
         raise ValueError("pretrain_reference_clip: need n >= 2, epochs >= 1, batch_size >= 2")
     start = time.perf_counter()
     torch.manual_seed(seed)
-    rng = random.Random(seed)
     with tempfile.TemporaryDirectory(prefix="pairflow-clip-pretrain-") as tmp:
         gen = generate_dataset(Path(tmp) / "data", n, seed=seed, defects=False)
         df = read_source(str(gen.manifest), "parquet")
@@ -168,59 +238,47 @@ def pretrain_reference_clip(
 
     model = tiny_clip(processor.tokenizer, seed=seed)
     pca_patch_init(model, pixels)
-    model.train()
-    head = torch.nn.Linear(model.config.projection_dim or 64, len(LABELS))
-    decay = [p for name, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in name]
-    ids = {id(p) for p in decay}
-    rest = [p for p in model.parameters() if id(p) not in ids] + list(head.parameters())
-    optim = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": 0.05}, {"params": rest, "weight_decay": 0.0}],
-        lr=learning_rate,
-    )
-    steps_per_epoch = n // batch_size or 1
-    sched = torch.optim.lr_scheduler.LambdaLR(optim, _lr_lambda(steps_per_epoch * epochs))
-    max_scale = math.log(100.0)
-    gen_t = torch.Generator().manual_seed(seed)
-    loss_value = float("nan")
-    for epoch in range(epochs):
-        order = torch.randperm(n, generator=gen_t)
-        for step in range(steps_per_epoch):
-            idx = order[step * batch_size : (step + 1) * batch_size]
-            flip = torch.rand(len(idx), generator=gen_t) < 0.5
-            batch = torch.where(flip[:, None, None, None], pixels[idx].flip(3), pixels[idx])
-            caps = [
-                mirror_caption(captions[i]) if f else captions[i]
-                for i, f in zip(idx.tolist(), flip.tolist(), strict=True)
-            ]
-            texts = _tokens(processor, caps + [swap_shape(c, rng) for c in caps])
-            img = F.normalize(features(model.get_image_features(pixel_values=batch)), dim=-1)
-            txt = F.normalize(features(model.get_text_features(**texts)), dim=-1)
-            logits = model.logit_scale.exp() * img @ txt.T  # (B, 2B): hard negatives on the right
-            target = torch.arange(len(idx))
-            contrastive = 0.5 * (
-                F.cross_entropy(logits, target) + F.cross_entropy(logits[:, : len(idx)].T, target)
+    objective = PretrainObjective()
+    batch = min(batch_size, n)
+    steps_per_epoch = n // batch
+
+    def on_step(step: int, total: int) -> None:
+        if step % steps_per_epoch == 0:
+            epoch = step // steps_per_epoch
+            log.info(
+                "reference CLIP: epoch %d/%d, contrastive loss %.4f",
+                epoch,
+                epochs,
+                objective.contrastive,
             )
-            loss = contrastive + F.cross_entropy(head(img * _AUX_SCALE), labels[idx])
-            optim.zero_grad(set_to_none=True)
-            loss.backward()  # type: ignore[no-untyped-call]
-            optim.step()
-            sched.step()
-            with torch.no_grad():
-                model.logit_scale.clamp_(0, max_scale)
-            loss_value = float(contrastive.detach())
-        log.info(
-            "reference CLIP: epoch %d/%d, contrastive loss %.4f", epoch + 1, epochs, loss_value
-        )
-        if progress is not None:
-            progress(epoch + 1, epochs)
-    model.train(False)
+            if progress is not None:
+                progress(epoch, epochs)
+
+    fit(
+        _PretrainModel(model, len(LABELS)),
+        objective,
+        _PretrainSet(pixels, captions, labels, seed),
+        _PretrainCollate(processor),
+        settings=LoopSettings(
+            epochs=epochs,
+            batch_size=batch,
+            learning_rate=learning_rate,
+            weight_decay=0.05,
+            warmup_fraction=_WARMUP_FRACTION,
+            max_grad_norm=math.inf,  # no clipping
+            seed=seed,
+        ),
+        progress=on_step,
+    )
+    with torch.no_grad():  # the towers read it clamped; save it so
+        model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
     info = {
         "n": n,
         "seed": seed,
         "epochs": epochs,
         "batch_size": batch_size,
         "learning_rate": learning_rate,
-        "final_contrastive_loss": round(loss_value, 4),
+        "final_contrastive_loss": round(objective.contrastive, 4),
         "data_seconds": round(data_s, 1),
         "seconds": round(time.perf_counter() - start, 1),
     }

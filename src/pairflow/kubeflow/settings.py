@@ -41,8 +41,23 @@ class KubeflowConfig(Section):
         description="Secret with MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (MLflow "
         "basic auth), env of every step.",
     )
-    io_retries: int = Field(3, ge=0, description="Retries of I/O-bound steps (S3, MLflow, k8s).")
-    io_retry_backoff_s: int = Field(15, ge=1, description="First retry delay; doubles each time.")
+    io_retries: int = Field(
+        3,
+        ge=0,
+        description="KFP task retries of the I/O-bound steps (S3, MLflow, Kubernetes): the whole "
+        "step runs again. The one retry layer above a single call's own retries (MLflow HTTP "
+        "requests: mlflow.http_*; S3: botocore's standard mode; image reads: "
+        "clip_filter.read_retries).",
+    )
+    io_retry_backoff_s: int = Field(
+        15, ge=1, description="First task retry delay; doubles on each further retry."
+    )
+    local_io_retries: int = Field(
+        1,
+        ge=0,
+        description="io_retries of local runs (kfp.local, 2 s first delay): fail fast while "
+        "iterating.",
+    )
     pipeline_name: str = "retrain"
     experiment: str = "pairflow"
     host: str = ""
@@ -66,8 +81,4 @@ class KubeflowConfig(Section):
     cron: str = Field(
         "0 0 3 * * *",
         description="Recurring run schedule: KFP cron with seconds (6 fields); 5 fields accepted.",
-    )
-    training_runtime: str = Field(
-        "pairflow-torch",
-        description="ClusterTrainingRuntime the train step's TrainJob references (manifests).",
     )

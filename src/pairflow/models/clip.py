@@ -1,25 +1,12 @@
-"""Load a CLIP model and its processor by reference, safetensors only, never from a hub offline.
-
-References:
-
-- a local directory written by ``save_pretrained`` (model + ``CLIPProcessor``);
-- a Hugging Face id (``openai/clip-vit-base-patch32``): read from the local HF cache only
-  when ``HF_HUB_OFFLINE`` is set;
-- an ``s3://bucket/prefix``: every object under the prefix is downloaded once into a cache
-  keyed by the listing's content hash (keys, ETags, sizes):
-  ``$PAIRFLOW_CACHE/models/<hash>`` (default ``~/.cache/pairflow/models``);
-- ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` (also ``runs:/...``): the MLflow model
-  version's artifacts are downloaded with ``mlflow.artifacts.download_artifacts``.
-
-Layout expected under an S3 prefix or an MLflow model version's artifacts: a Hugging Face
-``save_pretrained`` directory, either at the root or in a sub-folder (e.g. ``hf/``); the
-shallowest folder holding ``config.json`` and ``*.safetensors`` is used, and the processor
-files (``preprocessor_config.json``, ``tokenizer.json``/``vocab.json``...) must sit beside
-them, as ``model.save_pretrained(d); processor.save_pretrained(d)`` writes them.
+"""The torch CLIP reader of :func:`pairflow.models.open.open_model`: ``CLIPModel`` +
+``CLIPProcessor`` from a Hugging Face directory or hub id, safetensors only, never from a hub
+offline. References are resolved by :func:`pairflow.models.locate.locate_model` (local
+directories, hub ids, ``s3://`` prefixes, ``models:/`` URIs; see there).
 
 Every failure (unknown reference, missing or corrupt files, a non-CLIP model, weights that do
 not match the config) is a :class:`ModelLoadError` naming the reference, raised before any
-data is read.
+data is read. Also here: :func:`save_clip` (the directory layout the reader takes) and
+:func:`features` (projected embeddings from ``get_*_features``).
 """
 
 from __future__ import annotations
@@ -28,7 +15,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -40,19 +26,18 @@ import torch
 from safetensors import SafetensorError
 
 from pairflow.config import S3Config
-from pairflow.data import s3 as s3io
-from pairflow.errors import InputDataError, PairflowError
+from pairflow.models.errors import ModelLoadError as ModelLoadError  # re-exported
 from pairflow.models.formats import INFO_FILE
+from pairflow.models.locate import TORCH, first_line, locate_model
+from pairflow.models.locate import dir_digest as dir_digest  # re-exported
+from pairflow.models.locate import find_hf_dir as find_hf_dir  # re-exported
 
 if TYPE_CHECKING:
     from transformers import CLIPModel, CLIPProcessor
 
 log = logging.getLogger("pairflow.models.clip")
 
-MLFLOW_SCHEMES: tuple[str, ...] = ("models:/", "runs:/")
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _TRUTHY = frozenset({"1", "true", "yes", "on"})
-_SEARCH_DEPTH = 3
 # Errors transformers/safetensors/tokenizers raise on missing or malformed files.
 _LOAD_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
@@ -63,10 +48,6 @@ _LOAD_ERRORS: tuple[type[BaseException], ...] = (
     RuntimeError,
     SafetensorError,
 )
-
-
-class ModelLoadError(PairflowError):
-    """A model reference that cannot be resolved or loaded as a CLIP model."""
 
 
 @dataclass(frozen=True)
@@ -103,185 +84,6 @@ def hub_offline() -> bool:
     )
 
 
-def model_cache_dir() -> Path:
-    """``$PAIRFLOW_CACHE/models``, else ``~/.cache/pairflow/models``."""
-    root = os.environ.get("PAIRFLOW_CACHE")
-    base = Path(root).expanduser() if root else Path.home() / ".cache" / "pairflow"
-    return base / "models"
-
-
-def dir_digest(path: Path) -> str:
-    """sha256 over relative names and contents of the files under ``path`` (dotfiles skipped).
-
-    The same model directory has the same digest wherever it was loaded from.
-    """
-    h = hashlib.sha256()
-    files = (p for p in path.rglob("*") if p.is_file())
-    for f in sorted(p for p in files if not p.relative_to(path).as_posix().startswith(".")):
-        h.update(f.relative_to(path).as_posix().encode() + b"\0")
-        with f.open("rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-        h.update(b"\0")
-    return h.hexdigest()
-
-
-def find_hf_dir(root: Path, ref: str) -> Path:
-    """The shallowest folder under ``root`` with ``config.json`` and safetensors weights."""
-
-    def is_hf(d: Path) -> bool:
-        return (d / "config.json").is_file() and any(d.glob("*.safetensors"))
-
-    level = [root]
-    for _ in range(_SEARCH_DEPTH + 1):
-        for d in level:
-            if is_hf(d):
-                return d
-        level = sorted(c for d in level for c in d.iterdir() if c.is_dir())
-    if (root / "config.json").is_file():
-        raise ModelLoadError(
-            f"{ref}: model directory has config.json but no *.safetensors weights "
-            "(pickle checkpoints are not loaded)"
-        )
-    raise ModelLoadError(
-        f"{ref}: no Hugging Face model directory (config.json + *.safetensors) found"
-    )
-
-
-def _s3_model_dir(ref: str, s3: S3Config | None, cache: Path) -> Path:
-    """Download the objects under ``ref`` once; the cache folder is named by their hash."""
-    try:
-        bucket, prefix = s3io.parse_s3_uri(ref)
-        keys = s3io.list_keys(ref, s3)
-        if not keys:
-            raise ModelLoadError(f"{ref}: no objects under this S3 prefix")
-        base = prefix if not prefix or prefix.endswith("/") else prefix + "/"
-        listing = []
-        for key in keys:
-            etag, size = s3io.head_object(s3io.s3_uri(bucket, key), s3)
-            listing.append((key[len(base) :], etag, size))
-    except ModelLoadError:
-        raise
-    except InputDataError as exc:
-        raise ModelLoadError(f"{ref}: cannot list model files ({exc})") from exc
-    h = hashlib.sha256()
-    for rel, etag, size in listing:
-        h.update(f"{rel}\t{etag}\t{size}\n".encode())
-    dest = cache / h.hexdigest()[:32]
-    if (dest / ".complete").is_file():
-        return dest
-    cache.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".download-", dir=cache))
-    try:
-        for rel, _, _ in listing:
-            try:
-                s3io.download_file(s3io.s3_uri(bucket, base + rel), staging / rel, s3)
-            except InputDataError as exc:
-                raise ModelLoadError(f"{ref}: cannot download {rel} ({exc})") from exc
-        (staging / ".complete").write_text(h.hexdigest() + "\n")
-        if dest.exists():
-            shutil.rmtree(dest)  # an incomplete earlier download
-        try:
-            os.replace(staging, dest)
-        except OSError:
-            if not (dest / ".complete").is_file():  # a concurrent download won the race
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return dest
-
-
-_MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))$")
-
-
-def _mlflow_model_dir(ref: str, cache: Path, tracking_uri: str | None) -> Path:
-    """Download an MLflow model version's (or run's) artifacts; the cached HF directory.
-
-    The download is kept under ``cache/<content hash>`` (one copy per distinct model).
-    """
-    import mlflow
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    cache.mkdir(parents=True, exist_ok=True)
-    dest = Path(tempfile.mkdtemp(prefix=".download-", dir=cache))
-    origin = ref
-    try:
-        uri = ref
-        match = _MODEL_URI.match(ref)
-        if match is not None:
-            client = MlflowClient(tracking_uri=tracking_uri)
-            name = match["name"]
-            version = (
-                client.get_model_version_by_alias(name, match["alias"])
-                if match["alias"]
-                else client.get_model_version(name, match["version"])
-            )
-            origin = f"models:/{name}/{version.version}"
-            uri = client.get_model_version_download_uri(name, version.version)
-        mlflow.artifacts.download_artifacts(
-            artifact_uri=uri, dst_path=str(dest), tracking_uri=tracking_uri
-        )
-    except (MlflowException, OSError) as exc:
-        shutil.rmtree(dest, ignore_errors=True)
-        raise ModelLoadError(f"{ref}: cannot download from MLflow ({_first_line(exc)})") from exc
-    log.info("%s: downloaded %s from MLflow", ref, origin)
-    try:
-        hf = find_hf_dir(dest, ref)
-    except ModelLoadError:
-        shutil.rmtree(dest, ignore_errors=True)
-        raise
-    final = cache / dir_digest(hf)[:32]
-    if final.exists():
-        shutil.rmtree(dest, ignore_errors=True)
-    else:
-        try:
-            os.replace(dest, final)
-        except OSError:
-            shutil.rmtree(dest, ignore_errors=True)
-            if not final.exists():
-                raise
-    return final / hf.relative_to(dest)
-
-
-def resolve_reference(
-    ref: str,
-    s3: S3Config | None = None,
-    cache_dir: Path | None = None,
-    tracking_uri: str | None = None,
-) -> Path | str:
-    """A local directory for ``ref`` (downloading S3/MLflow models), or a hub id as given."""
-    ref = ref.strip()
-    cache = cache_dir or model_cache_dir()
-    if not ref:
-        raise ModelLoadError(
-            "clip_filter.model: empty model reference (give a directory, HF id, s3:// prefix "
-            "or models:/NAME@ALIAS)"
-        )
-    if ref.startswith(MLFLOW_SCHEMES):
-        return _mlflow_model_dir(ref, cache / "mlflow", tracking_uri)
-    if s3io.is_s3_uri(ref):
-        return find_hf_dir(_s3_model_dir(ref, s3, cache / "s3"), ref)
-    if "://" in ref:
-        raise ModelLoadError(
-            f"{ref}: unsupported model reference scheme (use a directory, a Hugging Face id, "
-            "s3:// or models:/)"
-        )
-    path = Path(ref).expanduser()
-    if path.is_dir():
-        return path
-    if path.exists():
-        raise ModelLoadError(f"{ref}: is a file, expected a model directory")
-    if ref.startswith(("/", ".", "~")) or ref.count("/") > 1 or "\\" in ref:
-        raise ModelLoadError(f"{ref}: model directory not found")
-    if not _HUB_ID.match(ref):
-        raise ModelLoadError(
-            f"{ref}: unknown model reference (not a directory, Hugging Face id, s3:// prefix "
-            "or models:/ URI)"
-        )
-    return ref
-
-
 def _check_config(directory: Path, ref: str) -> None:
     path = directory / "config.json"
     if not path.is_file():
@@ -310,11 +112,6 @@ def _check_processor(processor: CLIPProcessor, model: CLIPModel, ref: str) -> No
         )
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
-
-
 def load_clip(
     ref: str,
     s3: S3Config | None = None,
@@ -323,14 +120,27 @@ def load_clip(
     device: str | torch.device | None = None,
     tracking_uri: str | None = None,
 ) -> LoadedClip:
-    """Resolve ``ref`` and load ``CLIPModel`` + ``CLIPProcessor`` (eval mode, on ``device``).
+    """The torch CLIP of any reference (its Hugging Face directory): the models-internal
+    shortcut for ``open_model(ref, variant="torch").clip``; code outside
+    :mod:`pairflow.models` calls :func:`pairflow.models.open.open_model`.
 
-    ``device`` defaults to CUDA when available. Only safetensors weights are loaded; a local
+    ``device`` defaults to CUDA when available.
+    """
+    loc = locate_model(ref, variant=TORCH, s3=s3, tracking_uri=tracking_uri, cache_dir=cache_dir)
+    return read_clip(loc.path, ref, device=device)
+
+
+def read_clip(
+    resolved: Path | str, ref: str, *, device: str | torch.device | None = None
+) -> LoadedClip:
+    """``CLIPModel`` + ``CLIPProcessor`` (eval mode, on ``device``) from a located Hugging Face
+    directory or hub id; errors name ``ref``.
+
+    ``device`` None means CUDA when available. Only safetensors weights are loaded; a local
     path or ``HF_HUB_OFFLINE`` means ``local_files_only=True`` (nothing is downloaded).
     """
-    from transformers import CLIPModel, CLIPProcessor
+    from transformers import CLIPModel, CLIPProcessor  # heavy: only loading needs it
 
-    resolved = resolve_reference(ref, s3, cache_dir, tracking_uri)
     local = isinstance(resolved, Path)
     if isinstance(resolved, Path):
         _check_config(resolved, ref)
@@ -344,7 +154,7 @@ def load_clip(
     except _LOAD_ERRORS as exc:
         where = "model directory" if local else "Hugging Face model (not a local directory)"
         hint = "; HF_HUB_OFFLINE is set, only the local cache is used" if hub_offline() else ""
-        raise ModelLoadError(f"{ref}: cannot load CLIP {where} ({_first_line(exc)}{hint})") from exc
+        raise ModelLoadError(f"{ref}: cannot load CLIP {where} ({first_line(exc)}{hint})") from exc
     missing = [k for k in info.get("missing_keys", []) if not k.endswith("position_ids")]
     bad = missing + list(info.get("mismatched_keys", []))
     if bad:

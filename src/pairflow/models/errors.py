@@ -1,8 +1,12 @@
-"""Errors of the compress stage: each names the model, file or setting at fault."""
+"""Errors of opening and compressing models: each names the model, file or setting at fault."""
 
 from __future__ import annotations
 
 from pairflow.errors import PairflowError
+
+
+class ModelLoadError(PairflowError):
+    """A model reference that cannot be resolved or loaded (one line naming the reference)."""
 
 
 class CompressError(PairflowError):

@@ -12,7 +12,8 @@
   env:// with RANK/WORLD_SIZE/LOCAL_RANK; gloo on CPU, nccl on CUDA) the model is wrapped in
   DDP, each rank reads its DistributedSampler share (``set_epoch`` per epoch) and gradient
   accumulation skips the all-reduce (``no_sync``) on all but the last micro-batch.
-- AdamW (no decay on biases, norms, embeddings, scales) with linear warm-up + cosine decay;
+- AdamW (no decay on biases, norms, embeddings, scales) with linear warm-up + cosine decay
+  (``transformers.get_cosine_schedule_with_warmup``);
   AMP: bf16 autocast, or fp16 autocast + GradScaler on CUDA; gradient clipping; a NaN/Inf guard
   (agreed across ranks) that skips the step and counts it in ``bad_steps``.
 - ``validate(model) -> {"val_metric": higher-is-better, ...}`` after each epoch: the best
@@ -46,6 +47,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
+from transformers import get_cosine_schedule_with_warmup
 
 from pairflow.errors import ConfigError
 from pairflow.models.checkpoint import (
@@ -188,15 +190,15 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
 
 
-def warmup_cosine(total: int, warmup_fraction: float) -> Callable[[int], float]:
-    warmup = max(1, int(total * warmup_fraction))
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
-
-    return factor
+def warmup_cosine(
+    optimizer: torch.optim.Optimizer, total: int, warmup_fraction: float
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """transformers' linear warm-up (from 0 over ``int(total * warmup_fraction)`` steps, none
+    at fraction 0) then cosine decay to 0 at step ``total``; stepped once per optimizer step."""
+    scheduler: torch.optim.lr_scheduler.LambdaLR = get_cosine_schedule_with_warmup(
+        optimizer, num_warmup_steps=int(total * warmup_fraction), num_training_steps=total
+    )
+    return scheduler
 
 
 def _autocast(precision: str, device: torch.device) -> AbstractContextManager[Any]:
@@ -278,7 +280,7 @@ def fit(
             find_unused_parameters=False,
         )
     optim = torch.optim.AdamW(param_groups(model, s.weight_decay), lr=s.learning_rate)
-    sched = torch.optim.lr_scheduler.LambdaLR(optim, warmup_cosine(total_steps, s.warmup_fraction))
+    sched = warmup_cosine(optim, total_steps, s.warmup_fraction)
     scaler = torch.amp.GradScaler("cuda", enabled=s.precision == "fp16")
 
     st: dict[str, Any] = {

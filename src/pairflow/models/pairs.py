@@ -24,10 +24,10 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from pairflow.config import AugmentConfig, S3Config
+from pairflow.config import AugmentConfig, S3Config, SplitConfig
 from pairflow.data import imageio
 from pairflow.data.decode import decode_image
-from pairflow.data.split import split_holdout
+from pairflow.data.split import split_frame, split_holdout
 from pairflow.errors import InputDataError
 
 if TYPE_CHECKING:
@@ -56,9 +56,9 @@ class Splits:
     holdout: pd.DataFrame
 
 
-def split_rows(frame: pd.DataFrame, holdout_fraction: float, val_fraction: float) -> Splits:
-    """(train, val, held-out) rows; held-out rows never reach training."""
-    pool, held = split_holdout(frame, holdout_fraction)
+def split_rows(frame: pd.DataFrame, split: SplitConfig, val_fraction: float) -> Splits:
+    """(train, val, held-out) rows under ``data.split``; held-out rows never reach training."""
+    pool, held = split_frame(frame, split)
     train, val = split_holdout(pool, val_fraction, salt=VAL_SALT)
     return Splits(train, val, held)
 

@@ -13,7 +13,8 @@ Format (one directory, no pickles):
 - classifier only: ``fusion_head.safetensors`` (the fusion head's ``state_dict``) whose
   architecture is fixed by ``fusion.kind``, the CLIP config and ``len(labels)``.
 
-:func:`load_trained` returns a :class:`TrainedModel` with ``embed_images``, ``embed_texts``
+:func:`pairflow.models.open.open_model` opens it: its ``trained`` is the :class:`TrainedModel`
+(built by :func:`with_head` from the loaded towers), with ``embed_images``, ``embed_texts``
 (L2-normalised joint embeddings) and, for classifiers, ``classify`` (logits over ``labels``).
 """
 
@@ -31,7 +32,8 @@ from safetensors.torch import load_file, save_file
 from pairflow.config import S3Config
 from pairflow.models.clip import LoadedClip, ModelLoadError, load_clip
 from pairflow.models.formats import FUSION_HEAD_FILE, META_FILE
-from pairflow.models.heads import FusionHead, build_head, tower_outputs
+from pairflow.models.heads import FUSIONS, FusionHead, build_head, tower_outputs
+from pairflow.models.locate import first_line
 
 FORMAT_VERSION = 1
 
@@ -137,21 +139,36 @@ def load_trained(
     device: str | torch.device | None = None,
     tracking_uri: str | None = None,
 ) -> TrainedModel:
-    """Load an artifact from a directory, ``s3://`` prefix or ``models:/`` URI."""
+    """The trained artifact at a directory, ``s3://`` prefix or ``models:/`` URI: the
+    models-internal shortcut for ``open_model(ref, variant="torch").trained``; code outside
+    :mod:`pairflow.models` calls :func:`pairflow.models.open.open_model`."""
     clip = load_clip(str(ref), s3, device=device, tracking_uri=tracking_uri)
+    return with_head(clip, str(ref))
+
+
+def with_head(clip: LoadedClip, ref: str) -> TrainedModel:
+    """The artifact whose CLIP towers are ``clip``: its metadata and, for a classifier, the
+    fusion head (on the towers' device)."""
     if clip.path is None:
         raise ModelLoadError(f"{ref}: a trained model must be a directory, S3 or MLflow artifact")
-    meta = read_meta(clip.path, str(ref))
+    meta = read_meta(clip.path, ref)
     head: FusionHead | None = None
     labels = meta.get("labels")
     if meta["kind"] == "classifier":
         fusion = meta.get("fusion") or {}
         if not labels or "kind" not in fusion:
             raise ModelLoadError(f"{ref}: classifier metadata lacks labels or fusion kind")
+        if fusion["kind"] not in FUSIONS:
+            raise ModelLoadError(
+                f"{ref}: unknown fusion head {fusion['kind']!r} in {META_FILE} (expected one "
+                f"of {', '.join(FUSIONS)})"
+            )
         head = build_head(clip.model, str(fusion["kind"]), len(labels))
         try:
             head.load_state_dict(load_file(str(clip.path / FUSION_HEAD_FILE)))
         except (OSError, RuntimeError) as exc:
-            raise ModelLoadError(f"{ref}: cannot load {FUSION_HEAD_FILE} ({exc})") from exc
+            raise ModelLoadError(
+                f"{ref}: cannot load {FUSION_HEAD_FILE} ({first_line(exc)})"
+            ) from exc
         head = head.to(clip.device).eval()
     return TrainedModel(meta["kind"], clip, labels, head, meta)

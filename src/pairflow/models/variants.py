@@ -21,7 +21,8 @@ Directory layout written by the compress step (the ``compressed`` model artifact
 
 Variant names: ``fp32_torch``, ``fp32_onnx``, ``int8_onnx`` (dynamic int8, both towers),
 ``int8_static_onnx`` (static int8 vision tower + dynamic text tower), ``student_fp32``,
-``student_int8``. :func:`load_variant` returns a :class:`LoadedVariant` whose
+``student_int8``. :func:`pairflow.models.open.open_model` opens any of them (through
+:func:`open_variant`); its ``loaded_variant`` is a :class:`LoadedVariant` whose
 ``embed_images`` / ``embed_texts`` give L2-normalised float32 embeddings for either kind.
 
 Classifiers (``"task": "classifier"``, ``"labels": [...]`` in the index): torch variants are
@@ -34,80 +35,28 @@ the metrics hold ``accuracy`` / ``accuracy_delta`` instead of ``recall_at_1`` /
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 
 from pairflow.models.errors import VariantError
 from pairflow.models.formats import (
-    INDEX_FILE,
     SPEC_FILE,
     TEXT_FILE,
-    VARIANTS_FORMAT,
     VISION_FILE,
 )
 from pairflow.models.runners import ClipRunner, OrtClip, TorchClip
+from pairflow.models.variant_index import VariantIndex as VariantIndex  # re-exported
+from pairflow.models.variant_index import VariantKind as VariantKind  # re-exported
+from pairflow.models.variant_index import VariantRecord as VariantRecord  # re-exported
 
 if TYPE_CHECKING:
     from transformers import CLIPProcessor
 
-
-VariantKind = Literal["torch", "onnx"]
-
-
-class VariantRecord(BaseModel):
-    """One row of ``variants.json``."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    name: str
-    kind: VariantKind
-    files: list[str]
-    metrics: dict[str, Any] = Field(default_factory=dict)
-    chosen: bool = False
-    description: str = ""
-
-
-class VariantIndex(BaseModel):
-    """The whole ``variants.json``."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    format: str = VARIANTS_FORMAT
-    chosen: str
-    source_digest: str = ""
-    task: Literal["clip", "classifier"] = "clip"
-    labels: list[str] | None = None
-    selection: dict[str, Any] = Field(default_factory=dict)
-    variants: list[VariantRecord]
-
-    def get(self, name: str) -> VariantRecord:
-        for v in self.variants:
-            if v.name == name:
-                return v
-        known = ", ".join(v.name for v in self.variants)
-        raise VariantError(f"no variant {name!r} in {INDEX_FILE} (have: {known})")
-
-    def write(self, directory: str | Path) -> Path:
-        out = Path(directory) / INDEX_FILE
-        out.write_text(json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True) + "\n")
-        return out
-
-    @classmethod
-    def read(cls, directory: str | Path) -> VariantIndex:
-        path = Path(directory) / INDEX_FILE
-        try:
-            data = json.loads(path.read_text())
-            index = cls.model_validate(data)
-        except (OSError, ValueError) as exc:
-            raise VariantError(f"{path}: not a readable variant index ({exc})") from exc
-        if index.format != VARIANTS_FORMAT:
-            raise VariantError(f"{path}: format {index.format!r}, expected {VARIANTS_FORMAT!r}")
-        return index
+    from pairflow.models.clip import LoadedClip
+    from pairflow.models.trained import TrainedModel
 
 
 @dataclass
@@ -121,6 +70,8 @@ class LoadedVariant:
     processor: CLIPProcessor
     record: VariantRecord | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    clip: LoadedClip | None = None  # a torch variant's CLIP towers
+    trained: TrainedModel | None = None  # a torch variant's trained artifact (classifiers)
 
     def embed_images(self, pixel_values: np.ndarray) -> np.ndarray:
         return self.runner.embed_images(pixel_values)
@@ -171,11 +122,15 @@ def load_processor(directory: Path) -> CLIPProcessor:
 def open_variant(
     path: str | Path, kind: VariantKind, threads: int | None = None, name: str = ""
 ) -> LoadedVariant:
-    """Load one variant folder of ``kind`` (no index needed)."""
+    """Load one variant folder of ``kind`` (no index needed): the variant reader of
+    :func:`pairflow.models.open.open_model` (and of the latency worker, which times runners
+    of folders it is handed); other callers go through ``open_model``."""
     directory = Path(path)
     if not directory.is_dir():
         raise VariantError(f"{directory}: variant folder not found")
     runner: ClipRunner
+    clip: LoadedClip | None = None
+    trained: TrainedModel | None = None
     if kind == "torch":
         from pairflow.models.clip import ModelLoadError, load_clip
         from pairflow.models.formats import META_FILE
@@ -187,10 +142,14 @@ def open_variant(
                 from pairflow.models.classifier import TorchClassifier
 
                 trained = load_trained(str(directory), device="cpu")
-                runner, processor = TorchClassifier(trained), trained.clip.processor
+                runner, processor, clip = (
+                    TorchClassifier(trained),
+                    trained.clip.processor,
+                    trained.clip,
+                )
             else:
-                loaded = load_clip(str(directory), device="cpu")
-                runner, processor = TorchClip(loaded.model), loaded.processor
+                clip = load_clip(str(directory), device="cpu")
+                runner, processor = TorchClip(clip.model), clip.processor
         except ModelLoadError as exc:
             raise VariantError(str(exc)) from exc
     elif (directory / SPEC_FILE).is_file():
@@ -205,13 +164,16 @@ def open_variant(
                 raise VariantError(f"{directory}: ONNX variant lacks {f.name}")
         runner = OrtClip(vision, text, threads)
         processor = load_processor(directory)
-    return LoadedVariant(name or directory.name, kind, directory, runner, processor)
+    return LoadedVariant(
+        name or directory.name, kind, directory, runner, processor, clip=clip, trained=trained
+    )
 
 
 def load_variant(
     directory: str | Path, name: str | None = None, threads: int | None = None
 ) -> LoadedVariant:
-    """Load variant ``name`` (default: the chosen one) from a compressed-model directory.
+    """Load variant ``name`` (default: the chosen one) from a compressed-model directory;
+    ``open_model(directory, variant=name).loaded_variant`` is the same, for any reference.
 
     ``threads`` sets ONNX Runtime intra-op threads (torch variants use torch's setting).
     """

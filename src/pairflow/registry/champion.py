@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pairflow import tracking
 from pairflow.config import PairflowConfig
 from pairflow.errors import PairflowError
 
@@ -171,18 +170,18 @@ def champion_variant(cfg: PairflowConfig, ref: str | None = None) -> tuple[Path,
     """The champion's shipped variant (folder, kind) for the latency budget; None when there
     is no champion (first run) or it is not a registered compress variant. ``ref``: a
     ``models:/`` URI instead of the champion alias."""
-    from pairflow.models.clip import ModelLoadError
-    from pairflow.models.open import download_version, registered_variant, resolve_mlflow
+    from pairflow.models.errors import ModelLoadError
+    from pairflow.models.locate import locate_model, registered_variant
 
-    uri = tracking.resolve_tracking_uri(cfg.mlflow.tracking_uri, cfg.run.workdir)
+    uri = cfg.mlflow.tracking_uri
     alias = ref or f"models:/{cfg.register_.model_name}@{cfg.deploy.alias_champion}"
-    try:
-        pinned, _ = resolve_mlflow(alias, uri)
-        root = download_version(pinned, uri)
+    try:  # the files only: the latency worker loads the variant itself
+        loc = locate_model(alias, tracking_uri=uri)
     except ModelLoadError as exc:
         log.info("no champion for the latency budget (%s)", exc)
         return None
-    found = registered_variant(root)
+    pinned = loc.pinned
+    found = registered_variant(loc.root) if loc.root is not None else None
     if found is None:
         log.warning("champion %s is not a registered variant: no latency budget", pinned)
         return None

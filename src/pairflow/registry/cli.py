@@ -28,17 +28,18 @@ registry_app = typer.Typer(
 
 def config_for(config: Path | None, sets: list[str] | None, uri: str | None) -> Any:
     from pairflow.config import load_config
-    from pairflow.tracking import resolve_tracking_uri
+    from pairflow.tracking import resolve_mlflow_settings
 
     cfg = load_config(config, sets or [])
-    cfg.mlflow.tracking_uri = uri or resolve_tracking_uri(cfg.mlflow.tracking_uri, cfg.run.workdir)
-    return cfg
+    if uri:
+        cfg.mlflow.tracking_uri = uri
+    return resolve_mlflow_settings(cfg)
 
 
 def _registry(cfg: Any) -> Any:
     from pairflow.registry.client import Registry
 
-    return Registry(cfg.mlflow.tracking_uri, cfg.register_.retries, cfg.register_.retry_backoff_s)
+    return Registry.from_config(cfg.mlflow)
 
 
 def _user(by: str) -> str:

@@ -1,4 +1,8 @@
-"""An MLflow client whose every call is retried with backoff (see :mod:`.retry`)."""
+"""An MLflow registry client whose failures read as registry errors (see :mod:`.retry`).
+
+Each HTTP request is retried by MLflow itself under ``mlflow.http_*``
+(:func:`pairflow.tracking.apply_http_policy`); :meth:`Registry.call` adds no retries.
+"""
 
 from __future__ import annotations
 
@@ -6,24 +10,46 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any, TypeVar
 
-from pairflow.registry.retry import RegistryError, with_retries
+from pairflow import tracking
+from pairflow.config import MlflowConfig
+from pairflow.registry.retry import RegistryError, RegistryUnavailable, first_line, is_transient
 
 T = TypeVar("T")
 
 
 class Registry:
-    """``MlflowClient`` for ``tracking_uri`` plus the retry policy used for each call."""
+    """``MlflowClient`` for ``tracking_uri`` (a resolved URI: see :mod:`pairflow.tracking`)."""
 
-    def __init__(self, tracking_uri: str, retries: int = 4, backoff_s: float = 2.0) -> None:
+    def __init__(self, tracking_uri: str) -> None:
         from mlflow.tracking import MlflowClient
 
+        if not tracking_uri:
+            raise tracking.TrackingConfigError(
+                "mlflow.tracking_uri is empty: resolve the config first "
+                "(pairflow.tracking.resolve_mlflow_settings)"
+            )
         self.tracking_uri = tracking_uri
-        self.retries = retries
-        self.backoff_s = backoff_s
         self.client: Any = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
+    @classmethod
+    def from_config(cls, m: MlflowConfig) -> Registry:
+        """A client of ``m.tracking_uri`` with ``m``'s HTTP retry policy applied."""
+        tracking.apply_http_policy(m)
+        return cls(m.tracking_uri)
+
     def call(self, what: str, fn: Callable[[], T]) -> T:
-        return with_retries(fn, what, self.retries, self.backoff_s)
+        """``fn()``; a transient failure (one that outlived MLflow's HTTP retries) is raised as
+        :class:`RegistryUnavailable` naming ``what``, a refused request as it is."""
+        try:
+            return fn()
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            attempts = tracking.http_attempts(self.tracking_uri)
+            raise RegistryUnavailable(
+                f"MLflow: {what} failed after {attempts} attempt{'s' if attempts > 1 else ''} "
+                f"({first_line(exc)})"
+            ) from exc
 
     def model_version(self, name: str, version: str | int) -> Any:
         """The version (aliases and tags populated); a clear error when it does not exist."""

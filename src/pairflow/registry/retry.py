@@ -1,17 +1,14 @@
-"""Retries with exponential backoff for MLflow calls, and the registry's errors."""
+"""The registry's errors, and which MLflow failures are transient.
+
+pairflow does not retry MLflow calls itself: MLflow's own HTTP retries (``mlflow.http_*``,
+applied by :func:`pairflow.tracking.apply_http_policy`) retry each request, and on a cluster
+KFP retries the step (``kubeflow.io_retries``). A transient failure that outlived MLflow's
+retries becomes :class:`RegistryUnavailable` (:meth:`pairflow.registry.client.Registry.call`).
+"""
 
 from __future__ import annotations
 
-import logging
-import time
-from collections.abc import Callable
-from typing import TypeVar
-
 from pairflow.errors import PairflowError
-
-log = logging.getLogger("pairflow.registry")
-
-T = TypeVar("T")
 
 # MLflow error codes that mean "the request was understood and refused": retrying is useless.
 _PERMANENT_CODES = frozenset(
@@ -33,7 +30,7 @@ class RegistryError(PairflowError):
 
 
 class RegistryUnavailable(RegistryError):
-    """MLflow did not answer (or kept failing) after all retries."""
+    """MLflow did not answer (or kept failing) after all of MLflow's HTTP retries."""
 
 
 class GovernanceError(RegistryError):
@@ -54,38 +51,3 @@ def is_transient(exc: BaseException) -> bool:
 def first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return f"{type(exc).__name__}: {text.splitlines()[0][:300]}" if text else type(exc).__name__
-
-
-def with_retries(
-    fn: Callable[[], T],
-    what: str,
-    retries: int,
-    backoff_s: float,
-    *,
-    sleep: Callable[[float], None] = time.sleep,
-) -> T:
-    """Call ``fn``; on a transient failure retry ``retries`` times (delays double each time).
-
-    A permanent failure is raised at once; the last transient one as :class:`RegistryUnavailable`.
-    """
-    for attempt in range(retries + 1):
-        try:
-            return fn()
-        except Exception as exc:
-            if not is_transient(exc):
-                raise
-            if attempt == retries:
-                raise RegistryUnavailable(
-                    f"MLflow: {what} failed after {attempt + 1} attempts ({first_line(exc)})"
-                ) from exc
-            delay = backoff_s * 2**attempt
-            log.warning(
-                "MLflow: %s failed (attempt %d/%d, %s); retrying in %.1f s",
-                what,
-                attempt + 1,
-                retries + 1,
-                first_line(exc),
-                delay,
-            )
-            sleep(delay)
-    raise AssertionError("unreachable")  # pragma: no cover

@@ -31,7 +31,7 @@ from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 from PIL import Image
 
 from pairflow.config import MonitorConfig
-from pairflow.models.open import Loaded, ServableModel, load_servable
+from pairflow.models.open import OpenedModel, ServableModel, open_model
 from pairflow.parallel import available_cpus
 from pairflow.serve.batching import DirectRunner, MicroBatcher, Runner
 from pairflow.serve.limits import (
@@ -148,7 +148,7 @@ class PairflowPredictor(Model):  # type: ignore[misc]
         self.version_label = version_label
         self.tracking_uri = tracking_uri
         self.ready = False
-        self.loaded: Loaded | None = None
+        self.loaded: OpenedModel | None = None
         self.metrics = ModelMetrics(cfg.model_name, version_label or "unloaded")
         self.runner: Runner[Pair, Outputs] | None = None
         self._compute: ThreadPoolExecutor | None = None
@@ -166,9 +166,9 @@ class PairflowPredictor(Model):  # type: ignore[misc]
         threads = self.cfg.torch_threads or auto_threads()
         torch.set_num_threads(threads)
         start = time.perf_counter()
-        loaded = load_servable(
+        loaded = open_model(
             self.uri,
-            self.variant,
+            variant=self.variant,
             threads=threads,
             tracking_uri=self.tracking_uri,
             version_label=self.version_label,

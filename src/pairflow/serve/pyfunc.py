@@ -25,8 +25,6 @@ from typing import Any
 import pandas as pd
 from mlflow.pyfunc.model import PythonModel
 
-from pairflow.models.formats import META_FILE
-
 MODES = ("embeddings", "scores", "labels")
 DEFAULT_MODE = "scores"
 LABEL_PROMPT = "a {label}"
@@ -90,27 +88,24 @@ class PairClipModel(PythonModel):
             list(json.loads(Path(labels_path).read_text())) if labels_path else []
         )
         self.trained: Any = None
-        if self.kind == "onnx":
-            from pairflow.models.variants import open_variant
+        # torch, transformers, onnxruntime: imported when a model is loaded, not with the module
+        from pairflow.models.open import open_model
 
-            self.variant = open_variant(context.artifacts[VARIANT_ARTIFACT], "onnx")
+        if self.kind == "onnx":
+            variant = open_model(context.artifacts[VARIANT_ARTIFACT]).loaded_variant
+            assert variant is not None  # an ONNX variant folder opens as a compress variant
+            self.variant = variant
             self.head_labels: list[str] | None = self.variant.labels
             if self.head_labels:  # an exported classifier: its head's classes
                 self.labels = list(self.head_labels)
             return
         self.head_labels = None
-        hf = Path(context.artifacts[HF_ARTIFACT])
-        if (hf / META_FILE).is_file():
-            from pairflow.models.trained import load_trained
-
-            self.trained = load_trained(hf, device="cpu")
-            self.clip = self.trained.clip
+        opened = open_model(Path(context.artifacts[HF_ARTIFACT]), variant="torch")
+        self.clip = opened.clip
+        if opened.trained is not None:
+            self.trained = opened.trained
             if self.trained.kind == "classifier" and self.trained.labels:
                 self.labels = list(self.trained.labels)
-            return
-        from pairflow.models.clip import load_clip
-
-        self.clip = load_clip(str(hf), device="cpu")
 
     def _embed_images(self, images: list[Any]) -> Any:
         import torch

@@ -15,7 +15,7 @@ from pairflow.config import ClipFilterConfig, S3Config
 from pairflow.data.decode import DEFAULT_MAX_PIXELS
 from pairflow.data.schema import check_columns
 from pairflow.errors import InputDataError
-from pairflow.models.clip import LoadedClip, load_clip
+from pairflow.models.clip import LoadedClip
 from pairflow.models.embeddings import (
     Embeddings,
     score_quantiles,
@@ -23,6 +23,7 @@ from pairflow.models.embeddings import (
     write_embeddings,
     write_histogram,
 )
+from pairflow.models.open import open_model
 from pairflow.models.scoring import ScoreResult, score_frame
 from pairflow.stages.clip_filter.select import STAGE, Selection, select_rows
 
@@ -113,7 +114,17 @@ def run_filter(
     """
     check_columns(df, "clip_filter input")
     start = time.perf_counter()
-    loaded = model or load_clip(cfg.model, s3, cache_dir, tracking_uri=tracking_uri)
+    loaded = (
+        model
+        or open_model(
+            cfg.model,
+            variant="torch",
+            s3=s3,
+            device=None,
+            tracking_uri=tracking_uri,
+            cache_dir=cache_dir,
+        ).clip
+    )
     load_s = time.perf_counter() - start
     frame = df.reset_index(drop=True)
     result: ScoreResult = score_frame(frame, loaded, cfg, s3, max_pixels=max_pixels)

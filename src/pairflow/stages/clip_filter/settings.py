@@ -32,4 +32,10 @@ class ClipFilterConfig(Section):
     batch_size: int = ui(64, "CLIP batch size", "Pairs per forward pass.", ge=1)
     num_workers: int = Field(2, ge=0, description="DataLoader workers decoding images.")
     torch_threads: int = Field(0, ge=0, description="Intra-op threads; 0 = all CPUs.")
-    read_retries: int = Field(3, ge=0, description="Retries for transient image read errors.")
+    read_retries: int = Field(
+        3,
+        ge=0,
+        description="Retries of one image read (local, s3://, tar member) on a transient read "
+        "error, with backoff; a missing image is never retried. Per image, below the step's KFP "
+        "retries (kubeflow.io_retries).",
+    )

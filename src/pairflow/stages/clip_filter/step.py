@@ -13,6 +13,7 @@ this approximates the global top fraction; the threshold mode is exact under any
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,14 +33,41 @@ from pairflow.report import StageOutputs, StageReport, Stopwatch
 from pairflow.sharding import select_shard
 from pairflow.stage_io import (
     finish_stage,
-    load_step_config,
     merge_shards,
-    setup_logging,
     write_stage_outputs,
 )
 from pairflow.stages.clip_filter.run import FilterOutputs, mismatch_auc, run_filter
 
 log = logging.getLogger("pairflow.stages.clip_filter")
+
+
+@dataclass(frozen=True)
+class ShardInputs:
+    """One clip-filter task: the deduplicated manifest and the shard of it to score."""
+
+    manifest: str
+    shard: int
+
+
+@dataclass(frozen=True)
+class GatherInputs:
+    """The gather task: every shard's outputs and the upstream (dedupe) report."""
+
+    shard_manifests: list[str]
+    shard_rejected: list[str]
+    shard_reports: list[str]
+    shard_embeddings: list[str]
+    upstream_report: str
+    mlflow_run_id: str = ""
+
+
+@dataclass(frozen=True)
+class ClipFilterOutputs:
+    """The data-stage outputs (kept, rejected, report) and the filter's own artifacts
+    (embeddings, score histogram, summary)."""
+
+    data: StageOutputs
+    artifacts: FilterOutputs
 
 
 def _ground_truth(cfg: PairflowConfig) -> str | None:
@@ -51,34 +79,27 @@ def _ground_truth(cfg: PairflowConfig) -> str | None:
     return path
 
 
-def filter_shard_step(
-    config_path: str,
-    manifest: str,
-    shard: int,
-    outputs: StageOutputs,
-    artifacts: FilterOutputs,
-) -> StageReport:
+def run_shard(cfg: PairflowConfig, inputs: ShardInputs, outputs: ClipFilterOutputs) -> StageReport:
     """CLIP-score one shard and keep the pairs whose image and caption agree."""
-    setup_logging()
     watch = Stopwatch()
-    cfg = load_step_config(config_path)
+    shard = inputs.shard
     if not cfg.clip_filter.model:
         raise ConfigError(
             "clip_filter.model is empty: set a CLIP reference (a directory, HF id, s3:// prefix "
             "or models:/NAME@ALIAS); `pairflow demo` sets its locally pretrained model"
         )
-    df = select_shard(read_manifest(manifest), shard, cfg.data.shards)
+    df = select_shard(read_manifest(inputs.manifest), shard, cfg.data.shards)
     result = run_filter(
         df,
         cfg.clip_filter,
         cfg.data.s3,
-        outputs=artifacts,
+        outputs=outputs.artifacts,
         ground_truth=_ground_truth(cfg),
         tracking_uri=cfg.mlflow.tracking_uri or None,
         max_pixels=cfg.validate_.max_pixels,
     )
-    report = write_stage_outputs("clip_filter", len(df), result, outputs, watch, shard=shard)
-    return finish_stage(report, outputs)
+    report = write_stage_outputs("clip_filter", len(df), result, outputs.data, watch, shard=shard)
+    return finish_stage(report, outputs.data.report)
 
 
 def merge_embeddings(paths: list[str], out: str | Path) -> int:
@@ -94,28 +115,21 @@ def merge_embeddings(paths: list[str], out: str | Path) -> int:
     return int(merged.num_rows)
 
 
-def gather_filtered_step(
-    config_path: str,
-    shard_manifests: list[str],
-    shard_rejected: list[str],
-    shard_reports: list[str],
-    shard_embeddings: list[str],
-    upstream_report: str,
-    outputs: StageOutputs,
-    artifacts: FilterOutputs,
-    kfp_run_id: str = "",
-) -> StageReport:
+def run(cfg: PairflowConfig, inputs: GatherInputs, outputs: ClipFilterOutputs) -> StageReport:
     """Concatenate the filtered shards; global quantiles, histogram and ROC-AUC."""
-    setup_logging()
-    cfg = load_step_config(config_path)
+    artifacts = outputs.artifacts
     merged = merge_shards(
-        "clip_filter", shard_manifests, shard_reports, upstream_report, rejected=shard_rejected
+        "clip_filter",
+        inputs.shard_manifests,
+        inputs.shard_reports,
+        inputs.upstream_report,
+        rejected=inputs.shard_rejected,
     )
-    write_manifest(merged.frame, outputs.kept)
-    write_manifest(merged.rejected, outputs.rejected)
+    write_manifest(merged.frame, outputs.data.kept)
+    write_manifest(merged.rejected, outputs.data.rejected)
     report = merged.report
     if artifacts.embeddings is not None:
-        merge_embeddings(shard_embeddings, artifacts.embeddings)
+        merge_embeddings(inputs.shard_embeddings, artifacts.embeddings)
         emb = read_embeddings(artifacts.embeddings)
         scores = emb.scores.astype(np.float64)
         kept_ids = set(merged.frame["id"].astype(str))
@@ -154,7 +168,7 @@ def gather_filtered_step(
                     model_digest=str(emb.meta.get("model_digest", "")),
                     rows_per_s=sum(rates),
                     roc_auc=auc,
-                    extra=[("shards", len(shard_reports))],
+                    extra=[("shards", len(inputs.shard_reports))],
                 )
             )
-    return finish_stage(report, outputs, cfg, kfp_run_id)
+    return finish_stage(report, outputs.data.report, cfg, inputs.mlflow_run_id)

@@ -20,17 +20,20 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 import torch
 
-from pairflow.config import S3Config
-from pairflow.data.split import split_holdout
+from pairflow.config import S3Config, SplitConfig
+from pairflow.data.split import split_frame
 from pairflow.errors import InputDataError
 from pairflow.models import classifier as cl
 from pairflow.models import export as ex
-from pairflow.models.errors import CalibrationError, CompressError
-from pairflow.models.formats import TEXT_FILE, VISION_FILE
+from pairflow.models.errors import CalibrationError, CompressError, ModelLoadError
+from pairflow.models.formats import FUSION_HEAD_FILE, META_FILE, TABLE_FILE, TEXT_FILE, VISION_FILE
 from pairflow.models.latency import HeldOut, embed_all, load_held_out, measure_saved_latency
 from pairflow.models.latency import recall_at_1 as recall
+from pairflow.models.locate import locate_model
+from pairflow.models.open import open_model
 from pairflow.models.runners import OrtClip, TorchClip
 from pairflow.models.towers import count_parameters
+from pairflow.models.trained import read_meta
 from pairflow.models.variants import VariantIndex, VariantRecord, open_variant
 from pairflow.stages.compress import quantize as qz
 from pairflow.stages.compress.select import (
@@ -45,6 +48,7 @@ from pairflow.stages.compress.table import variants_markdown
 if TYPE_CHECKING:
     from transformers import CLIPModel, CLIPProcessor
 
+    from pairflow.models.clip import LoadedClip
     from pairflow.models.heads import FusionHead
     from pairflow.models.trained import TrainedModel
 
@@ -170,25 +174,22 @@ class Classifier:
     trained: TrainedModel
 
 
-_WEIGHT_FILES = ("model.safetensors", "fusion_head.safetensors")
+_WEIGHT_FILES = ("model.safetensors", FUSION_HEAD_FILE)
 
 
-def load_source(model_dir: str | Path, s3: S3Config | None) -> tuple[Any, Classifier | None]:
-    """The CLIP (``LoadedClip``) and, for a classifier artifact, its head.
+def load_source(model_dir: str | Path, s3: S3Config | None) -> tuple[LoadedClip, Classifier | None]:
+    """The torch CLIP and, for a classifier artifact, its head (``open_model(variant="torch")``).
 
-    Anything compress would not carry into every variant is refused: an unknown model kind
-    or fusion head, or weight files besides the CLIP's and the fusion head's.
+    Anything compress would not carry into every variant is refused before loading: an
+    unknown model kind or fusion head, or weight files besides the CLIP's and the fusion
+    head's.
     """
-    from pairflow.models.clip import ModelLoadError, load_clip
-    from pairflow.models.formats import META_FILE
-    from pairflow.models.trained import load_trained, read_meta
-
-    loaded = load_clip(str(model_dir), s3, device="cpu")
-    if loaded.path is None:
+    loc = locate_model(model_dir, variant="torch", s3=s3)
+    if not isinstance(loc.path, Path):
         raise CompressError(f"{model_dir}: compress needs a model directory")
     extra = sorted(
         p.name
-        for p in loaded.path.iterdir()
+        for p in loc.path.iterdir()
         if p.suffix in (".safetensors", ".bin", ".pt", ".onnx")
         and p.name not in _WEIGHT_FILES
         and not p.name.startswith("model-")
@@ -198,20 +199,20 @@ def load_source(model_dir: str | Path, s3: S3Config | None) -> tuple[Any, Classi
             f"{model_dir}: unknown weight files {extra}; compress would not carry them into "
             "the variants"
         )
-    if not (loaded.path / META_FILE).is_file():
-        return loaded, None  # a plain CLIP directory (HF layout)
-    try:
-        meta = read_meta(loaded.path, str(model_dir))
-    except ModelLoadError as exc:
-        raise CompressError(f"cannot compress: {exc}") from exc
-    if meta["kind"] == "clip":
-        return loaded, None
-    fusion = str((meta.get("fusion") or {}).get("kind", ""))
-    cl.check_fusion(fusion, str(model_dir))
-    trained = load_trained(str(loaded.path), device="cpu")
+    if (loc.path / META_FILE).is_file():  # a trained artifact, else a plain CLIP directory
+        try:
+            meta = read_meta(loc.path, str(model_dir))
+        except ModelLoadError as exc:
+            raise CompressError(f"cannot compress: {exc}") from exc
+        if meta["kind"] == "classifier":
+            cl.check_fusion(str((meta.get("fusion") or {}).get("kind", "")), str(model_dir))
+    opened = open_model(loc)
+    trained = opened.trained
+    if trained is None or trained.kind == "clip":
+        return opened.clip, None
     if trained.head is None or not trained.labels:
         raise CompressError(f"{model_dir}: classifier artifact without head or labels")
-    spec = cl.ClassifierSpec(list(trained.labels), fusion)
+    spec = cl.ClassifierSpec(list(trained.labels), trained.head.kind)
     return trained.clip, Classifier(spec, trained.head, cl.TorchClassifier(trained), trained)
 
 
@@ -224,7 +225,7 @@ def compress_model(
     cfg: CompressConfig,
     out_dir: str | Path,
     *,
-    holdout_fraction: float,
+    split: SplitConfig,
     s3: S3Config | None = None,
     seed: int = 0,
     progress: Progress | None = None,
@@ -240,11 +241,11 @@ def compress_model(
     model, processor = loaded.model, loaded.processor
     model.train(False)
     max_len = loaded.max_text_length
-    train_rows, held_rows = split_holdout(frame, holdout_fraction)
+    train_rows, held_rows = split_frame(frame, split)
     if held_rows.empty:
         raise InputDataError(
-            f"no held-out rows among {len(frame)} (evaluate.holdout_fraction="
-            f"{holdout_fraction}): compress measures recall and parity on them"
+            f"no held-out rows among {len(frame)} (data.split.holdout_fraction="
+            f"{split.holdout_fraction}): compress measures recall and parity on them"
         )
     held = load_held_out(held_rows, processor, max_len, max_rows=cfg.eval_max_rows, s3=s3)
     if held.rows < 2:
@@ -392,8 +393,8 @@ def compress_model(
     )
     index.write(out)
     table = variants_markdown(index, held_out_rows=held.rows)
-    (out / "variants.md").write_text(table)
-    enforce_latency_budget(choice, cfg.on_latency_budget_miss, str(out / "variants.md"))
+    (out / TABLE_FILE).write_text(table)
+    enforce_latency_budget(choice, cfg.on_latency_budget_miss, str(out / TABLE_FILE))
     say(f"chosen variant: {choice.name} ({choice.reason})")
     return CompressResult(
         index, table, held.rows, calibration_rows, distill_info, dict(latency_setup)
@@ -436,7 +437,7 @@ def _distill(
         result = kd.distill_clip(model, processor, train_rows, cfg.student, **common)
         save_clip(out / "student_fp32", result.student, processor)
     else:
-        from pairflow.models.trained import load_trained, save_trained
+        from pairflow.models.trained import save_trained
 
         result = kd.distill_classifier(
             model,
@@ -458,8 +459,8 @@ def _distill(
             base={"teacher_digest": classifier.trained.clip.digest},
             metrics={"distill": result.fit},
         )
-        trained = load_trained(str(out / "student_fp32"), device="cpu")
-        assert trained.head is not None
+        trained = open_model(out / "student_fp32", variant="torch").trained
+        assert trained is not None and trained.head is not None
         student_cls = Classifier(
             classifier.spec, trained.head, cl.TorchClassifier(trained), trained
         )

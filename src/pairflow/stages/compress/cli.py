@@ -23,39 +23,29 @@ def register(app: typer.Typer) -> None:
             list[str] | None, typer.Option("--set", help="Config override key=value.")
         ] = None,
     ) -> None:
-        """Export, quantize (and distil) a model; write every variant, its measured figures,
-        variants.json (chosen variant) and kept.parquet / report.json into --out."""
+        """Export, quantize (and distil) a model; write every variant, its measured figures and
+        variants.json (chosen variant) into --out/compressed, and report.json into --out.
+
+        The same step the pipeline runs: the report (printed as the pipeline's step summary
+        shows it) holds every variant's figures, then the variant table."""
         from rich.console import Console
         from rich.markdown import Markdown
 
         from pairflow.config import load_config
-        from pairflow.data.schema import empty_rejected, read_manifest, write_manifest
-        from pairflow.report import StageOutputs, StageReport, Stopwatch
-        from pairflow.stages.compress.build import compress_model
+        from pairflow.models.formats import TABLE_FILE
+        from pairflow.stages.compress.step import CompressInputs, CompressOutputs, run
+        from pairflow.summary import report_markdown
+        from pairflow.tracking import resolve_mlflow_settings
 
         console = Console()
-        watch = Stopwatch()
-        cfg = load_config(config, set_ or [])
-        df = read_manifest(input_)
+        cfg = resolve_mlflow_settings(load_config(config, set_ or []))
+        outputs = CompressOutputs.in_dir(out)
         with console.status("compressing") as status:
-            result = compress_model(
-                model,
-                df,
-                cfg.compress,
-                out / "compressed",
-                holdout_fraction=cfg.evaluate.holdout_fraction,
-                s3=cfg.data.s3,
-                seed=cfg.run.seed,
+            report = run(
+                cfg,
+                CompressInputs(str(input_), str(model)),
+                outputs,
                 progress=lambda msg: status.update(f"compress: {msg}"),
             )
-        outputs = StageOutputs.in_dir(out)
-        write_manifest(df, outputs.kept)
-        write_manifest(empty_rejected(list(df.columns)), outputs.rejected)
-        StageReport(
-            stage="compress",
-            rows_in=len(df),
-            rows_out=len(df),
-            seconds=watch.seconds,
-            metrics={"chosen": result.index.chosen, "held_out_rows": result.held_out_rows},
-        ).write(outputs.report)
-        console.print(Markdown(result.table))
+        console.print(Markdown(report_markdown(report)))
+        console.print(Markdown((outputs.compressed / TABLE_FILE).read_text()))

@@ -1,8 +1,10 @@
-"""Plain-Python body of the ``compress`` pipeline step (wrapped by ``pairflow.components``).
+"""The ``compress`` step: :func:`run`, called by ``pairflow.components.compress`` and by
+``pairflow compress``.
 
-Compress filters no rows: ``kept`` is the input manifest unchanged, ``rows_out = rows_in``.
-The model output (``compressed_dir``) holds every variant and ``variants.json`` (layout in
-:mod:`pairflow.models.variants`); the chosen variant is named there. The report's
+Compress is a model stage: it outputs the compressed model and a report, no manifest
+(``rows_in`` = ``rows_out`` counts the rows read). The model output (``outputs.compressed``)
+holds every variant and ``variants.json`` (layout in :mod:`pairflow.models.variants`); the
+chosen variant is named there. The report's
 ``metrics.variants`` holds each variant's figures (logged to the pipeline's MLflow run as
 ``compress.variants.<name>.<figure>``), and ``variants.json`` / ``variants.md`` are logged
 as artifacts of that run under ``compress/``.
@@ -11,19 +13,44 @@ as artifacts of that run under ``compress/``.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pairflow import tracking
 from pairflow.config import PairflowConfig
-from pairflow.data.schema import empty_rejected, read_manifest, write_manifest
+from pairflow.data.schema import read_manifest
+from pairflow.models.formats import INDEX_FILE, TABLE_FILE
 from pairflow.registry.champion import champion_variant
-from pairflow.report import StageOutputs, StageReport, Stopwatch
-from pairflow.stage_io import finish_stage, load_step_config, setup_logging
+from pairflow.report import StageReport, Stopwatch
+from pairflow.stage_io import finish_stage
 from pairflow.stages.compress.build import CompressResult, compress_model
 from pairflow.stages.compress.select import delta_name
 
 log = logging.getLogger("pairflow.stages.compress")
+
+
+@dataclass(frozen=True)
+class CompressInputs:
+    """The trained model, the curated manifest (held-out rows measure the variants) and
+    the pipeline's MLflow run the variant table is logged to (empty standalone)."""
+
+    manifest: str
+    model: str
+    mlflow_run_id: str = ""
+
+
+@dataclass(frozen=True)
+class CompressOutputs:
+    """The compressed model directory (every variant, ``variants.json``) and the report."""
+
+    compressed: Path
+    report: Path
+
+    @classmethod
+    def in_dir(cls, out_dir: str | Path) -> CompressOutputs:
+        d = Path(out_dir)
+        return cls(compressed=d / "compressed", report=d / "report.json")
 
 
 def _flat_metrics(result: CompressResult) -> dict[str, Any]:
@@ -59,47 +86,39 @@ def _flat_metrics(result: CompressResult) -> dict[str, Any]:
     }
 
 
-def _log_artifacts(cfg: PairflowConfig, kfp_run_id: str, out: Path) -> None:
-    if not kfp_run_id:
-        return
-    run_id = tracking.find_pipeline_run(cfg.mlflow.tracking_uri, cfg.mlflow.experiment, kfp_run_id)
-    if run_id is None:
-        log.warning("no MLflow run for KFP run %s; variant table not logged", kfp_run_id)
+def _log_artifacts(cfg: PairflowConfig, run_id: str, out: Path) -> None:
+    if not run_id:
         return
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=cfg.mlflow.tracking_uri)
-    for name in ("variants.json", "variants.md"):
+    for name in (INDEX_FILE, TABLE_FILE):
         client.log_artifact(run_id, str(out / name), "compress")
 
 
-def compress_step(
-    config_path: str,
-    manifest: str,
-    model_dir: str,
-    compressed_dir: str,
-    outputs: StageOutputs,
-    kfp_run_id: str = "",
+def run(
+    cfg: PairflowConfig,
+    inputs: CompressInputs,
+    outputs: CompressOutputs,
+    *,
+    progress: Callable[[str], None] | None = None,
 ) -> StageReport:
     """Build, measure and select the compressed variants of the trained model."""
-    setup_logging()
     watch = Stopwatch()
-    cfg = load_step_config(config_path)
-    df = read_manifest(manifest)
+    df = read_manifest(inputs.manifest)
     result = compress_model(
-        model_dir,
+        inputs.model,
         df,
         cfg.compress,
-        compressed_dir,
-        holdout_fraction=cfg.evaluate.holdout_fraction,
+        outputs.compressed,
+        split=cfg.data.split,
         s3=cfg.data.s3,
         seed=cfg.run.seed,
         champion=champion_variant(cfg)
         if cfg.compress.max_slowdown_vs_champion is not None
         else None,
+        progress=progress,
     )
-    write_manifest(df, outputs.kept)
-    write_manifest(empty_rejected(list(df.columns)), outputs.rejected)
     report = StageReport(
         stage="compress",
         rows_in=len(df),
@@ -108,6 +127,6 @@ def compress_step(
         metrics=_flat_metrics(result),
         notes=["latency measured on a possibly shared machine; variants timed interleaved"],
     )
-    finish_stage(report, outputs, cfg, kfp_run_id)
-    _log_artifacts(cfg, kfp_run_id, Path(compressed_dir))
+    finish_stage(report, outputs.report, cfg, inputs.mlflow_run_id)
+    _log_artifacts(cfg, inputs.mlflow_run_id, Path(outputs.compressed))
     return report

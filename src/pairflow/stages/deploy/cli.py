@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import tempfile
 from pathlib import Path
 from typing import Annotated
 
@@ -25,7 +24,7 @@ def register(app: typer.Typer) -> None:
             typer.Option("--input", help="Manifest whose held-out rows are replayed."),
         ] = None,
         out: Annotated[
-            Path | None, typer.Option("--out", help="Writes kept/rejected/report/summary.")
+            Path | None, typer.Option("--out", help="Writes report.json and summary.md.")
         ] = None,
         config: ConfigOpt = None,
         set_: SetOpt = None,
@@ -62,38 +61,35 @@ def register(app: typer.Typer) -> None:
         from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
         from pairflow.config import load_config
-        from pairflow.report import StageOutputs
+        from pairflow.stage_io import setup_logging
         from pairflow.stages.deploy.controller import StepRecord
-        from pairflow.stages.deploy.step import deploy_step
+        from pairflow.stages.deploy.step import DeployInputs, DeployOutputs, run
+        from pairflow.tracking import resolve_mlflow_settings
 
+        setup_logging()
         console = Console()
-        cfg = load_config(config, set_ or [])
+        cfg = resolve_mlflow_settings(load_config(config, set_ or []))
         out.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory() as tmp:
-            cfg_path = Path(tmp) / "config.json"
-            cfg_path.write_text(cfg.to_json())
-            with Progress(
-                SpinnerColumn(),
-                TextColumn("{task.description}"),
-                TimeElapsedColumn(),
-                console=console,
-            ) as progress:
-                task = progress.add_task(f"canary {model} (steps {cfg.deploy.steps})", total=None)
+        with Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            TimeElapsedColumn(),
+            console=console,
+        ) as progress:
+            task = progress.add_task(f"canary {model} (steps {cfg.deploy.steps})", total=None)
 
-                def on_step(rec: StepRecord) -> None:
-                    progress.console.print(
-                        f"step {rec.weight}%: {rec.verdict} — {'; '.join(rec.reasons)}"
-                    )
-                    progress.update(task, description=f"canary {model}: step {rec.weight}% done")
-
-                rep = deploy_step(
-                    str(cfg_path),
-                    str(input_),
-                    model,
-                    StageOutputs.in_dir(out),
-                    summary_path=str(out / "summary.md"),
-                    on_step=on_step,
+            def on_step(rec: StepRecord) -> None:
+                progress.console.print(
+                    f"step {rec.weight}%: {rec.verdict} — {'; '.join(rec.reasons)}"
                 )
+                progress.update(task, description=f"canary {model}: step {rec.weight}% done")
+
+            rep = run(
+                cfg,
+                DeployInputs(str(input_), model),
+                DeployOutputs.in_dir(out),
+                on_step=on_step,
+            )
         m = rep.metrics
         console.print(f"[bold]{m.get('decision')}[/bold]: {json.dumps(m.get('reasons'))}")
         console.print(f"report: {out / 'report.json'}; summary: {out / 'summary.md'}")
@@ -117,10 +113,10 @@ def _dry_run(
     name, version = aliases.parse_model_uri(model)
     if stable is None or version.startswith("@"):
         from pairflow.registry.client import Registry
-        from pairflow.tracking import resolve_tracking_uri
+        from pairflow.tracking import resolve_mlflow_settings
 
-        uri = resolve_tracking_uri(cfg.mlflow.tracking_uri, cfg.run.workdir)
-        rollout = aliases.resolve_rollout(Registry(uri), model, cfg.deploy.alias_champion)
+        reg = Registry.from_config(resolve_mlflow_settings(cfg).mlflow)
+        rollout = aliases.resolve_rollout(reg, model, cfg.deploy.alias_champion)
         if stable is not None:
             rollout = aliases.Rollout(rollout.name, rollout.candidate, stable)
     else:

@@ -28,6 +28,7 @@ from typing import Any
 import aiohttp
 import pandas as pd
 
+from pairflow.config import SplitConfig
 from pairflow.errors import InputDataError
 
 log = logging.getLogger("pairflow.stages.deploy.replay")
@@ -157,19 +158,19 @@ def load_pairs(
 
 def holdout_pairs(
     manifest: str | Path,
-    fraction: float,
+    split: SplitConfig,
     px: int,
     candidates: int = 1,
     task: str = "rank",
     variants: int = 1,
 ) -> list[dict[str, Any]]:
-    """The held-out rows of ``manifest`` ready to replay (all rows when none is held out),
-    with their references (:func:`attach_references`)."""
+    """The held-out rows of ``manifest`` (``data.split``: the rows evaluate measured) ready to
+    replay (all rows when none is held out), with their references (:func:`attach_references`)."""
     from pairflow.data.schema import read_manifest
-    from pairflow.data.split import split_holdout
+    from pairflow.data.split import split_frame
 
     frame = read_manifest(manifest)
-    _, held = split_holdout(frame, fraction)
+    _, held = split_frame(frame, split)
     if held.empty:
         log.warning("replay: no held-out rows in %s; replaying all %d rows", manifest, len(frame))
         held = frame

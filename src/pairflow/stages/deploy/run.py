@@ -59,14 +59,11 @@ def default_backend(
         return KServeBackend.from_config(rollout, dcfg)
     from pairflow.stages.deploy.local import launch_local, launch_single
     from pairflow.stages.deploy.replay import holdout_pairs
-    from pairflow.tracking import resolve_tracking_uri
 
     rc = dcfg.replay
     task = rc.task if rc.task != "auto" else replay_task(cfg.train.model)
-    pairs = holdout_pairs(
-        manifest, rc.holdout_fraction, rc.image_px, rc.candidates, task, rc.variants
-    )
-    tracking = resolve_tracking_uri(cfg.mlflow.tracking_uri, cfg.run.workdir)
+    pairs = holdout_pairs(manifest, cfg.data.split, rc.image_px, rc.candidates, task, rc.variants)
+    tracking = cfg.mlflow.tracking_uri
     if rollout.stable is None:  # the first deploy's smoke bake
         return launch_single(
             rollout.uri(rollout.candidate),
@@ -103,11 +100,9 @@ def run_deploy(
         return DeployOutcome("not_deployed", ["no model version was registered upstream"])
     aliases.parse_model_uri(model_uri)  # a bad URI fails before MLflow is touched
     from pairflow.registry.client import Registry
-    from pairflow.tracking import resolve_tracking_uri
 
-    uri = resolve_tracking_uri(cfg.mlflow.tracking_uri, cfg.run.workdir)
+    reg = Registry.from_config(cfg.mlflow)
     rcfg = cfg.register_
-    reg = Registry(uri, rcfg.retries, rcfg.retry_backoff_s)
     rollout = aliases.resolve_rollout(reg, model_uri, dcfg.alias_champion)
     base: dict[str, Any] = {
         "model": rollout.name,

@@ -102,11 +102,10 @@ class AnalysisConfig(Section):
 
 
 class ReplayConfig(Section):
-    """The local backend's replayer: held-out pairs sent as requests during each bake."""
+    """The local backend's replayer: held-out pairs sent as requests during each bake (the
+    first readable rows, at most 256, of the one ``data.split`` hold-out that evaluate
+    measured: rows train never saw)."""
 
-    holdout_fraction: float = Field(
-        0.1, gt=0, lt=1, description="Share of rows held out (same split as train/evaluate)."
-    )
     rate_per_s: float = Field(40.0, gt=0, description="Requests per second sent to the router.")
     concurrency: int = Field(4, ge=1, description="Requests in flight at most.")
     timeout_s: float = Field(10.0, gt=0, description="Client timeout of one replayed request.")
@@ -218,7 +217,6 @@ class DeployConfig(Section):
         ge=1,
     )
     alias_champion: str = Field("champion", description="Alias of the stable model version.")
-    alias_previous: str = Field("previous", description="Alias the old champion moves to.")
     first_deploy: Literal["smoke", "promote", "fail"] = Field(
         "smoke",
         description="No champion yet: 'smoke' bakes the candidate alone against the absolute "

@@ -1,60 +1,92 @@
-"""Plain-Python body of the ``deploy`` pipeline step (wrapped by ``pairflow.components``)."""
+"""The ``deploy`` step: :func:`run`, called by ``pairflow.components.deploy`` and by
+``pairflow deploy``.
+
+Deploy is a model stage: it outputs its decision (promoted / rolled back) in a report and a
+Markdown summary, no manifest (``rows_in`` = ``rows_out`` counts the rows of the manifest
+whose held-out rows it replays).
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-from pairflow.report import StageOutputs, StageReport, Stopwatch
-from pairflow.stage_io import finish_stage, load_step_config, setup_logging
+from pairflow.config import PairflowConfig
+from pairflow.data.schema import read_manifest
+from pairflow.report import StageReport, Stopwatch
+from pairflow.stage_io import finish_stage
 from pairflow.stages.deploy.controller import StepRecord
 
 log = logging.getLogger("pairflow.stages.deploy.step")
 
 
-def deploy_step(
-    config_path: str,
-    manifest: str,
-    model_uri: str,
-    outputs: StageOutputs,
-    kfp_run_id: str = "",
+@dataclass(frozen=True)
+class DeployInputs:
+    """The registered candidate (``models:/NAME/VERSION``), the manifest whose held-out rows
+    are replayed, the KFP run (tagged on the decision) and the pipeline's MLflow run the
+    report is logged to (both empty standalone)."""
+
+    manifest: str
+    model_uri: str
+    kfp_run_id: str = ""
+    mlflow_run_id: str = ""
+
+
+@dataclass(frozen=True)
+class DeployOutputs:
+    """The report and the Markdown summary (its step-by-step decision); the replay logs go
+    to ``deploy-logs/`` beside the report."""
+
+    report: Path
+    summary: Path | None = None
+
+    @classmethod
+    def in_dir(cls, out_dir: str | Path) -> DeployOutputs:
+        d = Path(out_dir)
+        return cls(report=d / "report.json", summary=d / "summary.md")
+
+
+def run(
+    cfg: PairflowConfig,
+    inputs: DeployInputs,
+    outputs: DeployOutputs,
     *,
-    summary_path: str | None = None,
     on_step: Callable[[StepRecord], None] | None = None,
 ) -> StageReport:
     """Canary-deploy the registered version against the champion; promote or roll back.
 
-    Deploy filters nothing: ``kept`` is the input manifest (rows_out = rows_in). The
-    report's metrics hold every step's samples, statistics, p-values and the decision.
+    The report's metrics hold every step's samples, statistics, p-values and the decision;
+    ``on_step`` sees each canary step as it ends.
     """
-    from pairflow.data.schema import empty_rejected, read_manifest, write_manifest
     from pairflow.stages.deploy.run import run_deploy
     from pairflow.stages.deploy.summary import deploy_markdown
 
-    setup_logging()
     watch = Stopwatch()
-    cfg = load_step_config(config_path)
-    df = read_manifest(manifest)
+    rows = len(read_manifest(inputs.manifest))
     work_dir = Path(outputs.report).parent / "deploy-logs"
     outcome = run_deploy(
-        cfg, manifest, model_uri, work_dir, kfp_run_id=kfp_run_id, on_step=on_step or _log_step
+        cfg,
+        inputs.manifest,
+        inputs.model_uri,
+        work_dir,
+        kfp_run_id=inputs.kfp_run_id,
+        on_step=on_step or _log_step,
     )
-    write_manifest(df, outputs.kept)
-    write_manifest(empty_rejected(list(df.columns)), outputs.rejected)
     report = StageReport(
         stage="deploy",
-        rows_in=len(df),
-        rows_out=len(df),
+        rows_in=rows,
+        rows_out=rows,
         seconds=watch.seconds,
         metrics=outcome.metrics or {"decision": outcome.decision, "reasons": outcome.reasons},
         notes=[f"{outcome.decision}: {r}" for r in outcome.reasons],
     )
-    finish_stage(report, outputs, cfg, kfp_run_id)
-    if summary_path is not None:
-        Path(summary_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(summary_path).write_text(deploy_markdown(report))
+    finish_stage(report, outputs.report, cfg, inputs.mlflow_run_id)
+    if outputs.summary is not None:
+        outputs.summary.parent.mkdir(parents=True, exist_ok=True)
+        outputs.summary.write_text(deploy_markdown(report))
     return report
 
 

@@ -43,8 +43,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Measure the candidate (and champion) on held-out rows and decide the gate.
 
-        Writes kept/rejected.parquet, report.json, drift.html, drift_reference.parquet,
-        serving_reference.parquet, summary.md and plots.html into --out.
+        Writes report.json, drift.html, drift_reference.parquet, serving_reference.parquet,
+        summary.md and plots.html into --out.
         Exit code 0: gate passed; 1: gate blocked; 2: bad input.
         """
         from rich.console import Console
@@ -53,11 +53,11 @@ def register(app: typer.Typer) -> None:
         from pairflow.cli_options import ensure_writable_dir
         from pairflow.config import load_config
         from pairflow.errors import InputDataError
-        from pairflow.report import StageOutputs
-        from pairflow.stages.evaluate.step import EvaluateFiles, run_evaluation
+        from pairflow.stages.evaluate.step import EvaluateInputs, EvaluateOutputs, run
+        from pairflow.tracking import resolve_mlflow_settings
 
         console = Console()
-        cfg = load_config(config, set_ or [])
+        cfg = resolve_mlflow_settings(load_config(config, set_ or []))
         if embeddings is not None and not embeddings.is_file():
             raise InputDataError(f"{embeddings}: embeddings Parquet not found")
         if not input_.startswith("s3://") and not Path(input_).is_file():
@@ -69,16 +69,13 @@ def register(app: typer.Typer) -> None:
                 console.log(f"evaluate: {msg}", markup=False, highlight=False)
                 status.update(f"[bold]evaluate[/bold]: {msg}")
 
-            outcome = run_evaluation(
-                cfg,
+            inputs = EvaluateInputs(
                 input_,
                 model,
-                StageOutputs.in_dir(out),
-                EvaluateFiles.in_dir(out),
                 embeddings=str(embeddings) if embeddings is not None else None,
                 champion=champion,
-                progress=progress,
             )
+            outcome = run(cfg, inputs, EvaluateOutputs.in_dir(out), progress=progress)
         console.print(Markdown(outcome.markdown))
         verdict = "PASSED" if outcome.passed else "BLOCKED"
         console.print(f"gate {verdict}; outputs in {out}", markup=False, highlight=False)

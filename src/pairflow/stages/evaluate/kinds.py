@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
+from pairflow.models.open import open_model
 from pairflow.stages.evaluate.gate import GateDecision
 
 if TYPE_CHECKING:
@@ -37,16 +38,13 @@ def model_kind(clip: LoadedClip) -> str:
 def load_champion(
     uri: str, tracking_uri: str | None
 ) -> tuple[str, LoadedClip, TrainedModel | None]:
-    """(kind, towers, the trained classifier when it is one) of the champion at ``uri``."""
-    from pairflow.models.clip import load_clip
-    from pairflow.models.trained import load_trained
-
-    clip = load_clip(uri, tracking_uri=tracking_uri)
-    kind = model_kind(clip)
+    """(kind, towers, the trained classifier when it is one) of the champion at ``uri`` (its
+    Hugging Face directory: ``open_model(uri, variant="torch")``)."""
+    opened = open_model(uri, variant="torch", device=None, tracking_uri=tracking_uri)
+    kind = model_kind(opened.clip)
     if kind != "classifier":
-        return kind, clip, None
-    trained = load_trained(uri, tracking_uri=tracking_uri)
-    return kind, trained.clip, trained
+        return kind, opened.clip, None
+    return kind, opened.clip, opened.trained
 
 
 def kind_check(candidate: str, champion: str | None, champion_label: str) -> dict[str, Any]:

@@ -15,12 +15,15 @@ import numpy as np
 import pandas as pd
 
 from pairflow.config import PairflowConfig
-from pairflow.data.split import split_holdout
+from pairflow.data.split import split_frame
 from pairflow.drift.compare import DriftOutcome, compare
 from pairflow.drift.reference import Reference, build_reference, read_reference, write_reference
 from pairflow.errors import InputDataError
-from pairflow.models.clip import LoadedClip, load_clip
+from pairflow.models.clip import LoadedClip
 from pairflow.models.embeddings import Embeddings
+from pairflow.models.errors import ModelLoadError
+from pairflow.models.formats import META_FILE
+from pairflow.models.open import open_model
 from pairflow.registry import champion as champ
 from pairflow.stages.evaluate.bootstrap import DeltaCI, paired_bootstrap
 from pairflow.stages.evaluate.classification import classification_metrics
@@ -122,16 +125,18 @@ def _clean(value: Any) -> Any:
 
 
 def load_candidate(ref: str, kind_hint: str, tracking_uri: str | None = None) -> Candidate:
-    """A pairflow trained artifact (``pairflow_model.json``) or a plain CLIP directory."""
-    from pairflow.models.clip import find_hf_dir
-    from pairflow.models.formats import META_FILE
-    from pairflow.models.trained import load_trained
-
-    local = Path(ref)
-    plain = local.is_dir() and not (find_hf_dir(local, ref) / META_FILE).is_file()
-    if plain:
-        return Candidate("clip", load_clip(str(find_hf_dir(local, ref))), None, [])
-    trained = load_trained(ref, tracking_uri=tracking_uri)
+    """A pairflow trained artifact (``pairflow_model.json``) or a plain CLIP directory (its
+    Hugging Face directory: ``open_model(ref, variant="torch")``)."""
+    opened = open_model(ref, variant="torch", device=None, tracking_uri=tracking_uri)
+    trained = opened.trained
+    if trained is None:
+        if opened.path is None:
+            raise ModelLoadError(
+                f"{ref}: a trained model must be a directory, S3 or MLflow artifact"
+            )
+        if not Path(ref).is_dir():  # a remote candidate is a trained artifact
+            raise ModelLoadError(f"{ref}: no {META_FILE} (not a pairflow trained model)")
+        return Candidate("clip", opened.clip, None, [])
     classifier = trained if trained.kind == "classifier" else None
     return Candidate(trained.kind, trained.clip, classifier, list(trained.labels or []))
 
@@ -185,7 +190,7 @@ def _embeddings_for(
         return None, "no embeddings input and clip_filter.model is empty: none computed"
     from pairflow.models.scoring import score_frame
 
-    loaded = load_clip(cfg.clip_filter.model, cfg.data.s3)
+    loaded = open_model(cfg.clip_filter.model, variant="torch", s3=cfg.data.s3, device=None).clip
     res = score_frame(rows.reset_index(drop=True), loaded, cfg.clip_filter, cfg.data.s3)
     idx = np.flatnonzero(res.scored)
     emb = Embeddings(
@@ -223,11 +228,11 @@ def evaluate_frame(
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:
         raise InputDataError(f"evaluate input manifest: missing columns {missing}")
-    train_rows, holdout = split_holdout(df, ev.holdout_fraction)
+    train_rows, holdout = split_frame(df, cfg.data.split)
     if len(holdout) < 2:
         raise InputDataError(
             f"evaluate: the held-out split has {len(holdout)} of {len(df)} rows (need >= 2); "
-            "raise evaluate.holdout_fraction or give more rows"
+            "raise data.split.holdout_fraction or give more rows"
         )
     tracking_uri = cfg.mlflow.tracking_uri
     say(f"loading candidate {model_ref}")

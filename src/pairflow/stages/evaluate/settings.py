@@ -40,7 +40,6 @@ class EvaluateConfig(Section):
         "it off is an explicit opt-out (plumbing tests with a model at chance); the gate's "
         "reasons say it is off.",
     )
-    holdout_fraction: float = Field(0.2, ge=0, lt=1, description="Share of ids held out.")
     report_latency: bool = Field(
         True,
         description="With a champion, time the candidate (fp32, before compression) against "

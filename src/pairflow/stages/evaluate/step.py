@@ -1,7 +1,9 @@
-"""Plain-Python body of the ``evaluate`` pipeline step (wrapped by ``pairflow.components``).
+"""The ``evaluate`` step: :func:`run`, called by ``pairflow.components.evaluate`` and by
+``pairflow evaluate``.
 
-Evaluate is not a filter: the manifest passes through (rows_out = rows_in); the held-out
-and evaluated row counts are report figures.
+Evaluate is a model stage: it outputs its decision (the gate), a report and its pages, no
+manifest. ``rows_in`` (= ``rows_out``) counts the rows read; the held-out and evaluated row
+counts are report figures.
 """
 
 from __future__ import annotations
@@ -12,11 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pairflow import tracking
 from pairflow.config import PairflowConfig
-from pairflow.data.schema import empty_rejected, read_manifest, write_manifest
-from pairflow.report import StageOutputs, StageReport, Stopwatch
-from pairflow.stage_io import finish_stage, load_step_config, setup_logging
+from pairflow.data.schema import read_manifest
+from pairflow.report import StageReport, Stopwatch
+from pairflow.stage_io import finish_stage
 from pairflow.stages.evaluate.gate import GateDecision
 
 if TYPE_CHECKING:
@@ -27,12 +28,30 @@ log = logging.getLogger("pairflow.stages.evaluate.step")
 STAGE = "evaluate"
 
 
-@dataclass
-class EvaluateFiles:
-    """Extra outputs: drift HTML, this run's drift reference Parquet, a Markdown summary,
-    the evaluation plots (one HTML page) and the candidate's serving reference Parquet (the
+@dataclass(frozen=True)
+class EvaluateInputs:
+    """The curated manifest (held-out rows are drawn from it) and the candidate model.
+
+    ``embeddings`` names a clip-filter embeddings Parquet (skipped with a warning when the
+    file is absent: the filter may have written none); ``champion`` overrides the registry's
+    champion (``pairflow evaluate --champion``); ``mlflow_run_id`` is the pipeline's run the
+    gate is logged to (empty standalone).
+    """
+
+    manifest: str
+    model: str
+    embeddings: str | None = None
+    champion: str | None = None
+    mlflow_run_id: str = ""
+
+
+@dataclass(frozen=True)
+class EvaluateOutputs:
+    """The report, drift HTML, this run's drift reference Parquet, a Markdown summary, the
+    evaluation plots (one HTML page) and the candidate's serving reference Parquet (the
     drift monitor's baseline once the candidate serves)."""
 
+    report: Path
     drift_html: Path
     reference: Path
     summary: Path | None = None
@@ -40,9 +59,10 @@ class EvaluateFiles:
     serving_reference: Path | None = None
 
     @classmethod
-    def in_dir(cls, out_dir: str | Path) -> EvaluateFiles:
+    def in_dir(cls, out_dir: str | Path) -> EvaluateOutputs:
         d = Path(out_dir)
         return cls(
+            d / "report.json",
             d / "drift.html",
             d / "drift_reference.parquet",
             d / "summary.md",
@@ -63,73 +83,23 @@ class StepOutcome:
     markdown: str = ""
 
 
-def evaluate_step(
-    config_path: str,
-    manifest: str,
-    model_dir: str,
-    outputs: StageOutputs,
-    kfp_run_id: str = "",
-    *,
-    embeddings: str | None = None,
-    files: EvaluateFiles | None = None,
-) -> StepOutcome:
-    """Evaluate the candidate in ``model_dir`` against the champion and decide the gate.
-
-    There is no pass-through: a missing or unreadable model fails the step.
-    """
-    setup_logging()
-    cfg = load_step_config(config_path)
-    return _evaluate(cfg, manifest, model_dir, outputs, kfp_run_id, embeddings, files)
-
-
-def _evaluate(
+def run(
     cfg: PairflowConfig,
-    manifest: str,
-    model_dir: str,
-    outputs: StageOutputs,
-    kfp_run_id: str,
-    embeddings: str | None,
-    files: EvaluateFiles | None,
-) -> StepOutcome:
-    import tempfile
-
-    with tempfile.TemporaryDirectory(prefix="pairflow-evaluate-") as tmp:
-        return run_evaluation(
-            cfg,
-            manifest,
-            model_dir,
-            outputs,
-            files or EvaluateFiles.in_dir(tmp),
-            kfp_run_id=kfp_run_id,
-            embeddings=embeddings,
-        )
-
-
-def run_evaluation(
-    cfg: PairflowConfig,
-    manifest: str,
-    model_dir: str,
-    outputs: StageOutputs,
-    files: EvaluateFiles,
+    inputs: EvaluateInputs,
+    outputs: EvaluateOutputs,
     *,
-    kfp_run_id: str = "",
-    embeddings: str | None = None,
-    champion: str | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> StepOutcome:
-    """Evaluate, write kept/rejected/report.json and ``files``; shared by step and CLI.
-
-    ``embeddings`` names a clip-filter embeddings Parquet (skipped with a warning when the
-    file is absent: the filter may have written none).
+    """Evaluate the candidate against the champion and decide the gate; write the report
+    and ``outputs``. There is no pass-through: a missing or unreadable model fails the step.
     """
     from pairflow.models.embeddings import read_embeddings
     from pairflow.stages.evaluate.run import evaluate_frame
     from pairflow.stages.evaluate.summary import result_markdown
 
     watch = Stopwatch()
-    cfg.mlflow.tracking_uri = tracking.resolve_tracking_uri(
-        cfg.mlflow.tracking_uri, cfg.run.workdir
-    )
+    manifest, model_dir, embeddings = inputs.manifest, inputs.model, inputs.embeddings
+    files = outputs
     df = read_manifest(manifest)
     emb = None
     if embeddings and Path(embeddings).is_file():
@@ -144,13 +114,11 @@ def run_evaluation(
         reference_out=files.reference,
         embeddings=emb,
         progress=progress,
-        champion=champion,
+        champion=inputs.champion,
         serving_reference_out=files.serving_reference,
     )
     if cfg.evaluate.report_latency and result.champion_info is not None:
         report_latency(cfg, df, model_dir, result.champion_info.uri, result.gate)
-    write_manifest(df, outputs.kept)
-    write_manifest(empty_rejected(list(df.columns)), outputs.rejected)
     report = StageReport(
         stage=STAGE,
         rows_in=len(df),
@@ -159,14 +127,14 @@ def run_evaluation(
         metrics=result.report_metrics(),
         notes=list(result.gate.reasons),
     )
-    finish_stage(report, outputs, cfg, kfp_run_id)
+    finish_stage(report, outputs.report, cfg, inputs.mlflow_run_id)
     if files.plots is not None:
         from pairflow.stages.evaluate.plots import write_plots
 
         margin = cfg.evaluate.non_inferiority_margin if result.champion is not None else None
         write_plots(result, files.plots, margin)
-    if kfp_run_id:
-        _log_gate(cfg, kfp_run_id, result.gate.to_dict(), files.drift_html, files.plots)
+    if inputs.mlflow_run_id:
+        _log_gate(cfg, inputs.mlflow_run_id, result.gate.to_dict(), files.drift_html, files.plots)
     markdown = result_markdown(result)
     if files.summary is not None:
         files.summary.parent.mkdir(parents=True, exist_ok=True)
@@ -214,17 +182,13 @@ def report_latency(
 
 def _log_gate(
     cfg: PairflowConfig,
-    kfp_run_id: str,
+    run_id: str,
     gate: dict[str, Any],
     html: Path,
     plots: Path | None = None,
 ) -> None:
-    """Gate tags, the drift HTML and the plots page on the pipeline's MLflow run."""
+    """Gate tags, the drift HTML and the plots page on the pipeline's MLflow run ``run_id``."""
     uri = cfg.mlflow.tracking_uri
-    run_id = tracking.find_pipeline_run(uri, cfg.mlflow.experiment, kfp_run_id)
-    if run_id is None:
-        log.warning("no MLflow run for KFP run %s; gate not logged", kfp_run_id)
-        return
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=uri)

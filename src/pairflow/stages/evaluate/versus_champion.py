@@ -18,8 +18,8 @@ import pandas as pd
 
 from pairflow.config import CompressConfig, S3Config
 from pairflow.errors import InputDataError
-from pairflow.models.clip import load_clip
 from pairflow.models.latency import load_held_out, measure_saved_latency
+from pairflow.models.open import open_model
 
 CANDIDATE, CHAMPION = "candidate_fp32_torch", "champion_shipped"
 
@@ -83,7 +83,7 @@ def latency_versus_champion(
 ) -> LatencyVersusChampion:
     """Time the trained model in ``model_dir`` and the champion's shipped variant
     (``champion``: folder, kind) on up to ``cfg.selection_batch_size`` rows of ``frame``."""
-    loaded = load_clip(str(model_dir), s3, device="cpu")
+    loaded = open_model(model_dir, variant="torch", s3=s3)
     size = cfg.selection_batch_size
     held = load_held_out(frame, loaded.processor, loaded.max_text_length, max_rows=size, s3=s3)
     if held.rows < 1:

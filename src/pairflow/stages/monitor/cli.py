@@ -98,8 +98,9 @@ def register(app: typer.Typer, run_here: Callable[[PairflowConfig, bool], LocalR
         """Judge the last window of logged traffic; a drifted one starts a guarded retrain."""
         from pairflow.config import load_config
         from pairflow.stages.monitor.run import decision_lines, monitor_window
+        from pairflow.tracking import resolve_mlflow_settings
 
-        cfg = load_config(config, set_ or [])
+        cfg = resolve_mlflow_settings(load_config(config, set_ or []))
         if namespace:
             cfg.kubeflow.namespace = namespace
         end = parse_window_end(window_end)

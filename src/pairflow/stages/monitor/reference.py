@@ -12,7 +12,6 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from pairflow import tracking
 from pairflow.config import PairflowConfig
 from pairflow.drift.reference import Reference, read_reference
 from pairflow.errors import PairflowError
@@ -40,8 +39,8 @@ class ChampionReference:
 
 
 def resolve_uri(cfg: PairflowConfig) -> str:
-    """The tracking URI as every step resolves it (config, env, local sqlite default)."""
-    return tracking.resolve_tracking_uri(cfg.mlflow.tracking_uri, cfg.run.workdir)
+    """The run's tracking URI (resolved by the monitor pass or the CLI)."""
+    return cfg.mlflow.tracking_uri
 
 
 def load_champion_reference(cfg: PairflowConfig) -> ChampionReference:

@@ -16,7 +16,6 @@ from typing import Any, Protocol
 
 import pyarrow as pa
 
-from pairflow import tracking
 from pairflow.config import PairflowConfig
 from pairflow.errors import PairflowError
 from pairflow.stages.monitor.policy import Decision, decide
@@ -101,7 +100,7 @@ def act_on_verdict(
     build the retrain data and start the run: on KFP with ``target``, else locally through
     ``local_runner`` (kfp.local). A failed start is recorded on the run, then raised."""
     say = progress or (lambda _msg: None)
-    uri = tracking.resolve_tracking_uri(cfg.mlflow.tracking_uri, cfg.run.workdir)
+    uri = cfg.mlflow.tracking_uri
     now = now or _now()
     history = load_history(uri, cfg.monitor.experiment, champion.model_name)
     decision = decide(verdict, history, cfg.monitor, now, dry_run)

@@ -16,7 +16,7 @@ def register_cmd(
     model: Annotated[
         Path, typer.Option("--model", help="Compressed dir (variants.json) or an HF model dir.")
     ],
-    out: Annotated[Path, typer.Option("--out", help="Where kept/rejected/report.json go.")],
+    out: Annotated[Path, typer.Option("--out", help="Where report.json and the card go.")],
     trained: Annotated[
         Path | None, typer.Option("--trained", help="Trained HF model dir (fallback).")
     ] = None,
@@ -42,39 +42,34 @@ def register_cmd(
     tracking_uri: UriOpt = None,
 ) -> None:
     """Register a model version (standalone register stage) and print its URI and card."""
-    from pairflow.report import StageOutputs
-    from pairflow.stages.register.step import register_step
+    from pairflow.stage_io import setup_logging
+    from pairflow.stages.register.step import RegisterInputs, RegisterOutputs, run
 
+    setup_logging()
     cfg = config_for(config, set_, tracking_uri)
     out.mkdir(parents=True, exist_ok=True)
-    cfg_path = out / "config.json"
-    cfg_path.write_text(cfg.to_json())
-    outputs = StageOutputs.in_dir(out)
-    with console.status("registering in MLflow..."):
-        uri = register_step(
-            str(cfg_path),
-            str(manifest),
-            str(model),
-            outputs,
-            kfp_run_id,
-            trained_model=str(trained or ""),
-            evaluate_report=str(evaluate_report or ""),
-            stage_reports=[str(p) for p in reports or []],
-            data_docs=str(data_docs or ""),
-            drift_html=str(drift_html or ""),
-            eval_plots=[str(p) for p in plots or []],
-            drift_reference=str(drift_reference or ""),
-            serving_reference=str(serving_reference or ""),
-            card_out=str(out / "model_card.md"),
-        )
-    from pairflow.report import StageReport
-
-    rep = StageReport.read(outputs.report)
-    console.print(
-        f"registered {rep.metrics['registered_version']} (gate {rep.metrics['gate']}, "
-        f"challenger: {rep.metrics['challenger']}, reused: {rep.metrics['reused']})"
+    inputs = RegisterInputs(
+        manifest=manifest,
+        compressed=model,
+        trained=trained,
+        evaluate_report=evaluate_report,
+        stage_reports=list(reports or []),
+        data_docs=data_docs,
+        drift_html=drift_html,
+        eval_plots=list(plots or []),
+        drift_reference=drift_reference,
+        serving_reference=serving_reference,
+        kfp_run_id=kfp_run_id,
     )
-    console.print(f"deployable: {uri or 'no (gate did not pass)'}; card: {out / 'model_card.md'}")
+    outputs = RegisterOutputs.in_dir(out)
+    with console.status("registering in MLflow..."):
+        result = run(cfg, inputs, outputs)
+    console.print(
+        f"registered {result.uri} (gate {result.gate}, "
+        f"challenger: {result.challenger}, reused: {result.reused})"
+    )
+    uri = result.deployable_uri
+    console.print(f"deployable: {uri or 'no (gate did not pass)'}; card: {outputs.model_card}")
 
 
 def register(app: typer.Typer) -> None:

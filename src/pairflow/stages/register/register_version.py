@@ -7,10 +7,10 @@ Order of writes, so an outage never leaves a half-made version behind:
    ``pairflow.complete=false``;
 3. ``challenger`` (only when the gate passed), then ``pairflow.complete=true``.
 
-Every call is retried with backoff. A failure after step 2 deletes the version; if even that
-fails, the version stays marked incomplete: aliases refuse it, and the next run of the step
-for the same KFP run deletes and recreates it. A complete version for the KFP run id is
-returned as is (idempotent).
+Each MLflow request is retried by MLflow itself (``mlflow.http_*``). A failure after step 2
+deletes the version; if even that fails, the version stays marked incomplete: aliases refuse
+it, and the next run of the step for the same KFP run deletes and recreates it. A complete
+version for the KFP run id is returned as is (idempotent).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import pandas as pd
 from pairflow import tracking
 from pairflow.config import PairflowConfig
 from pairflow.data.schema import read_manifest
-from pairflow.data.split import split_holdout
+from pairflow.data.split import split_frame
 from pairflow.models.formats import TABLE_FILE
 from pairflow.registry import card
 from pairflow.registry.client import Registry
@@ -75,9 +75,12 @@ def _page_name(path: Path) -> str:
     return path.name if path.suffix else f"{path.name}.html"
 
 
-@dataclass
+@dataclass(frozen=True)
 class RegisterInputs:
-    """Files the register step reads; everything but the manifest and a model is optional."""
+    """What the register step reads (its ``run``'s inputs): files, of which everything but
+    the manifest and a model is optional; the KFP run (the version's idempotency key) and
+    the pipeline's MLflow run the version is logged under (resolve-config's output; empty
+    standalone: the run is found or created from the KFP run id)."""
 
     manifest: Path
     compressed: Path | None = None
@@ -91,6 +94,7 @@ class RegisterInputs:
     serving_reference: Path | None = None
     kfp_run_id: str = ""
     kfp_run_name: str = ""
+    mlflow_run_id: str = ""
 
 
 @dataclass
@@ -161,8 +165,7 @@ class _Registration:
         self.cfg = cfg
         self.inputs = inputs
         self.name = cfg.register_.model_name
-        uri = tracking.resolve_tracking_uri(cfg.mlflow.tracking_uri, cfg.run.workdir)
-        self.reg = Registry(uri, cfg.register_.retries, cfg.register_.retry_backoff_s)
+        self.reg = Registry.from_config(cfg.mlflow)
 
     def existing(self, kfp_run_id: str) -> list[Any]:
         return self.reg.versions(self.name, f"tags.`{TAG_KFP_RUN_ID}` = '{kfp_run_id}'")
@@ -180,6 +183,10 @@ class _Registration:
                 raise
 
     def run_id(self, kfp_run_id: str) -> tuple[str, str]:
+        if self.inputs.mlflow_run_id:
+            run_id = self.inputs.mlflow_run_id
+            run = self.reg.call("get run", lambda: self.reg.client.get_run(run_id))
+            return run_id, str(run.info.experiment_id)
         cfg = self.cfg.model_copy(deep=True)
         cfg.mlflow.tracking_uri = self.reg.tracking_uri
         found = self.reg.call(
@@ -333,7 +340,7 @@ def _register(job: _Registration, cfg: PairflowConfig, inputs: RegisterInputs) -
         job.delete_versions(previous, "left incomplete by an earlier attempt")
 
     run_id, experiment_id = job.run_id(kfp_run_id)
-    train, holdout = split_holdout(frame, cfg.evaluate.holdout_fraction)
+    train, holdout = split_frame(frame, cfg.data.split)
     digests = lineage.log_datasets(
         job.reg,
         run_id,

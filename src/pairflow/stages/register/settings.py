@@ -28,12 +28,6 @@ class RegisterConfig(Section):
         "auto: a passed gate lets the deploy step promote the version; manual: a reviewer's "
         "approval (pairflow registry approve) is also required.",
     )
-    retries: int = Field(
-        4, ge=0, le=20, description="Retries of each MLflow call when the server is unavailable."
-    )
-    retry_backoff_s: float = Field(
-        2.0, ge=0, description="Delay before the first retry; doubles on each further retry."
-    )
     kfp_ui_url: str = Field(
         "", description="Kubeflow Pipelines UI base URL; when set, versions link to their run."
     )

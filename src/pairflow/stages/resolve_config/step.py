@@ -4,38 +4,54 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pairflow import tracking
-from pairflow.config import apply_pipeline_params, config_from_dict
-from pairflow.stage_io import redact, setup_logging, step_tracking_uri
+from pairflow.config import PairflowConfig, apply_pipeline_params
+from pairflow.stage_io import redact, resolve_step_mlflow
 
 log = logging.getLogger("pairflow.stages.resolve_config")
 
 
-def resolve_config_step(
-    defaults_json: str,
-    params: dict[str, Any],
-    kfp_run_id: str,
-    kfp_run_name: str,
-    config_out: str | Path,
-) -> str:
-    """Apply UI parameters to the compiled-in defaults, validate, write config.json.
+@dataclass(frozen=True)
+class ResolveInputs:
+    """The run's UI parameters and its KFP run id and name."""
 
-    Also opens the MLflow run that records this pipeline run. Returns the config hash.
-    """
-    setup_logging()
-    base = config_from_dict(json.loads(defaults_json), "compiled config")
-    cfg = apply_pipeline_params(base, params)
-    cfg.mlflow.tracking_uri = step_tracking_uri(cfg.mlflow.tracking_uri, cfg.run.workdir)
-    Path(config_out).parent.mkdir(parents=True, exist_ok=True)
-    Path(config_out).write_text(json.dumps(cfg.to_dict(), indent=2, sort_keys=True))
-    run_id = tracking.start_pipeline_run(cfg, kfp_run_id, kfp_run_name)
+    params: dict[str, Any]
+    kfp_run_id: str
+    kfp_run_name: str = ""
+
+
+@dataclass(frozen=True)
+class ResolveOutputs:
+    """Where the resolved ``config.json`` goes (every later step's ``config`` input)."""
+
+    config: Path
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """The config's hash and the MLflow run that records this pipeline run (later steps log
+    to it by this id)."""
+
+    config_hash: str
+    mlflow_run_id: str
+
+
+def run(cfg: PairflowConfig, inputs: ResolveInputs, outputs: ResolveOutputs) -> Resolved:
+    """Apply the UI parameters to ``cfg`` (the compiled-in defaults), validate, write
+    config.json, and open the MLflow run that records this pipeline run."""
+    resolved = apply_pipeline_params(cfg, inputs.params)
+    resolved = resolve_step_mlflow(resolved)
+    outputs.config.parent.mkdir(parents=True, exist_ok=True)
+    outputs.config.write_text(json.dumps(resolved.to_dict(), indent=2, sort_keys=True))
+    run_id = tracking.start_pipeline_run(resolved, inputs.kfp_run_id, inputs.kfp_run_name)
     log.info(
         "config %s resolved; MLflow run %s at %s",
-        cfg.digest()[:12],
+        resolved.digest()[:12],
         run_id,
-        redact(cfg.mlflow.tracking_uri),
+        redact(resolved.mlflow.tracking_uri),
     )
-    return cfg.digest()
+    return Resolved(config_hash=resolved.digest(), mlflow_run_id=run_id)

@@ -29,7 +29,7 @@ def register(app: typer.Typer) -> None:
             ),
         ] = False,
     ) -> None:
-        """Train the configured model: writes model/, kept/rejected.parquet, report.json."""
+        """Train the configured model: writes model/ and report.json."""
         if launcher is not None:
             set_ = [*(set_ or []), f"train.launcher={launcher}"]
         if dry_run:
@@ -43,14 +43,14 @@ def register(app: typer.Typer) -> None:
 
         from pairflow.cli_options import ensure_writable_dir
         from pairflow.config import load_config
-        from pairflow.report import StageOutputs
         from pairflow.stages.train.launch import PROGRESS_PREFIX
-        from pairflow.stages.train.step import run_train
+        from pairflow.stages.train.step import TrainInputs, TrainOutputs, run
+        from pairflow.tracking import resolve_mlflow_settings
 
         console = Console()
-        cfg = load_config(config, set_ or [])
+        cfg = resolve_mlflow_settings(load_config(config, set_ or []))
         ensure_writable_dir(out)
-        outputs = StageOutputs.in_dir(out)
+        outputs = TrainOutputs.in_dir(out)
         with Progress(
             TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), console=console
         ) as progress:
@@ -63,11 +63,10 @@ def register(app: typer.Typer) -> None:
                 elif line.strip():
                     progress.console.print(line, markup=False, highlight=False)
 
-            report = run_train(cfg, input_, out / "model", outputs, on_line=on_line)
-        report.write(outputs.report)
+            report = run(cfg, TrainInputs(input_), outputs, on_line=on_line)
         m = report.metrics
         console.print(
             f"train: {m['rows_train']} train / {m['rows_val']} val / {m['rows_holdout']} held-out "
             f"rows, {m['epochs']} epochs on {m['world_size']} processes, "
-            f"{m['samples_per_s']} samples/s, best val {m['best_val_metric']} → {out / 'model'}"
+            f"{m['samples_per_s']} samples/s, best val {m['best_val_metric']} → {outputs.model}"
         )

@@ -4,9 +4,10 @@ Order: resolve and load the base model (a bad reference fails before any data is
 the curated manifest, launch the workers (torchrun locally, a TrainJob on a cluster), read
 rank 0's result, write the report.
 
-Report conservation: train filters nothing, so ``kept`` is the input manifest unchanged
-(evaluate takes its held-out rows from it), ``rows_out = rows_in`` and no rows are rejected;
-``metrics`` splits the rows into ``rows_train`` + ``rows_val`` + ``rows_holdout`` (= rows_in).
+Train is a model stage: it outputs the model and a report, no manifest (evaluate takes its
+held-out rows from the curated manifest itself). ``rows_in`` (= ``rows_out``, nothing is
+rejected) counts the rows read; ``metrics`` splits them into ``rows_train`` + ``rows_val`` +
+``rows_holdout`` (= rows_in).
 """
 
 from __future__ import annotations
@@ -15,18 +16,41 @@ import json
 import logging
 import shutil
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pairflow import tracking
 from pairflow.config import PairflowConfig
-from pairflow.data.schema import empty_rejected, read_manifest, write_manifest
+from pairflow.data.schema import read_manifest
 from pairflow.models.pairs import TrainDataError
-from pairflow.report import StageOutputs, StageReport, Stopwatch
-from pairflow.stage_io import finish_stage, load_step_config, setup_logging
+from pairflow.report import StageReport, Stopwatch
+from pairflow.stage_io import finish_stage
 from pairflow.stages.train.launch import WorkerArgs, run_torchrun
 
 log = logging.getLogger("pairflow.stages.train")
+
+
+@dataclass(frozen=True)
+class TrainInputs:
+    """The curated manifest; the pipeline's MLflow run (rank 0 logs to it) and KFP run id
+    (names the TrainJob on a cluster). Standalone, both are empty."""
+
+    manifest: str
+    mlflow_run_id: str = ""
+    kfp_run_id: str = ""
+
+
+@dataclass(frozen=True)
+class TrainOutputs:
+    """The trained model directory and the stage report."""
+
+    model: Path
+    report: Path
+
+    @classmethod
+    def in_dir(cls, out_dir: str | Path) -> TrainOutputs:
+        d = Path(out_dir)
+        return cls(model=d / "model", report=d / "report.json")
 
 
 def work_dir(model_dir: str | Path) -> Path:
@@ -37,34 +61,31 @@ def work_dir(model_dir: str | Path) -> Path:
 
 def resolve_base(cfg: PairflowConfig, tracking_uri: str | None) -> str:
     """The base reference as a local directory (loaded once to fail early), or ``""``."""
-    from pairflow.models.clip import load_clip
+    from pairflow.models.open import open_model  # torch + transformers: only training needs it
 
     ref = cfg.train.base_model or cfg.clip_filter.model
     if not ref:
         return ""
-    loaded = load_clip(ref, cfg.data.s3, device="cpu", tracking_uri=tracking_uri)
+    loaded = open_model(ref, variant="torch", s3=cfg.data.s3, tracking_uri=tracking_uri)
     if cfg.train.launcher == "trainjob":
         return ref  # the job resolves it itself
     return str(loaded.path) if loaded.path is not None else ref
 
 
-def run_train(
+def run(
     cfg: PairflowConfig,
-    manifest: str,
-    model_dir: str | Path,
-    outputs: StageOutputs,
+    inputs: TrainInputs,
+    outputs: TrainOutputs,
     *,
-    kfp_run_id: str = "",
     on_line: Callable[[str], None] | None = None,
 ) -> StageReport:
-    """Train on ``manifest``; write the model to ``model_dir``; return the (unwritten) report."""
+    """Train on the curated manifest; write the model and the report (logged to the
+    pipeline's MLflow run when there is one). ``on_line`` gets the workers' output lines."""
     watch = Stopwatch()
     t = cfg.train
+    manifest, model_dir, run_id = inputs.manifest, outputs.model, inputs.mlflow_run_id
     emit = on_line or (lambda line: log.info("%s", line))
-    uri = tracking.resolve_tracking_uri(cfg.mlflow.tracking_uri, cfg.run.workdir)
-    run_id = (
-        tracking.find_pipeline_run(uri, cfg.mlflow.experiment, kfp_run_id) if kfp_run_id else None
-    )
+    uri = cfg.mlflow.tracking_uri
     base = resolve_base(cfg, uri)
     df = read_manifest(manifest)
     if df.empty:
@@ -91,7 +112,7 @@ def run_train(
         checkpoint_dir=ckpt.resolve(),
         result=result_file.resolve(),
         tracking_uri=uri if run_id else "",
-        run_id=run_id or "",
+        run_id=run_id,
     )
     if t.launcher == "local":
         emit(f"torchrun: {t.world_size} processes on 127.0.0.1 ({t.model}, {t.epochs} epochs)")
@@ -99,12 +120,10 @@ def run_train(
     else:
         from pairflow.stages.train.cluster import run_on_cluster
 
-        args = run_on_cluster(cfg, args, kfp_run_id, emit)
+        args = run_on_cluster(cfg, args, inputs.kfp_run_id, emit)
     result: dict[str, Any] = json.loads(Path(args.result).read_text())
     if Path(args.out) != Path(model_dir).resolve():
         shutil.copytree(args.out, model_dir, dirs_exist_ok=True)
-    write_manifest(df, outputs.kept)
-    write_manifest(empty_rejected(list(df.columns)), outputs.rejected)
     if not t.keep_checkpoints and args.checkpoint_dir is not None:
         shutil.rmtree(args.checkpoint_dir, ignore_errors=True)
     checkpoint = result.get("last_checkpoint") if t.keep_checkpoints else None
@@ -127,16 +146,7 @@ def run_train(
         "step_seconds": result["timings"],
         "train_seconds": round(result["seconds"], 2),
     }
-    return StageReport(
+    report = StageReport(
         stage="train", rows_in=len(df), rows_out=len(df), seconds=watch.seconds, metrics=metrics
     )
-
-
-def train_step(
-    config_path: str, manifest: str, model_dir: str, outputs: StageOutputs, kfp_run_id: str = ""
-) -> StageReport:
-    """Train the configured model on the curated manifest; write model, kept, report."""
-    setup_logging()
-    cfg = load_step_config(config_path)
-    report = run_train(cfg, manifest, model_dir, outputs, kfp_run_id=kfp_run_id)
-    return finish_stage(report, outputs, cfg, kfp_run_id)
+    return finish_stage(report, outputs.report, cfg, run_id)

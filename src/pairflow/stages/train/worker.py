@@ -28,8 +28,8 @@ from pairflow.data.schema import read_manifest
 from pairflow.models import heads as models
 from pairflow.models import objectives
 from pairflow.models import pairs as tdata
-from pairflow.models.clip import load_clip
 from pairflow.models.loop import FitResult, LoopSettings, fit, init_distributed
+from pairflow.models.open import open_model
 from pairflow.models.trained import save_trained
 from pairflow.stages.train.launch import PROGRESS_PREFIX
 
@@ -99,9 +99,11 @@ def train(args: argparse.Namespace) -> FitResult | None:
     t = cfg.train
     if t.torch_threads > 0:
         torch.set_num_threads(t.torch_threads)
-    loaded = load_clip(args.base, cfg.data.s3, device="cpu", tracking_uri=args.tracking_uri or None)
+    loaded = open_model(
+        args.base, variant="torch", s3=cfg.data.s3, tracking_uri=args.tracking_uri or None
+    ).clip
     frame = read_manifest(args.manifest)
-    splits = tdata.split_rows(frame, cfg.evaluate.holdout_fraction, t.val_fraction)
+    splits = tdata.split_rows(frame, cfg.data.split, t.val_fraction)
     if splits.train.empty:
         raise tdata.TrainDataError(
             f"{args.manifest}: no training rows ({len(frame)} rows in, {len(splits.holdout)} "

@@ -1,4 +1,4 @@
-"""Plain-Python body of the KFP ``monitor`` pipeline's one step (``components/monitor.py``).
+"""The KFP ``monitor`` pipeline's one step: :func:`run` (``components/monitor.py``).
 
 In a pod there is no checkout and no local pipeline runner: a triggered retrain is submitted
 to ``kfp_host`` (the in-cluster KFP API by default) with the pod's credentials
@@ -9,7 +9,7 @@ pinned to.
 The KFP executor runs a component with ``_KFP_RUNTIME=true``, under which ``kfp.client``
 cannot be imported (kfp 2.17: ``kfp.dsl`` then skips its compile-time modules, and
 ``kfp.client`` → ``kfp.compiler`` fails on a circular import). The pass therefore runs in a
-child Python without that variable (``python -m pairflow.stages.monitor.run_step``), its output in
+child Python without that variable (``python -m pairflow.stages.monitor.step``), its output in
 the step's log.
 """
 
@@ -22,14 +22,15 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from pairflow import tracking
-from pairflow.config import config_from_dict
+from pairflow.config import PairflowConfig, config_from_dict
 from pairflow.kubeflow.monitor_params import apply_params
 from pairflow.kubeflow.publish import Endpoint
+from pairflow.stage_io import resolve_step_mlflow
 from pairflow.stages.monitor.run import MonitorError, MonitorOutcome, decision_lines, monitor_window
 from pairflow.stages.monitor.trigger import KfpTarget
 
@@ -74,36 +75,43 @@ def outcome_json(outcome: MonitorOutcome) -> dict[str, Any]:
 KFP_RUNTIME_ENV = "_KFP_RUNTIME"
 
 
-def monitor_step(
-    defaults_json: str,
-    params: dict[str, Any],
-    window_end: str,
-    dry_run: bool,
-    kfp_host: str,
-    retrain_version: str,
-    decision_out: str,
-    report_out: str,
-) -> str:
-    """One monitor pass; writes the decision JSON and the drift HTML; returns the decision."""
-    args: dict[str, Any] = {
-        "defaults_json": defaults_json,
-        "params": params,
-        "window_end": window_end,
-        "dry_run": dry_run,
-        "kfp_host": kfp_host,
-        "retrain_version": retrain_version,
-        "decision_out": decision_out,
-        "report_out": report_out,
-    }
+@dataclass(frozen=True)
+class MonitorInputs:
+    """The run's parameters (config fields by flat name) and the pass's own options."""
+
+    params: dict[str, Any]
+    window_end: str = ""
+    dry_run: bool = False
+    kfp_host: str = ""
+    retrain_version: str = ""
+
+
+@dataclass(frozen=True)
+class MonitorOutputs:
+    """The decision JSON and the drift HTML page."""
+
+    decision: Path
+    report: Path
+
+
+def run(cfg: PairflowConfig, inputs: MonitorInputs, outputs: MonitorOutputs) -> str:
+    """One monitor pass over ``cfg`` (the compiled-in config) with ``inputs.params`` applied;
+    writes the decision JSON and the drift HTML; returns the decision line."""
     if os.environ.get(KFP_RUNTIME_ENV, "") != "true":
-        return run_pass(**args)
+        return run_pass(cfg, inputs, outputs)
     env = {k: v for k, v in os.environ.items() if k != KFP_RUNTIME_ENV}
     with tempfile.TemporaryDirectory(prefix="pairflow-monitor-") as tmp:
         spec = Path(tmp) / "args.json"
         message = Path(tmp) / "decision.txt"
-        spec.write_text(json.dumps({**args, "message_out": str(message)}))
+        args = {
+            "config": cfg.to_json(),
+            "inputs": asdict(inputs),
+            "outputs": {"decision": str(outputs.decision), "report": str(outputs.report)},
+            "message_out": str(message),
+        }
+        spec.write_text(json.dumps(args))
         proc = subprocess.run(
-            [sys.executable, "-m", "pairflow.stages.monitor.run_step", str(spec)],
+            [sys.executable, "-m", "pairflow.stages.monitor.step", str(spec)],
             env=env,
             check=False,
         )
@@ -113,33 +121,22 @@ def monitor_step(
 
 
 def main(argv: list[str]) -> int:
-    """``python -m pairflow.stages.monitor.run_step ARGS.json``: :func:`run_pass` with its output
+    """``python -m pairflow.stages.monitor.step ARGS.json``: :func:`run_pass` with its output
     message written to ``message_out``."""
     args = json.loads(Path(argv[0]).read_text())
-    message_out = Path(args.pop("message_out"))
-    message_out.write_text(run_pass(**args))
+    cfg = config_from_dict(json.loads(args["config"]), "compiled config")
+    outputs = MonitorOutputs(**{k: Path(v) for k, v in args["outputs"].items()})
+    message = run_pass(cfg, MonitorInputs(**args["inputs"]), outputs)
+    Path(args["message_out"]).write_text(message)
     return 0
 
 
-def run_pass(
-    defaults_json: str,
-    params: dict[str, Any],
-    window_end: str,
-    dry_run: bool,
-    kfp_host: str,
-    retrain_version: str,
-    decision_out: str,
-    report_out: str,
-) -> str:
-    """The pass itself (see :func:`monitor_step`)."""
+def run_pass(cfg: PairflowConfig, inputs: MonitorInputs, outputs: MonitorOutputs) -> str:
+    """The pass itself (see :func:`run`)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    cfg = apply_params(config_from_dict(json.loads(defaults_json), "compiled config"), params)
-    try:
-        cfg.mlflow.tracking_uri = tracking.resolve_tracking_uri(
-            cfg.mlflow.tracking_uri, cfg.run.workdir
-        )
-    except tracking.TrackingConfigError as exc:
-        raise SystemExit(f"pairflow: {exc}") from None
+    cfg = apply_params(cfg, inputs.params)
+    kfp_host, dry_run = inputs.kfp_host, inputs.dry_run
+    cfg = resolve_step_mlflow(cfg)
     if not kfp_host and cfg.monitor.trigger and not dry_run:
         raise MonitorError(
             "kfp_host: empty; the monitor pipeline submits retrains through the KFP API "
@@ -147,24 +144,26 @@ def run_pass(
         )
     target = None
     if kfp_host:
-        target = KfpTarget(Endpoint(kfp_host, cfg.kubeflow.token_env), version=retrain_version)
+        target = KfpTarget(
+            Endpoint(kfp_host, cfg.kubeflow.token_env), version=inputs.retrain_version
+        )
     outcome = monitor_window(
         cfg,
-        window_end=_window_end(window_end),
+        window_end=_window_end(inputs.window_end),
         dry_run=dry_run,
         target=target,
         progress=log.info,
     )
     for line in decision_lines(outcome):
         log.info("%s", line)
-    Path(decision_out).parent.mkdir(parents=True, exist_ok=True)
-    Path(decision_out).write_text(json.dumps(outcome_json(outcome), indent=2, default=str))
+    outputs.decision.parent.mkdir(parents=True, exist_ok=True)
+    outputs.decision.write_text(json.dumps(outcome_json(outcome), indent=2, default=str))
     html = Path(outcome.verdict.report_html) if outcome.verdict.report_html else None
-    Path(report_out).parent.mkdir(parents=True, exist_ok=True)
+    outputs.report.parent.mkdir(parents=True, exist_ok=True)
     if html is not None and html.is_file():
-        shutil.copyfile(html, report_out)
+        shutil.copyfile(html, outputs.report)
     else:
-        Path(report_out).write_text(
+        outputs.report.write_text(
             "<html><body><p>No drift report: " + outcome.decision.message + "</p></body></html>"
         )
     return outcome.decision.message
