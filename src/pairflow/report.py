@@ -7,11 +7,14 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from pairflow.errors import ConservationError, InputDataError
+from pairflow.metrics import MetricsError, StageMetrics, check_metrics, parse_metrics
+
+M = TypeVar("M", bound=StageMetrics)
 
 
 class StageReport(BaseModel):
@@ -30,12 +33,20 @@ class StageReport(BaseModel):
     seconds: float = 0.0
     implemented: bool = True
     shard: int | None = None
+    # the stage's figures as JSON: built from, and read back as, its model in
+    # pairflow.metrics (``StageReport(..., metrics=TrainMetrics(...).to_json())``,
+    # ``report.metrics_as(TrainMetrics)``); checked against it when written and read
     metrics: dict[str, Any] = Field(default_factory=dict)
     notes: list[str] = Field(default_factory=list)
 
     @property
     def rows_rejected(self) -> int:
         return sum(self.rejected.values())
+
+    def metrics_as(self, model: type[M]) -> M:
+        """The metrics as their stage's typed model; :class:`~pairflow.metrics.MetricsError`
+        naming the stage and the field when they do not match it."""
+        return parse_metrics(self.stage, self.metrics, model)
 
     def check(self) -> StageReport:
         """Raise :class:`ConservationError` unless rows_in == rows_out + rows rejected."""
@@ -52,8 +63,10 @@ class StageReport(BaseModel):
         return data
 
     def write(self, path: str | Path) -> Path:
-        """Check conservation, then write the report as JSON to ``path``."""
+        """Check conservation and the metrics' model, then write the report as JSON to
+        ``path``."""
         self.check()
+        check_metrics(self.stage, self.metrics)
         out = Path(path)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(self.to_json_dict(), indent=2, sort_keys=True) + "\n")
@@ -67,7 +80,12 @@ class StageReport(BaseModel):
         except (OSError, json.JSONDecodeError) as exc:
             raise InputDataError(f"{p}: not a readable stage report ({exc})") from exc
         data.pop("rows_rejected", None)
-        return cls.model_validate(data).check()
+        report = cls.model_validate(data).check()
+        try:
+            check_metrics(report.stage, report.metrics)
+        except MetricsError as exc:
+            raise MetricsError(f"{p}: {exc}") from None
+        return report
 
 
 def merge_reports(stage: str, reports: list[StageReport], **extra: Any) -> StageReport:

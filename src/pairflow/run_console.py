@@ -12,6 +12,15 @@ from rich.console import Console
 from pairflow.cli_options import console, ensure_writable_dir
 from pairflow.config import PairflowConfig
 from pairflow.local_run import LocalRunResult, run_pipeline_locally
+from pairflow.metrics import (
+    ClipFilterMetrics,
+    CompressMetrics,
+    DeployMetrics,
+    EvaluateMetrics,
+    RegisterMetrics,
+    TrainMetrics,
+    VariantFigures,
+)
 from pairflow.report import StageReport
 from pairflow.run_view import StepBoard
 from pairflow.summary import budget_sentence, stage_table, train_metric_name
@@ -73,51 +82,49 @@ def highlights(reports: dict[str, StageReport]) -> list[str]:
     """Headline measurements of the run, one line each (only those that were measured)."""
     lines = []
     flt = reports.get("clip_filter")
-    if flt is not None and flt.metrics.get("roc_auc") is not None:
-        m = flt.metrics
+    f = flt.metrics_as(ClipFilterMetrics) if flt is not None else None
+    if f is not None and f.roc_auc is not None:
         lines.append(
-            f"clip-filter ROC-AUC vs the generator's mismatched captions: {m['roc_auc']:.3f} "
-            f"({m.get('auc_positives')} mismatched, {m.get('auc_negatives')} clean pairs)"
+            f"clip-filter ROC-AUC vs the generator's mismatched captions: {f.roc_auc:.3f} "
+            f"({f.auc_positives} mismatched, {f.auc_negatives} clean pairs)"
         )
     train = reports.get("train")
-    if train is not None and "samples_per_s" in train.metrics:
-        t = train.metrics
-        val = t.get("val") or {}
-        loss = f", val loss {val['val_loss']:.3f}" if isinstance(val.get("val_loss"), float) else ""
+    if train is not None:
+        t = train.metrics_as(TrainMetrics)
+        val_loss = t.val.val_loss
+        loss = f", val loss {val_loss:.3f}" if isinstance(val_loss, float) else ""
         lines.append(
-            f"train: {t.get('model')} on {t.get('rows_train')} rows, world size "
-            f"{t.get('world_size')}, {t['samples_per_s']} samples/s; best "
-            f"{train_metric_name(t.get('model'))} {t.get('best_val_metric')}{loss}"
+            f"train: {t.model} on {t.rows_train} rows, world size "
+            f"{t.world_size}, {t.samples_per_s} samples/s; best "
+            f"{train_metric_name(t.model)} {t.best_val_metric}{loss}"
         )
     ev = reports.get("evaluate")
     if ev is not None:
-        cand = ev.metrics.get("candidate") or {}
-        gate = ev.metrics.get("gate") or {}
-        r1 = cand.get("i2t_recall_at_1")
-        verdict = "passed" if gate.get("passed") else "BLOCKED"
+        e = ev.metrics_as(EvaluateMetrics)
+        r1 = e.candidate.i2t_recall_at_1
+        verdict = "passed" if e.gate is not None and e.gate.passed else "BLOCKED"
         lines.append(
             f"evaluate: held-out image→text recall@1 {r1:.3f} on "
-            f"{ev.metrics.get('evaluated_rows')} rows; gate {verdict}"
+            f"{e.evaluated_rows} rows; gate {verdict}"
             if isinstance(r1, float)
             else f"evaluate: gate {verdict}"
         )
-        lines.extend(f"  gate: {reason}" for reason in gate.get("reasons", []))
-    cmp = reports.get("compress")
-    chosen = cmp.metrics.get("chosen") if cmp is not None else None
-    if cmp is not None and chosen:
-        var = (cmp.metrics.get("variants") or {}).get(chosen, {})
+        lines.extend(f"  gate: {reason}" for reason in (e.gate.reasons if e.gate else []))
+    c = reports["compress"].metrics_as(CompressMetrics) if "compress" in reports else None
+    if c is not None and c.chosen:
+        var = c.variants.get(c.chosen) or VariantFigures()
         lines.append(
-            f"compress: chose {chosen} ({var.get('speedup_b32')}x faster at batch 32, "
-            f"{var.get('size_ratio')}x smaller than fp32 torch, recall@1 delta "
-            f"{var.get('recall_delta')})"
+            f"compress: chose {c.chosen} ({var.speedup(32)}x faster at batch 32, "
+            f"{var.size_ratio}x smaller than fp32 torch, recall@1 delta "
+            f"{var.recall_delta})"
         )
-        budget = (cmp.metrics.get("selection") or {}).get("latency_budget")
-        if isinstance(budget, dict):
+        budget = c.selection.latency_budget if c.selection is not None else None
+        if budget is not None:
             lines.append(f"  {budget_sentence(budget)}")
     dep = reports.get("deploy")
     if dep is not None:
-        reasons = "; ".join(str(r) for r in dep.metrics.get("reasons", []))
-        lines.append(f"deploy: {dep.metrics.get('decision')} ({reasons})")
+        d = dep.metrics_as(DeployMetrics)
+        lines.append(f"deploy: {d.decision} ({'; '.join(d.reasons)})")
     return lines
 
 
@@ -126,9 +133,12 @@ def outcome_line(reports: dict[str, StageReport]) -> str:
     register, deploy = reports.get("register"), reports.get("deploy")
     if register is None:
         return "registered: nothing (gate blocked or the run stopped before register)"
-    version = register.metrics.get("registered_version")
+    version = register.metrics_as(RegisterMetrics).registered_version
     registered = f"registered: {version}" if version else "registered: nothing"
-    decision = deploy.metrics.get("decision", "unknown") if deploy else "not run"
+    decision = "not run"
+    if deploy is not None:
+        decided = deploy.metrics_as(DeployMetrics).decision
+        decision = "unknown" if decided is None else decided
     return f"{registered}; deployed: {decision}"
 
 

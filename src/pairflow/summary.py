@@ -3,12 +3,26 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from rich.table import Table
 
+from pairflow.metrics import (
+    ClipFilterMetrics,
+    CompressMetrics,
+    DeployMetrics,
+    EvaluateMetrics,
+    Gate,
+    IngestMetrics,
+    LatencyBudget,
+    RegisterMetrics,
+    Scores,
+    TrainMetrics,
+    ValidateMetrics,
+    VariantFigures,
+)
 from pairflow.report import StageReport
 
 # The order stages appear in a run summary (the DAG's order).
@@ -78,50 +92,44 @@ def train_metric_name(model: Any) -> str:
     return "val recall@1 (mean i2t, t2i)"
 
 
-def _train_figures(m: dict[str, Any]) -> str:
-    val = m.get("val") or {}
-    parts = [str(m.get("model", "model"))]
-    if "val_loss" in val:
-        parts.append(f"val loss {_num(val['val_loss'])}")
+def _train_figures(m: TrainMetrics) -> str:
+    parts = [m.model]
+    if m.val.val_loss is not None:
+        parts.append(f"val loss {_num(m.val.val_loss)}")
     parts.append(
-        f"best {train_metric_name(m.get('model'))} {_num(m.get('best_val_metric'))}"
-        f" (epoch {m.get('best_epoch', '?')}/{m.get('epochs', '?')})"
+        f"best {train_metric_name(m.model)} {_num(m.best_val_metric)}"
+        f" (epoch {m.best_epoch}/{m.epochs})"
     )
-    if m.get("samples_per_s") is not None:
-        parts.append(f"{_num(m['samples_per_s'], '.0f')} samples/s x{m.get('world_size', 1)}")
+    parts.append(f"{_num(m.samples_per_s, '.0f')} samples/s x{m.world_size}")
     return ", ".join(parts)
 
 
-def gate_verdict(gate: dict[str, Any]) -> str:
+def gate_verdict(gate: Gate | None) -> str:
     """``passed`` / ``BLOCKED``, with ``(not enforced)`` when the gate only reported."""
-    verdict = "passed" if gate.get("passed") else "BLOCKED"
-    if not gate.get("enforced", True):
+    verdict = "passed" if gate is not None and gate.passed else "BLOCKED"
+    if gate is not None and not gate.enforced:
         verdict += " (not enforced)"
     return verdict
 
 
-def _evaluate_figures(m: dict[str, Any]) -> str:
-    parts = [f"gate {gate_verdict(m.get('gate') or {})}"]
-    cand = m.get("candidate") or {}
-    champ = ((m.get("champion") or {}).get("metrics")) or {}
+def _evaluate_figures(m: EvaluateMetrics) -> str:
+    parts = [f"gate {gate_verdict(m.gate)}"]
+    cand = m.candidate
+    champ = m.champion.metrics if m.champion is not None else Scores()
     key = "i2t_recall_at_1" if "i2t_recall_at_1" in cand else "accuracy"
     if key in cand:
-        versus = f" vs champion {_num(champ[key])}" if key in champ else " (no champion)"
-        parts.append(f"{key.replace('_at_', '@')} {_num(cand[key])}{versus}")
-    drift = m.get("drift") or {}
-    if drift.get("drifted") is not None:
-        parts.append("drift" if drift.get("drifted") else "no drift")
+        versus = f" vs champion {_num(champ.get(key))}" if key in champ else " (no champion)"
+        parts.append(f"{key.replace('_at_', '@')} {_num(cand.get(key))}{versus}")
     return ", ".join(parts)
 
 
-def _compress_figures(m: dict[str, Any]) -> str:
-    chosen = m.get("chosen")
-    if not chosen:
+def _compress_figures(m: CompressMetrics) -> str:
+    if not m.chosen:
         return "no variant chosen"
-    var = (m.get("variants") or {}).get(chosen, {})
+    var = m.variants.get(m.chosen) or VariantFigures()
     return (
-        f"chose {chosen}: {_num(var.get('size_ratio'), '.2f')}x smaller, "
-        f"{_num(var.get('speedup_b32'), '.2f')}x faster at batch 32 than fp32"
+        f"chose {m.chosen}: {_num(var.size_ratio, '.2f')}x smaller, "
+        f"{_num(var.speedup(32), '.2f')}x faster at batch 32 than fp32"
     )
 
 
@@ -130,32 +138,35 @@ def stage_figures(report: StageReport, *, rows: bool = True) -> str:
 
     Data stages lead with their row counts unless ``rows`` is False (a table shows them).
     """
-    m = report.metrics
     stage = report.stage
     if stage == "train":
-        return _train_figures(m)
+        return _train_figures(report.metrics_as(TrainMetrics))
     if stage == "evaluate":
-        return _evaluate_figures(m)
+        return _evaluate_figures(report.metrics_as(EvaluateMetrics))
     if stage == "compress":
-        return _compress_figures(m)
+        return _compress_figures(report.metrics_as(CompressMetrics))
     if stage == "register":
-        version = m.get("registered_version")
+        version = report.metrics_as(RegisterMetrics).registered_version
         return f"registered {version}" if version else "nothing registered"
     if stage == "deploy":
-        reasons = m.get("reasons") or []
-        first = f" ({reasons[0]})" if reasons else ""
-        return f"{m.get('decision', 'no decision')}{first}"
+        dep = report.metrics_as(DeployMetrics)
+        first = f" ({dep.reasons[0]})" if dep.reasons else ""
+        return f"{'no decision' if dep.decision is None else dep.decision}{first}"
     parts: list[str] = []
-    if stage == "ingest" and m.get("shards") is not None:
-        parts.append(f"{m['shards']} shards")
-    contract = m.get("contract")
-    if isinstance(contract, dict) and "passed" in contract:
-        parts.append(f"contract {'passed' if contract['passed'] else 'FAILED'}")
+    if stage == "ingest":
+        shards = report.metrics_as(IngestMetrics).shards
+        if shards is not None:
+            parts.append(f"{shards} shards")
+    if stage == "validate":
+        contract = report.metrics_as(ValidateMetrics).contract
+        if contract is not None:
+            parts.append(f"contract {'passed' if contract.passed else 'FAILED'}")
     if stage == "clip_filter":
-        if m.get("roc_auc") is not None:
-            parts.append(f"ROC-AUC {_num(m['roc_auc'])}")
-        if m.get("threshold") is not None:
-            parts.append(f"threshold {_num(m['threshold'])}")
+        flt = report.metrics_as(ClipFilterMetrics)
+        if flt.roc_auc is not None:
+            parts.append(f"ROC-AUC {_num(flt.roc_auc)}")
+        if flt.threshold is not None:
+            parts.append(f"threshold {_num(flt.threshold)}")
     if rows and stage in DATA_STAGES:
         parts.insert(0, f"{report.rows_in} in, {report.rows_out} out")
     return ", ".join(parts)
@@ -193,18 +204,17 @@ def stage_table(reports: dict[str, StageReport], title: str = "pairflow run") ->
     return table
 
 
-def budget_sentence(budget: Mapping[str, Any]) -> str:
+def budget_sentence(budget: LatencyBudget) -> str:
     """A choice's latency budget against the champion (:attr:`Choice.budget`) in one
     sentence, for the run summary and the model card."""
 
-    def ms(key: str) -> str:
-        value = budget.get(key)
+    def ms(value: float | None) -> str:
         return f"{value:.2f}" if isinstance(value, int | float) else "—"
 
-    verdict = "met" if budget.get("met") else "NOT met"
+    verdict = "met" if budget.met else "NOT met"
     return (
-        f"Latency budget {verdict}: chosen p50 {ms('chosen_p50_ms')} ms at batch "
-        f"{budget.get('batch_size')} vs limit {ms('limit_ms')} ms (champion "
-        f"{ms('champion_p50_ms')} ms + {100 * float(budget.get('max_slowdown') or 0):.0f}%, "
+        f"Latency budget {verdict}: chosen p50 {ms(budget.chosen_p50_ms)} ms at batch "
+        f"{budget.batch_size} vs limit {ms(budget.limit_ms)} ms (champion "
+        f"{ms(budget.champion_p50_ms)} ms + {100 * float(budget.max_slowdown or 0):.0f}%, "
         "timed interleaved)."
     )

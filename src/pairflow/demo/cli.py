@@ -21,6 +21,7 @@ from pairflow.cli_options import (
     progress_bar,
 )
 from pairflow.config import PairflowConfig, load_config
+from pairflow.metrics import DeployMetrics, EvaluateMetrics, RegisterMetrics
 from pairflow.run_console import print_split, run_and_report
 
 if TYPE_CHECKING:
@@ -323,15 +324,16 @@ def _chain_line(requests: int, outcome: MonitorOutcome) -> str:
     reports = getattr(result, "reports", None) or {}
     ev, dep, reg = reports.get("evaluate"), reports.get("deploy"), reports.get("register")
     if ev is not None:
-        gate = (ev.metrics.get("gate") or {}).get("passed")
-        parts.append("gate passed" if gate else "gate blocked")
-    if reg is not None and reg.metrics.get("registered_version"):
-        parts.append(f"registered {reg.metrics['registered_version']}")
+        gate = ev.metrics_as(EvaluateMetrics).gate
+        parts.append("gate passed" if gate is not None and gate.passed else "gate blocked")
+    version = reg.metrics_as(RegisterMetrics).registered_version if reg is not None else None
+    if version:
+        parts.append(f"registered {version}")
     elif ev is not None and sub is not None and sub.state == "FAILED":
         failed = getattr(result, "error", "") or "a step failed"
         parts.append(f"stopped before register ({failed})")
     if dep is not None:
-        parts.append(f"canary: {dep.metrics.get('decision')}")
+        parts.append(f"canary: {dep.metrics_as(DeployMetrics).decision}")
     return "round 3 chain: " + " → ".join(parts)
 
 

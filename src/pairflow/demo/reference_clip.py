@@ -182,7 +182,7 @@ class _PretrainModel(nn.Module):
         return {**out, "aux_logits": self.aux(out["image"] * _AUX_SCALE)}
 
 
-class PretrainObjective:
+class _PretrainObjective:
     """Symmetric InfoNCE whose text side holds each image's hard negative as an extra column,
     plus cross-entropy of the auxiliary head against the shape label. Keeps the last batch's
     contrastive loss (for the log and ``pairflow_reference.json``)."""
@@ -238,7 +238,7 @@ def pretrain_reference_clip(
 
     model = tiny_clip(processor.tokenizer, seed=seed)
     pca_patch_init(model, pixels)
-    objective = PretrainObjective()
+    objective = _PretrainObjective()
     batch = min(batch_size, n)
     steps_per_epoch = n // batch
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
+from pairflow.metrics import EvaluateMetrics, Gate, LatencyBudget, Scores
 from pairflow.registry.decisions import CANARY_HEADER, canary_records, canary_rows, table
 from pairflow.report import StageReport
 from pairflow.summary import STAGE_ORDER, budget_sentence
@@ -109,9 +110,9 @@ def metric_rows(data: dict[str, Any], prefix: str = "") -> list[list[Any]]:
 # -- 1. decision ------------------------------------------------------------------------------
 
 
-def _verdict(gate: dict[str, Any]) -> str:
-    verdict = "PASSED" if gate.get("passed") else "FAILED"
-    if not gate.get("enforced", True):
+def _verdict(gate: Gate) -> str:
+    verdict = "PASSED" if gate.passed else "FAILED"
+    if not gate.enforced:
         verdict += " (not enforced)"
     return verdict
 
@@ -123,12 +124,12 @@ def _delta_cell(d: dict[str, Any]) -> str:
     return f"{_f(d.get('delta', d.get('value')), '+.3f')}{interval}"
 
 
-def _gate_rows(metrics: dict[str, Any]) -> list[list[str]]:
-    gate = metrics.get("gate") or {}
-    deltas: dict[str, Any] = metrics.get("deltas") or {}
-    champ: dict[str, Any] = ((metrics.get("champion") or {}).get("metrics")) or {}
+def _gate_rows(m: EvaluateMetrics) -> list[list[str]]:
+    deltas = m.deltas
+    champ = m.champion.metrics if m.champion is not None else Scores()
     rows: list[list[str]] = []
-    for chk in gate.get("checks") or []:
+    # a check's keys depend on its kind (Gate.checks): read per kind
+    for chk in m.gate.checks if m.gate is not None else []:
         kind, metric = chk.get("check"), str(chk.get("metric", ""))
         result = "PASS" if chk.get("passed") else "FAIL"
         if kind == "floor":
@@ -175,17 +176,17 @@ def _gate_rows(metrics: dict[str, Any]) -> list[list[str]]:
 
 def decision_section(evaluate: StageReport | None) -> list[str]:
     """The gate verdict and the gated-metrics table (the card's first screen)."""
-    gate = (evaluate.metrics.get("gate") if evaluate else None) or None
-    if evaluate is None or not isinstance(gate, dict):
+    m = evaluate.metrics_as(EvaluateMetrics) if evaluate is not None else None
+    gate = m.gate if m is not None else None
+    if m is None or gate is None:
         return [NA.format("no evaluate report with a gate decision")]
-    m = evaluate.metrics
-    champion = m.get("champion") or {}
+    champion = m.champion
     versus = (
-        f"candidate vs champion v{champion.get('version')}"
-        if champion.get("version")
+        f"candidate vs champion v{champion.version}"
+        if champion is not None and champion.version
         else "first run: no champion, gated on absolute minimums"
     )
-    rows_n = m.get("evaluated_rows")
+    rows_n = m.evaluated_rows
     lines = [
         f"**Gate: {_verdict(gate)}** — {versus}"
         + (f"; {rows_n} held-out rows" if rows_n is not None else ""),
@@ -198,12 +199,8 @@ def decision_section(evaluate: StageReport | None) -> list[str]:
         )
     else:
         lines.append(NA.format("the gate recorded no checks"))
-    notes = [
-        str(r)
-        for r in gate.get("reasons") or []
-        if not str(r).startswith(("PASS ", "FAIL ", "SKIP ", "WARN "))
-    ]
-    failing = [str(r) for r in gate.get("reasons") or [] if str(r).startswith(("FAIL ", "WARN "))]
+    notes = [r for r in gate.reasons if not r.startswith(("PASS ", "FAIL ", "SKIP ", "WARN "))]
+    failing = [r for r in gate.reasons if r.startswith(("FAIL ", "WARN "))]
     for note in [*failing, *notes][:4]:
         lines += ["", f"- {note}"]
     return lines
@@ -225,8 +222,9 @@ def _mb(size: Any) -> str:
 
 
 def budget_line(budget: dict[str, Any] | None) -> list[str]:
-    """compress's latency budget against the champion, as one sentence (none without one)."""
-    return ["", budget_sentence(budget)] if budget else []
+    """compress's latency budget against the champion (``variants.json``'s
+    ``selection.latency_budget``), as one sentence (none without one)."""
+    return ["", budget_sentence(LatencyBudget.model_validate(budget))] if budget else []
 
 
 def variant_section(
@@ -281,27 +279,28 @@ def variant_section(
 
 
 def drift_section(evaluate: StageReport | None) -> list[str]:
-    drift = evaluate.metrics.get("drift") if evaluate else None
-    if not isinstance(drift, dict) or not drift:
+    drift = evaluate.metrics_as(EvaluateMetrics).drift if evaluate is not None else None
+    if drift is None or not drift.to_json():
         return [NA.format("no drift summary in the evaluate report")]
-    reasons = [str(r) for r in drift.get("reasons") or []]
-    if drift.get("skipped") or drift.get("detected") is None:
+    reasons = drift.reasons
+    if drift.skipped or drift.detected is None:
         return [f"**Drift: skipped** — {'; '.join(reasons) or 'no reason recorded'}"]
-    verdict = "DETECTED" if drift.get("detected") else "none"
+    verdict = "DETECTED" if drift.detected else "none"
+    ref_rows = "?" if drift.reference_rows is None else drift.reference_rows
+    cur_rows = "?" if drift.current_rows is None else drift.current_rows
     lines = [
-        f"**Drift: {verdict}** — {_f(drift.get('drifted_share'), '.2f')} of columns drifted "
-        f"({drift.get('reference_rows', '?')} reference vs {drift.get('current_rows', '?')} "
-        "new rows)",
+        f"**Drift: {verdict}** — {_f(drift.drifted_share, '.2f')} of columns drifted "
+        f"({ref_rows} reference vs {cur_rows} new rows)",
         "",
     ]
     scores: list[list[Any]] = []
-    drifted = set(drift.get("drifted_columns") or [])
-    for col, p in (drift.get("column_p_values") or {}).items():
+    drifted = set(drift.drifted_columns)
+    for col, p in drift.column_p_values.items():
         scores.append([col, f"p = {_f(p, '.3g')}", "yes" if col in drifted else "no", p])
-    for col, d in (drift.get("column_distances") or {}).items():
-        scores.append([col, f"distance {_f(d, '.3g')}", "yes" if col in drifted else "no", -d])
-    for name in ("image", "text"):
-        auc = drift.get(f"embedding_auc.{name}")
+    for col, d in drift.column_distances.items():
+        far = -d if d is not None else None
+        scores.append([col, f"distance {_f(d, '.3g')}", "yes" if col in drifted else "no", far])
+    for name, auc in (("image", drift.embedding_auc_image), ("text", drift.embedding_auc_text)):
         if auc is not None:
             scores.append([f"{name} embeddings", f"classifier AUC {_f(auc)}", "—", -float(auc)])
     scores.sort(key=lambda r: (r[2] != "yes", r[3] if isinstance(r[3], float) else 0.0))
@@ -400,7 +399,7 @@ def build_model_card(inputs: CardInputs) -> str:
                 inputs.variants,
                 inputs.chosen_variant,
                 inputs.champion_variant,
-                has_champion=bool(ev is not None and ev.metrics.get("champion")),
+                has_champion=ev is not None and ev.metrics_as(EvaluateMetrics).champion is not None,
                 budget=inputs.latency_budget,
             ),
         ),

@@ -2,7 +2,8 @@
 
 Inputs are the recorded decision dicts, never recomputed:
 
-- the evaluate gate (``report.metrics["gate"]``, logged as ``evaluate/gate.json`` on the
+- the evaluate gate (:class:`~pairflow.metrics.Gate`, the evaluate report's
+  ``EvaluateMetrics.gate``, logged as ``evaluate/gate.json`` on the
   pipeline run): its ``checks`` (floors against chance with a lower confidence bound,
   non-finite outputs, non-inferiority intervals, drift);
 - the deploy report (``deploy/report-<decision>.json`` on the version's run, and the compact
@@ -17,6 +18,8 @@ from __future__ import annotations
 
 import math
 from typing import Any
+
+from pairflow.metrics import DeployMetrics, Gate
 
 GATE_HEADER = ["check", "metric", "value", "interval / bound", "n", "threshold", "result"]
 CANARY_HEADER = [
@@ -51,10 +54,11 @@ def _interval(pair: Any) -> str:
     return "—"
 
 
-def gate_rows(gate: dict[str, Any]) -> list[list[str]]:
-    """One row per recorded gate check."""
+def gate_rows(gate: Gate | dict[str, Any]) -> list[list[str]]:
+    """One row per recorded gate check (a check's keys depend on its kind: read per kind)."""
+    recorded = gate if isinstance(gate, Gate) else Gate.model_validate(gate)
     rows: list[list[str]] = []
-    for chk in gate.get("checks") or []:
+    for chk in recorded.checks:
         kind = str(chk.get("check", ""))
         result = "PASS" if chk.get("passed") else "FAIL"
         conf = chk.get("confidence")
@@ -184,17 +188,19 @@ def decisions_markdown(
     """Markdown of the recorded decisions: the gate's checks, then the canary's numbers
     (``canary`` rows from a tag, else derived from the ``deploy`` report)."""
     lines: list[str] = ["### Gate decision", ""]
-    if gate and gate.get("checks"):
-        verdict = "passed" if gate.get("passed") else "failed"
-        lines += [f"**{verdict}**", "", *table(GATE_HEADER, gate_rows(gate))]
+    recorded = Gate.model_validate(gate) if gate else None
+    if recorded is not None and recorded.checks:
+        verdict = "passed" if recorded.passed else "failed"
+        lines += [f"**{verdict}**", "", *table(GATE_HEADER, gate_rows(recorded))]
     else:
         lines.append("_no gate checks recorded_")
     lines += ["", "### Deploy decision", ""]
     records = canary if canary is not None else canary_records(deploy or {})
     if deploy:
-        mode = f" ({deploy['mode']})" if deploy.get("mode") else ""
-        lines.append(f"**{deploy.get('decision', 'unknown')}**{mode}")
-        lines += [f"- {r}" for r in (deploy.get("reasons") or [])[:6]]
+        decided = DeployMetrics.model_validate(deploy)
+        mode = f" ({decided.mode})" if decided.mode else ""
+        lines.append(f"**{'unknown' if decided.decision is None else decided.decision}**{mode}")
+        lines += [f"- {r}" for r in decided.reasons[:6]]
         lines.append("")
     if records:
         lines += table(CANARY_HEADER, canary_rows(records))
@@ -220,7 +226,8 @@ def version_decisions(client: Any, name: str, version: str) -> str:
             try:
                 path = client.download_artifacts(mv.run_id, "evaluate/gate.json", tmp)
             except Exception as exc:  # noqa: BLE001 - MLflow raises several kinds for "absent"
-                gate = {"checks": [], "note": f"no evaluate/gate.json on run {mv.run_id}: {exc}"}
+                note = f"no evaluate/gate.json on run {mv.run_id}: {exc}"
+                gate = {"passed": False, "checks": [], "note": note}
             else:
                 with open(path) as fh:
                     gate = json.load(fh)

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from pairflow.cli_options import ConfigOpt, OutOpt, SetOpt
+from pairflow.metrics import ClipFilterMetrics
 from pairflow.stage_cli import InputOpt, finish_standalone, run_standalone
 
 
@@ -51,7 +52,7 @@ def register(app: typer.Typer) -> None:
         cfg = load_config(config, sets)
         if not cfg.clip_filter.model:
             raise ConfigError("no CLIP model: pass --model REF (or set clip_filter.model)")
-        report, result = run_standalone(
+        report, _ = run_standalone(
             "clip_filter",
             input_,
             out,
@@ -67,6 +68,6 @@ def register(app: typer.Typer) -> None:
             cfg.data,
         )
         finish_standalone(report, out)
-        auc = result.metrics.get("roc_auc")
+        auc = report.metrics_as(ClipFilterMetrics).roc_auc
         if auc is not None:
             console.print(f"ROC-AUC vs mismatched captions: {auc:.3f}")

@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 from pairflow.config import PairflowConfig
 from pairflow.data.schema import read_manifest, write_manifest
 from pairflow.errors import ConfigError
+from pairflow.metrics import ClipFilterMetrics
 from pairflow.models.embeddings import (
     read_embeddings,
     score_quantiles,
@@ -128,23 +129,25 @@ def run(cfg: PairflowConfig, inputs: GatherInputs, outputs: ClipFilterOutputs) -
     write_manifest(merged.frame, outputs.data.kept)
     write_manifest(merged.rejected, outputs.data.rejected)
     report = merged.report
+    figures = report.metrics_as(ClipFilterMetrics)
+    shard_figures = [r.metrics_as(ClipFilterMetrics) for r in merged.shard_reports]
     if artifacts.embeddings is not None:
         merge_embeddings(inputs.shard_embeddings, artifacts.embeddings)
         emb = read_embeddings(artifacts.embeddings)
         scores = emb.scores.astype(np.float64)
         kept_ids = set(merged.frame["id"].astype(str))
         kept_mask = np.array([i in kept_ids for i in emb.ids], dtype=bool)
-        shard_cuts = [r.metrics.get("cut") for r in merged.shard_reports]
-        cuts = [float(c) for c in shard_cuts if c is not None]
+        cuts = [float(f.cut) for f in shard_figures if f.cut is not None]
         quantiles = score_quantiles(emb.scores)
-        report.metrics.update(score_quantiles=quantiles, scored=len(emb.ids))
+        figures.score_quantiles = dict(quantiles)
+        figures.scored = len(emb.ids)
         truth = _ground_truth(cfg)
         auc = None
         if truth is not None:
             import pandas as pd
 
             auc, pos, neg = mismatch_auc(pd.Series(emb.ids), emb.scores, truth)
-            report.metrics.update(roc_auc=auc, auc_positives=pos, auc_negatives=neg)
+            figures.roc_auc, figures.auc_positives, figures.auc_negatives = auc, pos, neg
             log.info("clip_filter: ROC-AUC %s on %d mismatched vs %d clean pairs", auc, pos, neg)
         if artifacts.histogram is not None:
             cut = cuts[0] if len(set(cuts)) == 1 else None
@@ -152,7 +155,7 @@ def run(cfg: PairflowConfig, inputs: GatherInputs, outputs: ClipFilterOutputs) -
         if artifacts.summary is not None:
             fcfg = cfg.clip_filter
             artifacts.summary.parent.mkdir(parents=True, exist_ok=True)
-            rates = [float(r.metrics.get("rows_per_s", 0.0)) for r in merged.shard_reports]
+            rates = [float(f.rows_per_s or 0.0) for f in shard_figures]
             artifacts.summary.write_text(
                 summary_markdown(
                     rows_in=report.rows_in,
@@ -171,4 +174,5 @@ def run(cfg: PairflowConfig, inputs: GatherInputs, outputs: ClipFilterOutputs) -
                     extra=[("shards", len(inputs.shard_reports))],
                 )
             )
+    report = report.model_copy(update={"metrics": figures.to_json()})
     return finish_stage(report, outputs.data.report, cfg, inputs.mlflow_run_id)

@@ -20,6 +20,7 @@ from typing import Any
 
 from pairflow.config import PairflowConfig
 from pairflow.data.schema import read_manifest
+from pairflow.metrics import CompressMetrics, Selection, VariantFigures
 from pairflow.models.formats import INDEX_FILE, TABLE_FILE
 from pairflow.registry.champion import champion_variant
 from pairflow.report import StageReport, Stopwatch
@@ -53,8 +54,8 @@ class CompressOutputs:
         return cls(compressed=d / "compressed", report=d / "report.json")
 
 
-def _flat_metrics(result: CompressResult) -> dict[str, Any]:
-    variants: dict[str, Any] = {}
+def _flat_metrics(result: CompressResult) -> CompressMetrics:
+    variants: dict[str, VariantFigures] = {}
     for v in result.index.variants:
         m = v.metrics
         metric = str(m.get("metric", "recall_at_1"))
@@ -73,17 +74,17 @@ def _flat_metrics(result: CompressResult) -> dict[str, Any]:
             row[f"p50_ms_b{b}"] = lat["p50_ms"]
             row[f"p95_ms_b{b}"] = lat["p95_ms"]
             row[f"speedup_b{b}"] = m["speedup"][b]
-        variants[v.name] = row
-    return {
-        "chosen": result.index.chosen,
-        "task": result.index.task,
-        "selection": result.index.selection,
-        "held_out_rows": result.held_out_rows,
-        "calibration_rows": result.calibration_rows,
-        "distill": result.distill or {},
-        "latency_setup": result.latency_setup or {},
-        "variants": variants,
-    }
+        variants[v.name] = VariantFigures.model_validate(row)  # per-batch keys: extra
+    return CompressMetrics(
+        chosen=result.index.chosen,
+        task=result.index.task,
+        selection=Selection.model_validate(result.index.selection),
+        held_out_rows=result.held_out_rows,
+        calibration_rows=result.calibration_rows,
+        distill=result.distill or {},
+        latency_setup=result.latency_setup or {},
+        variants=variants,
+    )
 
 
 def _log_artifacts(cfg: PairflowConfig, run_id: str, out: Path) -> None:
@@ -124,7 +125,7 @@ def run(
         rows_in=len(df),
         rows_out=len(df),
         seconds=watch.seconds,
-        metrics=_flat_metrics(result),
+        metrics=_flat_metrics(result).to_json(),
         notes=["latency measured on a possibly shared machine; variants timed interleaved"],
     )
     finish_stage(report, outputs.report, cfg, inputs.mlflow_run_id)

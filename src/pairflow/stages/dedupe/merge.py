@@ -26,6 +26,7 @@ from pairflow.data.signatures import (
     layout_phash,
 )
 from pairflow.errors import InputDataError
+from pairflow.metrics import DedupeMetrics
 from pairflow.parallel import resolve_threads, thread_map
 from pairflow.stages.dedupe.captions import caption_keys, caption_labels, near_caption_pairs
 from pairflow.stages.dedupe.groups import Groups, components, group_by_labels, survivor_rank
@@ -539,4 +540,5 @@ def dedupe_frame(
     counts = {str(r): int(reasons[r]) for r in REASONS if r in reasons.index}
     metrics["rows_out"] = len(kept)
     metrics["seconds"] = round(time.perf_counter() - start, 4)
-    return DedupeResult(kept=kept, rejected=rejected, counts=counts, metrics=metrics)
+    figures = DedupeMetrics.model_validate(metrics)  # the passes that ran, by name
+    return DedupeResult(kept=kept, rejected=rejected, counts=counts, metrics=figures.to_json())

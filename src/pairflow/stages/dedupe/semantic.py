@@ -1,17 +1,21 @@
 """SemDeDup-style semantic dedupe on (CLIP) embeddings.
 
-Embeddings are L2-normalised and clustered with spherical k-means (deterministic k-means++
-seeding). Inside each cluster rows are visited in priority order (callers pass the
-survivor rank); a row is dropped when its cosine similarity to an already kept row of the
-same cluster exceeds ``1 - epsilon``, and it records the most similar such kept row.
+Embeddings are L2-normalised and clustered with k-means (scikit-learn's ``KMeans``: k-means++
+seeding, one initialisation, a fixed seed, one thread, so the clusters are a function of the
+rows, not of the machine's core count). Inside each cluster rows are visited in priority order
+(callers pass the survivor rank); a row is dropped when its cosine similarity to an already
+kept row of the same cluster exceeds ``1 - epsilon``, and it records the most similar such
+kept row.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
+from threadpoolctl import threadpool_limits
 
 __all__ = ["SemanticResult", "kmeans", "semantic_duplicates"]
 
@@ -41,32 +45,20 @@ def _normalise(x: npt.NDArray[np.floating]) -> FloatArray:
 
 
 def kmeans(x: FloatArray, k: int, seed: int = _SEED, iterations: int = _ITERATIONS) -> IntArray:
-    """Spherical k-means labels of unit rows ``x`` (k-means++ seeding, fixed seed)."""
-    n = len(x)
-    k = max(1, min(k, n))
-    rng = np.random.default_rng(seed)
-    centres = np.empty((k, x.shape[1]), dtype=np.float32)
-    centres[0] = x[int(rng.integers(n))]
-    closest = np.maximum(1.0 - x @ centres[0], 0.0)
-    for c in range(1, k):
-        total = float(closest.sum())
-        pick = int(rng.choice(n, p=closest / total)) if total > 0 else int(rng.integers(n))
-        centres[c] = x[pick]
-        closest = np.minimum(closest, np.maximum(1.0 - x @ centres[c], 0.0))
-    labels = np.zeros(n, dtype=np.int64)
-    for _ in range(iterations):
-        new = np.argmax(x @ centres.T, axis=1).astype(np.int64)
-        if _ > 0 and np.array_equal(new, labels):
-            break
-        labels = new
-        for c in range(k):
-            members = x[labels == c]
-            if len(members):
-                mean = members.sum(axis=0)
-                norm = float(np.linalg.norm(mean))
-                if norm > 0:
-                    centres[c] = mean / norm
-    return labels
+    """k-means labels of unit rows ``x`` (k-means++ seeding, fixed seed; ``k`` capped at the
+    row count)."""
+    from sklearn.cluster import KMeans  # heavy (~0.7 s): only when the semantic stage runs
+    from sklearn.exceptions import ConvergenceWarning
+
+    k = max(1, min(k, len(x)))
+    km = KMeans(n_clusters=k, init="k-means++", n_init=1, max_iter=iterations, random_state=seed)
+    # one thread: KMeans' parallel sums round differently with the thread count, which would
+    # move rows near a boundary to another cluster on a machine with more cores
+    with threadpool_limits(1), warnings.catch_warnings():
+        # fewer distinct rows than k: some clusters share a point, which is fine here
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        labels = km.fit_predict(x)
+    return np.asarray(labels, dtype=np.int64)
 
 
 def _cluster_edges(e: FloatArray, threshold: float) -> tuple[IntArray, IntArray, FloatArray]:

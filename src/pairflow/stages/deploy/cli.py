@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from pairflow.cli_options import ConfigOpt, SetOpt
+from pairflow.metrics import DeployMetrics
 
 
 def register(app: typer.Typer) -> None:
@@ -90,8 +91,8 @@ def register(app: typer.Typer) -> None:
                 DeployOutputs.in_dir(out),
                 on_step=on_step,
             )
-        m = rep.metrics
-        console.print(f"[bold]{m.get('decision')}[/bold]: {json.dumps(m.get('reasons'))}")
+        m = rep.metrics_as(DeployMetrics)
+        console.print(f"[bold]{m.decision}[/bold]: {json.dumps(m.reasons)}")
         console.print(f"report: {out / 'report.json'}; summary: {out / 'summary.md'}")
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from pairflow.config import PairflowConfig
 from pairflow.data.schema import read_manifest
+from pairflow.metrics import DeployMetrics
 from pairflow.report import StageReport, Stopwatch
 from pairflow.stage_io import finish_stage
 from pairflow.stages.deploy.controller import StepRecord
@@ -80,7 +81,11 @@ def run(
         rows_in=rows,
         rows_out=rows,
         seconds=watch.seconds,
-        metrics=outcome.metrics or {"decision": outcome.decision, "reasons": outcome.reasons},
+        metrics=(
+            DeployMetrics.model_validate(outcome.metrics)
+            if outcome.metrics
+            else DeployMetrics(decision=outcome.decision, reasons=outcome.reasons)
+        ).to_json(),
         notes=[f"{outcome.decision}: {r}" for r in outcome.reasons],
     )
     finish_stage(report, outputs.report, cfg, inputs.mlflow_run_id)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from pairflow.metrics import DeployMetrics
 from pairflow.report import StageReport
 from pairflow.summary import report_markdown
 
@@ -46,21 +47,21 @@ def steps_table(steps: list[dict[str, Any]]) -> list[str]:
 
 def deploy_markdown(report: StageReport) -> str:
     """Decision and reasons first, then the step table, then the generic stage summary."""
-    m = report.metrics
+    m = report.metrics_as(DeployMetrics)
     lines = [
-        f"# deploy: **{m.get('decision', 'unknown')}**",
+        f"# deploy: **{'unknown' if m.decision is None else m.decision}**",
         "",
-        f"model `{m.get('model')}` candidate v{m.get('candidate_version')} vs stable "
-        f"v{m.get('stable_version')} on backend `{m.get('backend')}`",
+        f"model `{m.model}` candidate v{m.candidate_version} vs stable "
+        f"v{m.stable_version} on backend `{m.backend}`",
         "",
     ]
-    lines += [f"- {r}" for r in m.get("reasons", [])]
-    if m.get("steps"):
+    lines += [f"- {r}" for r in m.reasons]
+    if m.steps:
         lines += [
             "",
             "p-values are Holm-adjusted; s = stable, c = candidate; 'needed' is the candidate "
             "sample each test needs for its power at the minimum effect.",
             "",
         ]
-        lines += steps_table(m["steps"])
+        lines += steps_table(m.steps)
     return "\n".join(lines) + "\n\n" + report_markdown(report)

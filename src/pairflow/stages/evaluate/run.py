@@ -19,6 +19,7 @@ from pairflow.data.split import split_frame
 from pairflow.drift.compare import DriftOutcome, compare
 from pairflow.drift.reference import Reference, build_reference, read_reference, write_reference
 from pairflow.errors import InputDataError
+from pairflow.metrics import EvaluateMetrics
 from pairflow.models.clip import LoadedClip
 from pairflow.models.embeddings import Embeddings
 from pairflow.models.errors import ModelLoadError
@@ -83,7 +84,8 @@ class EvaluateResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def report_metrics(self) -> dict[str, Any]:
-        """The stage report's ``metrics`` (NaN written as null)."""
+        """The stage report's ``metrics``: :class:`EvaluateMetrics` as JSON (NaN written as
+        null)."""
         champion: dict[str, Any] | None = None
         if self.champion_info is not None and self.champion is not None:
             champion = {
@@ -93,7 +95,7 @@ class EvaluateResult:
                 "metrics": self.champion.scalars,
             }
         cleaned: dict[str, Any] = _clean(
-            {
+            {  # numpy values and NaN cleaned first: the model holds JSON numbers
                 "kind": self.kind,
                 "train_rows": self.train_rows,
                 "holdout_rows": self.holdout_rows,
@@ -109,7 +111,7 @@ class EvaluateResult:
                 **self.extra,
             }
         )
-        return cleaned
+        return EvaluateMetrics.model_validate(cleaned).to_json()
 
 
 def _clean(value: Any) -> Any:

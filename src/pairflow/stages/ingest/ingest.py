@@ -11,6 +11,7 @@ from pairflow.config import DataConfig
 from pairflow.data.admit import STAGE, split_rejects
 from pairflow.data.schema import write_manifest
 from pairflow.data.sources import load_source
+from pairflow.metrics import IngestMetrics
 from pairflow.report import StageOutputs, StageReport, Stopwatch
 
 
@@ -33,7 +34,9 @@ def run_ingest(source: str, outputs: StageOutputs, data: DataConfig) -> StageRep
         rows_out=len(kept),
         rejected=counts,
         seconds=clock.seconds,
-        metrics={"source": src, "format": fmt, "sources": dict(sorted(per_source.items()))},
+        metrics=IngestMetrics(
+            source=src, format=fmt, sources=dict(sorted(per_source.items()))
+        ).to_json(),
     )
     report.write(outputs.report)
     return report.check()

@@ -31,6 +31,7 @@ from pairflow import tracking
 from pairflow.config import PairflowConfig
 from pairflow.data.schema import read_manifest
 from pairflow.data.split import split_frame
+from pairflow.metrics import EvaluateMetrics
 from pairflow.models.formats import TABLE_FILE
 from pairflow.registry import card
 from pairflow.registry.client import Registry
@@ -119,13 +120,13 @@ class RegisterResult:
 
 
 def gate_status(evaluate: StageReport | None) -> tuple[str, list[str]]:
-    gate = evaluate.metrics.get("gate") if evaluate is not None else None
-    if not isinstance(gate, dict):
+    gate = evaluate.metrics_as(EvaluateMetrics).gate if evaluate is not None else None
+    if evaluate is None or gate is None:
         return GATE_UNKNOWN, ["no evaluate report with a gate decision"]
-    reasons = [str(r) for r in gate.get("reasons", []) or []]
-    if not gate.get("passed"):
+    reasons = list(gate.reasons)
+    if not gate.passed:
         return GATE_FAILED, reasons
-    if not gate.get("enforced", True) or not evaluate or not evaluate.implemented:
+    if not gate.enforced or not evaluate.implemented:
         return GATE_NOT_ENFORCED, reasons
     return GATE_PASSED, reasons
 
@@ -439,9 +440,9 @@ def _register(job: _Registration, cfg: PairflowConfig, inputs: RegisterInputs) -
 def _champion_variant(job: _Registration, evaluate: StageReport | None) -> dict[str, Any] | None:
     """The champion's shipped variant row (size, latency) from its run's variant index, or None
     when there is no champion or it was registered without one (the card says so)."""
-    champion = (evaluate.metrics.get("champion") if evaluate is not None else None) or {}
-    run_id = champion.get("run_id")
-    if not run_id:
+    champion = evaluate.metrics_as(EvaluateMetrics).champion if evaluate is not None else None
+    run_id = champion.run_id if champion is not None else None
+    if champion is None or not run_id:
         return None
     from mlflow.exceptions import MlflowException
 
@@ -464,7 +465,7 @@ def _champion_variant(job: _Registration, evaluate: StageReport | None) -> dict[
     )
     if chosen is None:
         return None
-    row: dict[str, Any] = {"variant": f"v{champion.get('version')} {chosen['name']}"}
+    row: dict[str, Any] = {"variant": f"v{champion.version} {chosen['name']}"}
     metrics = chosen.get("metrics") or {}
     row.update({k: v for k, v in metrics.items() if isinstance(v, int | float)})
     for batch, lat in (metrics.get("latency_ms") or {}).items():

@@ -14,6 +14,7 @@ from pathlib import Path
 from pairflow.config import PairflowConfig
 from pairflow.data.schema import read_manifest
 from pairflow.errors import InputDataError
+from pairflow.metrics import RegisterMetrics
 from pairflow.report import StageReport, Stopwatch
 from pairflow.stage_io import finish_stage
 from pairflow.stages.register.register_version import RegisterInputs, RegisterResult, register_model
@@ -61,7 +62,7 @@ def run(cfg: PairflowConfig, inputs: RegisterInputs, outputs: RegisterOutputs) -
         rows_in=rows,
         rows_out=rows,
         seconds=watch.seconds,
-        metrics=report_metrics(result),
+        metrics=report_metrics(result).to_json(),
         notes=_notes(result),
     )
     # the pipeline's run; standalone with a KFP run id, the run register found or made for it
@@ -70,17 +71,17 @@ def run(cfg: PairflowConfig, inputs: RegisterInputs, outputs: RegisterOutputs) -
     return result
 
 
-def report_metrics(result: RegisterResult) -> dict[str, object]:
-    return {
-        "registered_version": result.uri,
-        "model_name": result.name,
-        "version": result.version,
-        "gate": result.gate,
-        "challenger": result.challenger,
-        "reused": result.reused,
-        "mlflow_run_id": result.run_id,
-        "model_id": result.model_id,
-    }
+def report_metrics(result: RegisterResult) -> RegisterMetrics:
+    return RegisterMetrics(
+        registered_version=result.uri,
+        model_name=result.name,
+        version=result.version,
+        gate=result.gate,
+        challenger=result.challenger,
+        reused=result.reused,
+        mlflow_run_id=result.run_id,
+        model_id=result.model_id,
+    )
 
 
 def _notes(result: RegisterResult) -> list[str]:

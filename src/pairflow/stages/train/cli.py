@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from pairflow.cli_options import ConfigOpt, OutOpt, SetOpt
+from pairflow.metrics import TrainMetrics
 
 
 def register(app: typer.Typer) -> None:
@@ -64,9 +65,9 @@ def register(app: typer.Typer) -> None:
                     progress.console.print(line, markup=False, highlight=False)
 
             report = run(cfg, TrainInputs(input_), outputs, on_line=on_line)
-        m = report.metrics
+        m = report.metrics_as(TrainMetrics)
         console.print(
-            f"train: {m['rows_train']} train / {m['rows_val']} val / {m['rows_holdout']} held-out "
-            f"rows, {m['epochs']} epochs on {m['world_size']} processes, "
-            f"{m['samples_per_s']} samples/s, best val {m['best_val_metric']} → {outputs.model}"
+            f"train: {m.rows_train} train / {m.rows_val} val / {m.rows_holdout} held-out "
+            f"rows, {m.epochs} epochs on {m.world_size} processes, "
+            f"{m.samples_per_s} samples/s, best val {m.best_val_metric} → {outputs.model}"
         )

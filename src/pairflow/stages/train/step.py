@@ -22,6 +22,7 @@ from typing import Any
 
 from pairflow.config import PairflowConfig
 from pairflow.data.schema import read_manifest
+from pairflow.metrics import EpochFigures, TrainMetrics
 from pairflow.models.pairs import TrainDataError
 from pairflow.report import StageReport, Stopwatch
 from pairflow.stage_io import finish_stage
@@ -127,26 +128,33 @@ def run(
     if not t.keep_checkpoints and args.checkpoint_dir is not None:
         shutil.rmtree(args.checkpoint_dir, ignore_errors=True)
     checkpoint = result.get("last_checkpoint") if t.keep_checkpoints else None
-    metrics = {
-        "model": t.model,
-        "fusion": t.fusion if t.model == "classifier" else None,
-        "launcher": t.launcher,
-        "base_model": base if t.base_model or cfg.clip_filter.model else "tiny-clip-from-config",
-        **{k: result[k] for k in ("rows_train", "rows_val", "rows_holdout", "world_size")},
-        "samples_per_s": result["samples_per_s"],
-        "epochs": result["epochs_run"],
-        "steps": result["steps"],
-        "best_val_metric": result["best_metric"],
-        "best_epoch": result["best_epoch"],
-        "stopped_early": result["stopped_early"],
-        "bad_steps": result["bad_steps"],
-        "resumed_from_step": result["resumed_from_step"],
-        "checkpoint": checkpoint,
-        "val": result["final"],
-        "step_seconds": result["timings"],
-        "train_seconds": round(result["seconds"], 2),
-    }
+    metrics = TrainMetrics(
+        model=t.model,
+        fusion=t.fusion if t.model == "classifier" else None,
+        launcher=t.launcher,
+        base_model=base if t.base_model or cfg.clip_filter.model else "tiny-clip-from-config",
+        rows_train=result["rows_train"],
+        rows_val=result["rows_val"],
+        rows_holdout=result["rows_holdout"],
+        world_size=result["world_size"],
+        samples_per_s=result["samples_per_s"],
+        epochs=result["epochs_run"],
+        steps=result["steps"],
+        best_val_metric=result["best_metric"],
+        best_epoch=result["best_epoch"],
+        stopped_early=result["stopped_early"],
+        bad_steps=result["bad_steps"],
+        resumed_from_step=result["resumed_from_step"],
+        checkpoint=checkpoint,
+        val=EpochFigures.model_validate(result["final"]),
+        step_seconds=result["timings"],
+        train_seconds=round(result["seconds"], 2),
+    )
     report = StageReport(
-        stage="train", rows_in=len(df), rows_out=len(df), seconds=watch.seconds, metrics=metrics
+        stage="train",
+        rows_in=len(df),
+        rows_out=len(df),
+        seconds=watch.seconds,
+        metrics=metrics.to_json(),
     )
     return finish_stage(report, outputs.report, cfg, run_id)

@@ -18,6 +18,7 @@ def register(app: typer.Typer) -> None:
         """Per-row checks and the data contract; exit 1 when a critical expectation fails."""
         from pairflow.cli_options import console
         from pairflow.config import load_config
+        from pairflow.metrics import ContractSummary, ValidateMetrics
         from pairflow.stages.validate.contract import run_contract
         from pairflow.stages.validate.rows import validate_frame
 
@@ -33,7 +34,9 @@ def register(app: typer.Typer) -> None:
         contract = run_contract(
             result.kept, result.rejected, cfg.validate_, out / "data_docs", raise_on_failure=False
         )
-        report.metrics["contract"] = contract.to_json_dict()
+        metrics = report.metrics_as(ValidateMetrics)
+        metrics.contract = ContractSummary.model_validate(contract.to_json_dict())
+        report.metrics = metrics.to_json()
         finish_standalone(report, out)
         console.print(f"data contract: {contract.message()} (docs: {contract.html})")
         raise typer.Exit(0 if contract.passed else 1)

@@ -37,6 +37,7 @@ from pairflow.data.signatures import (
     signature_words,
 )
 from pairflow.errors import InputDataError
+from pairflow.metrics import ValidateMetrics
 from pairflow.parallel import available_cpus
 from pairflow.stages.validate.captions import CaptionRules, check_caption
 
@@ -285,5 +286,5 @@ def _assemble(
     else:
         rejected = empty_rejected(list(df.columns))
     rate = len(df) / seconds if seconds > 0 else 0.0
-    metrics = {"workers": workers, "rows_per_s": round(rate, 1)}
+    metrics = ValidateMetrics(workers=workers, rows_per_s=round(rate, 1)).to_json()
     return ValidationResult(kept, rejected, dict(Counter(bad)), metrics)

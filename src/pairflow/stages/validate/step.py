@@ -9,6 +9,7 @@ from pathlib import Path
 
 from pairflow.config import PairflowConfig
 from pairflow.data.schema import read_manifest, write_manifest
+from pairflow.metrics import ContractSummary, ValidateMetrics
 from pairflow.report import StageOutputs, StageReport, Stopwatch
 from pairflow.sharding import select_shard
 from pairflow.stage_io import (
@@ -87,9 +88,9 @@ def run(cfg: PairflowConfig, inputs: ContractInputs, outputs: ContractOutputs) -
     log.info("%s (%d expectations; docs in %s)", result.message(), len(result.outcomes), docs_dir)
     outputs.docs_html.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(result.html, outputs.docs_html)
-    report = merged.report.model_copy(
-        update={"metrics": {**merged.report.metrics, "contract": result.to_json_dict()}}
-    )
+    metrics = merged.report.metrics_as(ValidateMetrics)
+    metrics.contract = ContractSummary.model_validate(result.to_json_dict())
+    report = merged.report.model_copy(update={"metrics": metrics.to_json()})
     finish_stage(report, outputs.data.report, cfg, inputs.mlflow_run_id)
     if not result.passed:
         raise ContractError(result.message(), result)
