@@ -9,7 +9,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.table import Table
+from typer._click.exceptions import ClickException, UsageError
 
+from pairflow.cli_errors import is_help_screen, usage_line
 from pairflow.cli_options import (
     ConfigOpt,
     SetOpt,
@@ -19,9 +22,27 @@ from pairflow.cli_options import (
     err_console,
     progress_bar,
 )
+from pairflow.compile import compile_all
 from pairflow.config import load_config, pipeline_params
+from pairflow.demo import cli as demo_cli
 from pairflow.errors import PairflowError
+from pairflow.kubeflow import cli as kubeflow_cli
+from pairflow.registry import cli as registry_cli
 from pairflow.run_console import run_and_report
+from pairflow.serve import cli as serve_cli
+from pairflow.serve.requestlog import sink_cli
+from pairflow.stages.clip_filter import cli as clip_filter_cli
+from pairflow.stages.compress import cli as compress_cli
+from pairflow.stages.dedupe import cli as dedupe_cli
+from pairflow.stages.deploy import cli as deploy_cli
+from pairflow.stages.evaluate import cli as evaluate_cli
+from pairflow.stages.ingest import cli as ingest_cli
+from pairflow.stages.monitor import cli as monitor_cli
+from pairflow.stages.register import cli as register_cli
+from pairflow.stages.train import cli as train_cli
+from pairflow.stages.validate import cli as validate_cli
+from pairflow.tracking import resolve_tracking_uri
+from pairflow.ui_server import run_until_signalled
 
 if TYPE_CHECKING:
     pass
@@ -63,6 +84,7 @@ def data_generate(
     ] = True,
 ) -> None:
     """Write a synthetic image-caption dataset: manifest.parquet, images/, ground_truth.parquet."""
+    # lazy: pandas, pyarrow (slow to import); only this path needs it
     from pairflow.demo.synthetic import generate_dataset
 
     ensure_writable_dir(out)
@@ -92,7 +114,6 @@ def config_show(config: ConfigOpt = None, set_: SetOpt = None) -> None:
 @config_app.command("params")
 def config_params() -> None:
     """List the pipeline parameters shown in the Kubeflow UI."""
-    from rich.table import Table
 
     table = Table(title="retrain pipeline parameters")
     for col in ("parameter", "config key", "type", "default", "title"):
@@ -116,7 +137,6 @@ def compile_(
 ) -> None:
     """Compile the retrain pipeline to KFP IR YAML, and the monitor pipeline beside it
     (monitor.yaml in the same folder)."""
-    from pairflow.compile import compile_all
 
     cfg = load_config(config, set_ or [])
     ensure_writable_dir(output.parent)
@@ -157,8 +177,6 @@ def ui(
     SIGTERM and SIGINT are passed on to the MLflow server, and its whole process group
     (server and workers) is stopped before this command returns.
     """
-    from pairflow.tracking import resolve_tracking_uri
-    from pairflow.ui_server import run_until_signalled
 
     uri = resolve_tracking_uri("", workdir)
     mlflow_bin = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
@@ -189,21 +207,6 @@ def bench(
 # Each stage's standalone command, then the runtimes' and services' commands; mounted
 # explicitly, in the order `pairflow --help` lists them.
 def _mount_commands() -> None:
-    from pairflow.demo import cli as demo_cli
-    from pairflow.kubeflow import cli as kubeflow_cli
-    from pairflow.registry import cli as registry_cli
-    from pairflow.serve import cli as serve_cli
-    from pairflow.serve.requestlog import sink_cli
-    from pairflow.stages.clip_filter import cli as clip_filter_cli
-    from pairflow.stages.compress import cli as compress_cli
-    from pairflow.stages.dedupe import cli as dedupe_cli
-    from pairflow.stages.deploy import cli as deploy_cli
-    from pairflow.stages.evaluate import cli as evaluate_cli
-    from pairflow.stages.ingest import cli as ingest_cli
-    from pairflow.stages.monitor import cli as monitor_cli
-    from pairflow.stages.register import cli as register_cli
-    from pairflow.stages.train import cli as train_cli
-    from pairflow.stages.validate import cli as validate_cli
 
     for module in (
         demo_cli,
@@ -233,9 +236,6 @@ _mount_commands()
 
 def main() -> None:
     """Console entry point: user errors (bad input, bad usage) are one line and exit code 2."""
-    from typer._click.exceptions import ClickException, UsageError
-
-    from pairflow.cli_errors import is_help_screen, usage_line
 
     debug = "--debug" in sys.argv[1:]
     try:

@@ -17,6 +17,7 @@ MONITOR_PACKAGE = "monitor.yaml"
 def compile_pipeline(cfg: PairflowConfig, output: str | Path) -> Path:
     """Write the IR for ``cfg`` to ``output``: every task runs in ``cfg.kubeflow.base_image``
     with the Kubernetes platform config (Secrets, ConfigMap) named by ``cfg.kubeflow``."""
+    # lazy: kfp and the pipeline's components (slow to import); only compiling needs them
     from kfp import compiler
 
     from pairflow.pipelines.retrain import build_pipeline
@@ -29,6 +30,7 @@ def compile_pipeline(cfg: PairflowConfig, output: str | Path) -> Path:
 
 def compile_monitor(cfg: PairflowConfig, output: str | Path) -> Path:
     """Write the ``monitor`` pipeline's IR for ``cfg`` to ``output`` (same platform config)."""
+    # lazy: kfp and the pipeline's components (slow to import); only compiling needs them
     from kfp import compiler
 
     from pairflow.pipelines.monitor import build_pipeline

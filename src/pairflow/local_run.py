@@ -196,6 +196,7 @@ class _TaskLogs:
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[None]:
+        # lazy: kfp (slow to import); only this path needs it
         from kfp.local import subprocess_task_handler
 
         original = subprocess_task_handler.run_local_subprocess
@@ -238,6 +239,7 @@ def run_pipeline_locally(
     if not cfg.data.source:
         raise PairflowError("data.source: empty; pass --set data.source=PATH_OR_URI")
     cfg = prepare_local_config(cfg)
+    # lazy: kfp (slow to import); only this path needs it
     from kfp import local
 
     from pairflow.pipelines.retrain import build_pipeline

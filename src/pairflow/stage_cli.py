@@ -18,6 +18,9 @@ from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 
+from pairflow.cli_options import console, ensure_writable_dir
+from pairflow.report import StageOutputs, Stopwatch
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -48,12 +51,11 @@ def run_standalone(
     rows in = kept + rejected still holds. The report is returned unwritten, so a command can
     add figures before writing it.
     """
+    # lazy: boto3, botocore, pandas, pyarrow (slow to import); only this path needs it
     import pandas as pd
 
-    from pairflow.cli_options import console, ensure_writable_dir
     from pairflow.data.admit import split_rejects
     from pairflow.data.sources import load_source
-    from pairflow.report import StageOutputs, Stopwatch
     from pairflow.stage_io import write_stage_outputs
 
     ensure_writable_dir(out)
@@ -72,8 +74,6 @@ def run_standalone(
 
 def finish_standalone(report: StageReport, out: Path) -> None:
     """Write the report (checking rows in = out + rejected) and print the one-line outcome."""
-    from pairflow.cli_options import console
-    from pairflow.report import StageOutputs
 
     report.write(StageOutputs.in_dir(out).report)
     console.print(

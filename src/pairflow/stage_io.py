@@ -25,6 +25,7 @@ from pairflow.config import (
 from pairflow.data.schema import empty_rejected, read_manifest, write_manifest
 from pairflow.errors import ConservationError
 from pairflow.report import StageOutputs, StageReport, Stopwatch, merge_reports
+from pairflow.summary import report_markdown
 
 log = logging.getLogger("pairflow.stage_io")
 
@@ -209,7 +210,6 @@ def _concat_sorted(frames: list[pd.DataFrame]) -> pd.DataFrame:
 
 def write_step_summary(report_path: str | Path, summary_path: str | Path) -> dict[str, Any]:
     """Write the stage's Markdown summary; return artifact metadata for the KFP UI."""
-    from pairflow.summary import report_markdown
 
     rep = StageReport.read(report_path)
     Path(summary_path).parent.mkdir(parents=True, exist_ok=True)

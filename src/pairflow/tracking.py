@@ -81,6 +81,7 @@ def http_attempts(tracking_uri: str) -> int:
     """Attempts MLflow makes per request under the current policy (1 for a local store)."""
     if not tracking_uri.startswith(("http://", "https://")):
         return 1
+    # lazy: mlflow (slow to import); only this path needs it
     from mlflow.environment_variables import MLFLOW_HTTP_REQUEST_MAX_RETRIES as retries
 
     return int(os.environ.get(HTTP_RETRIES_ENV, retries.default)) + 1
@@ -97,6 +98,7 @@ def resolve_mlflow_settings(cfg: PairflowConfig) -> PairflowConfig:
 
 
 def _client(tracking_uri: str) -> Any:
+    # lazy: mlflow (slow to import); only this path needs it
     from mlflow.tracking import MlflowClient
 
     return MlflowClient(tracking_uri=tracking_uri)
@@ -156,6 +158,7 @@ def start_pipeline_run(cfg: PairflowConfig, kfp_run_id: str, kfp_run_name: str) 
         },
     )
     run_id = str(run.info.run_id)
+    # lazy: mlflow (slow to import); only this path needs it
     from mlflow.entities import Param
 
     params = [Param(k, str(v)[:500]) for k, v in _flatten(cfg.to_dict()).items()]
@@ -168,6 +171,7 @@ def start_pipeline_run(cfg: PairflowConfig, kfp_run_id: str, kfp_run_name: str) 
 def log_stage_report(cfg: PairflowConfig, run_id: str, report: StageReport) -> None:
     """Log a stage's row counts and numeric metrics to the pipeline's MLflow run ``run_id``
     (resolve-config's output), and its JSON."""
+    # lazy: mlflow (slow to import); only this path needs it
     from mlflow.entities import Metric
 
     client = _client(cfg.mlflow.tracking_uri)

@@ -88,6 +88,7 @@ class SizedPixels:
 
     def normalise_tensor(self, raw: torch.Tensor) -> torch.Tensor:
         """float32 [N, 3, S, S] pixel values of a uint8 [N, 3, S, S] tensor (torch)."""
+        # lazy: torch (slow to import); only this path needs it
         import torch
 
         shift = torch.from_numpy(self.shift).view(1, 3, 1, 1).to(raw.device)

@@ -23,6 +23,7 @@ from pairflow.cli_options import (
 from pairflow.config import PairflowConfig, load_config
 from pairflow.metrics import DeployMetrics, EvaluateMetrics, RegisterMetrics
 from pairflow.run_console import print_split, run_and_report
+from pairflow.tracking import resolve_mlflow_settings
 
 if TYPE_CHECKING:
     from pairflow.local_run import LocalRunResult
@@ -31,6 +32,8 @@ if TYPE_CHECKING:
 
 def _demo_reference_clip(workdir: Path) -> Path:
     """The demo's tiny reference CLIP: pretrained once per work dir (about a minute)."""
+    # lazy: boto3, botocore, pandas, pyarrow, torch, transformers (slow to import); only this path
+    # needs it
     from pairflow.demo.reference_clip import ensure_reference_clip, read_reference_info
 
     out = workdir / "models" / "reference-clip"
@@ -93,7 +96,6 @@ def demo(
     set_: SetOpt = None,
 ) -> None:
     """Generate demo data and run the whole pipeline locally, round after round."""
-    from pairflow.tracking import resolve_mlflow_settings
 
     start = time.perf_counter()
     ensure_writable_dir(workdir, "work dir")
@@ -139,6 +141,7 @@ def _demo_round(
     sets: list[str],
     verbose: bool,
 ) -> tuple[bool, list[tuple[str, float]]]:
+    # lazy: pandas, pyarrow (slow to import); only this path needs it
     from pairflow.demo.synthetic import generate_dataset
 
     data_dir = workdir / f"data-round{round_}"
@@ -214,10 +217,11 @@ def _demo_monitor_round(
 ) -> tuple[bool, list[tuple[str, float]]]:
     """Serve the champion with the sink beside it, replay shifted traffic, run the monitor;
     its trigger retrains through kfp.local on the logged pairs (window+previous)."""
+    # lazy: aiohttp, boto3, botocore, pandas, pyarrow, scipy (slow to import); only this path needs
+    # it
     from pairflow.demo.monitor_round import replay_against_champion
     from pairflow.demo.synthetic import generate_dataset
     from pairflow.stages.monitor.run import decision_lines, monitor_window
-    from pairflow.tracking import resolve_mlflow_settings
 
     split: list[tuple[str, float]] = []
     before = time.perf_counter()

@@ -15,6 +15,7 @@ thresholds come in as :class:`DriftTests`, built from either config section.
 
 from __future__ import annotations
 
+import html as html_mod
 import importlib
 import logging
 import time
@@ -193,6 +194,7 @@ def embedding_auc(reference: np.ndarray, current: np.ndarray, seed: int) -> floa
     0.5 = indistinguishable. Each side is split in half (stratified); fit on one half,
     scored on the other.
     """
+    # lazy: sklearn (slow to import); only this path needs it
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
     from sklearn.model_selection import train_test_split
@@ -323,7 +325,6 @@ def _summarise(snapshot: dict[str, Any], cfg: DriftTests, numeric: set[str]) -> 
 
 
 def _placeholder(html: Path, reason: str, title: str = "Drift report skipped") -> None:
-    import html as html_mod
 
     html.write_text(
         "<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>drift</title></head><body>"

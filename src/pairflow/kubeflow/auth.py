@@ -89,6 +89,7 @@ def preflight(url: str, token: str | None, timeout_s: float = 15.0) -> None:
 
 def connect(host: str, mode: AuthMode, token_env: str, namespace: str = "") -> Any:
     """A ``kfp.Client`` for ``host`` with the credentials ``mode`` resolves to."""
+    # lazy: kfp (slow to import); only this path needs it
     from kfp import Client
     from kfp.client.set_volume_credentials import ServiceAccountTokenVolumeCredentials
 

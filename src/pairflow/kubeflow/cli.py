@@ -14,7 +14,11 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from pairflow.config import load_config
 from pairflow.errors import PairflowError
+from pairflow.kubeflow.monitor_params import check_sets, param_values
+from pairflow.kubeflow.publish import Endpoint, promote, run_parameters, schedule, submit
+from pairflow.kubeflow.version import CompiledPackage, version_name
 
 DEFAULT_PACKAGE = Path("pipelines/compiled/retrain.yaml")
 MONITOR_PACKAGE = Path("pipelines/compiled/monitor.yaml")
@@ -72,9 +76,6 @@ def register(app: typer.Typer) -> None:
         poll: Annotated[float, typer.Option("--poll", help="--wait poll interval, s.")] = 10.0,
     ) -> None:
         """Upload the compiled pipeline as a version named after the git sha and run it."""
-        from pairflow.config import load_config
-        from pairflow.kubeflow.publish import Endpoint, run_parameters, submit
-        from pairflow.kubeflow.version import CompiledPackage, version_name
 
         cfg = load_config(config, set_ or [])
         if namespace:
@@ -138,9 +139,6 @@ def register(app: typer.Typer) -> None:
         version: VersionOpt = None,
     ) -> None:
         """Create or update the recurring run, pinned to this commit's pipeline version."""
-        from pairflow.config import load_config
-        from pairflow.kubeflow.publish import Endpoint, run_parameters, schedule
-        from pairflow.kubeflow.version import CompiledPackage, version_name
 
         if pipeline not in ("retrain", "monitor"):
             raise PairflowError(f"--pipeline {pipeline!r}: expected retrain or monitor")
@@ -150,8 +148,6 @@ def register(app: typer.Typer) -> None:
         monitor = pipeline == "monitor"
         pkg = CompiledPackage.load(package or (MONITOR_PACKAGE if monitor else DEFAULT_PACKAGE))
         if monitor:
-            from pairflow.kubeflow.monitor_params import check_sets, param_values
-
             check_sets(set_ or [])
             params = pkg.coerce(param_values(cfg))
         else:
@@ -208,9 +204,6 @@ def register(app: typer.Typer) -> None:
         package: PackageOpt = DEFAULT_PACKAGE,
     ) -> None:
         """Upload the version that ran on --from to --to and repoint its recurring run."""
-        from pairflow.config import load_config
-        from pairflow.kubeflow.publish import Endpoint, promote, run_parameters
-        from pairflow.kubeflow.version import CompiledPackage, version_name
 
         cfg = load_config(config, set_ or [])
         if namespace:

@@ -22,6 +22,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import urllib3
+from kfp_server_api.exceptions import ApiException  # type: ignore[import-untyped]
+
 from pairflow.kubeflow.errors import KubeflowError, PackageError
 from pairflow.kubeflow.version import CompiledPackage, spec_digest
 
@@ -58,8 +61,6 @@ class ScheduleResult:
 @contextmanager
 def api_errors(host: str) -> Iterator[None]:
     """Turn KFP API and connection failures into one-line :class:`KubeflowError` s."""
-    import urllib3
-    from kfp_server_api.exceptions import ApiException  # type: ignore[import-untyped]
 
     try:
         yield

@@ -25,8 +25,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from pairflow.errors import InputDataError
 from pairflow.models.errors import CompressError, ParityError, VariantError
-from pairflow.models.formats import HEAD_ONNX_FILE, SPEC_FILE
+from pairflow.models.export import export_module, export_towers
+from pairflow.models.formats import HEAD_ONNX_FILE, SPEC_FILE, TEXT_FILE, VISION_FILE
+from pairflow.models.runners import OrtClip, TorchClip, ort_session
 
 if TYPE_CHECKING:
     from transformers import CLIPModel
@@ -143,8 +146,6 @@ def export_classifier(
     example: Batch,
 ) -> None:
     """Write ``vision.onnx``, ``text.onnx``, ``head.onnx`` and ``classifier.json``."""
-    from pairflow.models.export import export_module, export_towers
-    from pairflow.models.formats import TEXT_FILE, VISION_FILE
 
     check_fusion(spec.fusion, str(out_dir))
     px, ids, mask = (torch.from_numpy(a) for a in example)
@@ -208,7 +209,6 @@ class TorchClassifier:
     """A loaded trained classifier (``pairflow.models.trained.TrainedModel``) on the CPU."""
 
     def __init__(self, trained: TrainedModel) -> None:
-        from pairflow.models.runners import TorchClip
 
         if trained.head is None or not trained.labels:
             raise VariantError(f"{trained.clip.ref}: not a classifier (no fusion head)")
@@ -239,8 +239,6 @@ class OrtClassifier:
     """``vision.onnx`` + ``text.onnx`` + ``head.onnx`` in ONNX Runtime sessions."""
 
     def __init__(self, directory: Path, threads: int | None = None) -> None:
-        from pairflow.models.formats import TEXT_FILE, VISION_FILE
-        from pairflow.models.runners import OrtClip, ort_session
 
         for name in (VISION_FILE, TEXT_FILE, HEAD_ONNX_FILE, SPEC_FILE):
             if not (directory / name).is_file():
@@ -342,7 +340,6 @@ def accuracy(
 
 def label_targets(ids: list[str], frame: Any, labels: list[str], what: str) -> np.ndarray:
     """Label indices of the held-out rows ``ids`` (in order) from ``frame``'s ``label``."""
-    from pairflow.errors import InputDataError
 
     if "label" not in frame.columns:
         raise InputDataError(f"{what}: compressing a classifier needs a 'label' column")

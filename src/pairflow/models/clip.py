@@ -139,6 +139,7 @@ def read_clip(
     ``device`` None means CUDA when available. Only safetensors weights are loaded; a local
     path or ``HF_HUB_OFFLINE`` means ``local_files_only=True`` (nothing is downloaded).
     """
+    # lazy: transformers (slow to import); only this path needs it
     from transformers import CLIPModel, CLIPProcessor  # heavy: only loading needs it
 
     local = isinstance(resolved, Path)

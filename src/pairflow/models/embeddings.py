@@ -149,6 +149,7 @@ def write_histogram(
     self-contained page, which the Kubeflow UI renders as an HTML artifact). A path without
     a suffix (a KFP artifact path) gets HTML.
     """
+    # lazy: matplotlib (slow to import); only this path needs it
     import matplotlib
 
     matplotlib.use("Agg")

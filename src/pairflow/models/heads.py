@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pairflow.models import objectives
+from pairflow.models.clip import features
 
 if TYPE_CHECKING:
     from transformers import CLIPModel
@@ -33,13 +34,6 @@ if TYPE_CHECKING:
 FUSIONS = ("concat", "gated", "late", "cross_attention")
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 MAX_LOGIT_SCALE = math.log(100.0)
-
-
-def _feat(out: Any) -> torch.Tensor:
-    if isinstance(out, torch.Tensor):
-        return out
-    pooled: torch.Tensor = out.pooler_output
-    return pooled
 
 
 class ClipTowers(nn.Module):
@@ -55,8 +49,8 @@ class ClipTowers(nn.Module):
             input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
         )
         return {
-            "image": F.normalize(_feat(img), dim=-1),
-            "text": F.normalize(_feat(txt), dim=-1),
+            "image": F.normalize(features(img), dim=-1),
+            "text": F.normalize(features(txt), dim=-1),
             "logit_scale": self.clip.logit_scale.clamp(0, MAX_LOGIT_SCALE).exp(),
         }
 
@@ -208,6 +202,7 @@ def add_lora(clip: CLIPModel, rank: int, alpha: float) -> nn.Module:
 
     Only adapters train inside the towers; the projections and logit scale stay trainable.
     """
+    # lazy: peft (slow to import); only this path needs it
     from peft import LoraConfig, get_peft_model
 
     peft_model = get_peft_model(

@@ -23,11 +23,13 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
+
 
 def main(argv: list[str]) -> int:
     spec = json.loads(Path(argv[0]).read_text())
     threads = int(spec["threads"])
-    import numpy as np
+    # lazy: boto3, botocore, pandas, torch (slow to import); only this path needs it
     import torch
 
     torch.set_num_threads(threads)

@@ -45,6 +45,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal
 
+import yaml  # only registered models need it
+
 from pairflow.config import S3Config
 from pairflow.data import s3 as s3io
 from pairflow.errors import InputDataError
@@ -196,6 +198,7 @@ def resolve_mlflow(uri: str, tracking_uri: str | None) -> tuple[str, str]:
         raise ModelLoadError(f"{uri}: expected models:/NAME@ALIAS or models:/NAME/VERSION")
     if match["version"]:
         return uri, match["version"]
+    # lazy: mlflow (slow to import); only this path needs it
     from mlflow import MlflowClient  # heavy; only registry references need it
     from mlflow.exceptions import MlflowException
 
@@ -214,6 +217,7 @@ def download_mlflow(uri: str, tracking_uri: str | None, cache: Path) -> Path:
     """A ``models:/NAME/VERSION`` (or ``runs:/``) URI's artifacts in ``cache`` (downloaded
     once). The folder's name includes the tracking server, so two servers' ``NAME/1`` never
     mix."""
+    # lazy: mlflow (slow to import); only this path needs it
     import mlflow  # heavy; only registry references need it
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
@@ -262,7 +266,6 @@ def _shallowest(root: Path, filename: str) -> Path | None:
 def _pyfunc_flavor(root: Path) -> tuple[Path, dict[str, Any]] | None:
     """(MLmodel path, its ``python_function`` flavor table) of the shallowest MLmodel under
     ``root``, or None when there is none."""
-    import yaml  # only registered models need it
 
     mlmodel = _shallowest(root, "MLmodel")
     if mlmodel is None:

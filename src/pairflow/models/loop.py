@@ -49,7 +49,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from transformers import get_cosine_schedule_with_warmup
 
-from pairflow.errors import ConfigError
+from pairflow.errors import ConfigError, PairflowError
 from pairflow.models.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
@@ -138,8 +138,6 @@ def init_distributed() -> tuple[int, int, torch.device]:
     ``PET_*`` without ``WORLD_SIZE`` means a TrainJob pod ran the worker without torchrun:
     every node would train alone, so that is an error (pods run ``pairflow.stages.train.node``)."""
     if "WORLD_SIZE" not in os.environ and int(os.environ.get("PET_NNODES", "1") or 1) > 1:
-        from pairflow.errors import PairflowError
-
         raise PairflowError(
             "PET_NNODES is set but WORLD_SIZE is not: run the worker under torchrun "
             "(python -m pairflow.stages.train.node in a TrainJob), not directly"

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset, DistributedSampler, Sampler
 
 from pairflow.config import AugmentConfig, S3Config, SplitConfig
 from pairflow.data import imageio
@@ -113,6 +113,7 @@ class PairAugment:
         std: Sequence[float],
         cfg: AugmentConfig | None,
     ) -> None:
+        # lazy: torchvision (slow to import); only this path needs it
         from torchvision.transforms import v2
 
         self.cfg = cfg
@@ -232,7 +233,6 @@ class EpochSampler(Sampler[Key]):
         shuffle: bool = True,
         weights: Sequence[float] | None = None,
     ) -> None:
-        from torch.utils.data import DistributedSampler
 
         self.n = n
         self.rank = rank

@@ -55,6 +55,7 @@ class TorchClip:
 
 def ort_session(path: Path, threads: int | None = None) -> Any:
     """A CPU ONNX Runtime session; ``threads`` sets intra-op threads (inter-op 1)."""
+    # lazy: onnxruntime (slow to import); only this path needs it
     import onnxruntime as ort
 
     opts = ort.SessionOptions()

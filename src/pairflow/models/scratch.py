@@ -55,6 +55,7 @@ def bytes_to_unicode() -> dict[int, str]:
 
 def train_bpe(captions: Iterable[str], vocab_size: int = 1024) -> BpeFiles:
     """Train a byte-level BPE with CLIP's normalisation and word-end ``</w>`` suffix."""
+    # lazy: tokenizers (slow to import); only this path needs it
     from tokenizers import Regex, Tokenizer, normalizers, pre_tokenizers
     from tokenizers.models import BPE
     from tokenizers.trainers import BpeTrainer
@@ -91,6 +92,7 @@ def train_bpe(captions: Iterable[str], vocab_size: int = 1024) -> BpeFiles:
 def build_processor(captions: Iterable[str], image_size: int = IMAGE_SIZE) -> CLIPProcessor:
     """A CLIPProcessor: a BPE tokenizer trained on ``captions`` + an ``image_size`` px image
     processor (resize shortest edge, centre crop, CLIP mean/std)."""
+    # lazy: transformers (slow to import); only this path needs it
     from transformers import CLIPImageProcessor, CLIPProcessor, CLIPTokenizer
 
     bpe = train_bpe(captions)
@@ -120,6 +122,7 @@ def tiny_clip(
     tokenizer: CLIPTokenizer, *, image_size: int = IMAGE_SIZE, seed: int = 0
 ) -> CLIPModel:
     """A randomly initialised tiny CLIP: 64-wide, 2 layers per tower, patch 8, 64-d joint."""
+    # lazy: transformers (slow to import); only this path needs it
     from transformers import CLIPConfig, CLIPModel
 
     eos = _token_id(tokenizer, EOS_TOKEN)

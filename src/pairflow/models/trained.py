@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from pairflow.config import S3Config
-from pairflow.models.clip import LoadedClip, ModelLoadError, load_clip
+from pairflow.models.clip import LoadedClip, ModelLoadError, load_clip, save_clip
 from pairflow.models.formats import FUSION_HEAD_FILE, META_FILE
 from pairflow.models.heads import FUSIONS, FusionHead, build_head, tower_outputs
 from pairflow.models.locate import first_line
@@ -98,7 +98,6 @@ def save_trained(
     train: dict[str, Any] | None = None,
 ) -> Path:
     """Write the artifact (see module docstring) into ``out_dir`` (replaced if present)."""
-    from pairflow.models.clip import save_clip
 
     if kind == "classifier" and (head is None or not labels):
         raise ValueError("a classifier artifact needs its fusion head and labels")

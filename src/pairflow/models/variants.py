@@ -110,6 +110,7 @@ class LoadedVariant:
 
 
 def load_processor(directory: Path) -> CLIPProcessor:
+    # lazy: transformers (slow to import); only this path needs it
     from transformers import CLIPProcessor
 
     try:
@@ -132,6 +133,7 @@ def open_variant(
     clip: LoadedClip | None = None
     trained: TrainedModel | None = None
     if kind == "torch":
+        # lazy: clip and trained import this module's index (an import cycle at module level)
         from pairflow.models.clip import ModelLoadError, load_clip
         from pairflow.models.formats import META_FILE
         from pairflow.models.trained import load_trained, read_meta

@@ -14,6 +14,7 @@ from typing import Any
 
 from pairflow.config import PairflowConfig
 from pairflow.errors import PairflowError
+from pairflow.models.errors import ModelLoadError
 
 log = logging.getLogger("pairflow.registry.champion")
 
@@ -58,6 +59,7 @@ def champion_uri(name: str) -> str:
 
 
 def _client(tracking_uri: str) -> Any:
+    # lazy: mlflow (slow to import); only this path needs it
     from mlflow import MlflowClient
 
     return MlflowClient(tracking_uri=tracking_uri)
@@ -68,6 +70,7 @@ def find_champion(tracking_uri: str, name: str) -> Champion | None:
 
     Any other MLflow failure is a :class:`ChampionLookupError` naming the model and URI.
     """
+    # lazy: mlflow (slow to import); only this path needs it
     from mlflow.exceptions import MlflowException
 
     client = _client(tracking_uri)
@@ -96,6 +99,7 @@ def resolve_champion(ref: str, tracking_uri: str) -> Champion:
     an ``s3://`` prefix) is taken as is, its drift reference read from
     ``REF/drift_reference.parquet`` when present.
     """
+    # lazy: mlflow (slow to import); only this path needs it
     from mlflow.exceptions import MlflowException
 
     if not ref.startswith("models:/"):
@@ -126,6 +130,7 @@ def resolve_champion(ref: str, tracking_uri: str) -> Champion:
 
 def fetch_reference(tracking_uri: str, champion: Champion, dst_dir: Path) -> Path | None:
     """Download the champion's drift reference; None (logged) when its run has none."""
+    # lazy: mlflow (slow to import); only this path needs it
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -170,7 +175,7 @@ def champion_variant(cfg: PairflowConfig, ref: str | None = None) -> tuple[Path,
     """The champion's shipped variant (folder, kind) for the latency budget; None when there
     is no champion (first run) or it is not a registered compress variant. ``ref``: a
     ``models:/`` URI instead of the champion alias."""
-    from pairflow.models.errors import ModelLoadError
+    # lazy: boto3, botocore (slow to import); only this path needs it
     from pairflow.models.locate import locate_model, registered_variant
 
     uri = cfg.mlflow.tracking_uri

@@ -11,6 +11,14 @@ from rich.console import Console
 from rich.markdown import Markdown
 from rich.table import Table
 
+from pairflow.config import load_config
+from pairflow.registry.client import Registry
+from pairflow.registry.decisions import version_decisions
+from pairflow.registry.governance import approval_of, approve, champion_drift, promote, rollback
+from pairflow.registry.history import read_history
+from pairflow.registry.names import TAG_COMPLETE, TAG_GATE, TAG_KFP_RUN_ID, TAG_VARIANT
+from pairflow.tracking import resolve_mlflow_settings
+
 console = Console()
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file.")]
@@ -27,8 +35,6 @@ registry_app = typer.Typer(
 
 
 def config_for(config: Path | None, sets: list[str] | None, uri: str | None) -> Any:
-    from pairflow.config import load_config
-    from pairflow.tracking import resolve_mlflow_settings
 
     cfg = load_config(config, sets or [])
     if uri:
@@ -37,7 +43,6 @@ def config_for(config: Path | None, sets: list[str] | None, uri: str | None) -> 
 
 
 def _registry(cfg: Any) -> Any:
-    from pairflow.registry.client import Registry
 
     return Registry.from_config(cfg.mlflow)
 
@@ -54,8 +59,6 @@ def list_cmd(
     tracking_uri: UriOpt = None,
 ) -> None:
     """Registered models, or the versions of NAME with aliases, gate and approval."""
-    from pairflow.registry.governance import approval_of
-    from pairflow.registry.names import TAG_COMPLETE, TAG_GATE, TAG_KFP_RUN_ID, TAG_VARIANT
 
     reg = _registry(config_for(config, set_, tracking_uri))
     if name is None:
@@ -109,7 +112,6 @@ def show_cmd(
     for key, val in sorted((full.tags or {}).items()):
         table.add_row(key, str(val)[:200])
     console.print(table)
-    from pairflow.registry.decisions import version_decisions
 
     console.print(Markdown(version_decisions(reg.client, full.name, str(full.version))))
 
@@ -125,7 +127,6 @@ def approve_cmd(
     tracking_uri: UriOpt = None,
 ) -> None:
     """Record a reviewer's approval of NAME/VERSION (needed to promote under policy manual)."""
-    from pairflow.registry.governance import approve
 
     reg = _registry(config_for(config, set_, tracking_uri))
     approval = approve(reg, name, version, by=by, comment=comment)
@@ -143,7 +144,6 @@ def promote_cmd(
     tracking_uri: UriOpt = None,
 ) -> None:
     """champion ← VERSION, previous ← old champion (gate passed; manual policy: approval)."""
-    from pairflow.registry.governance import promote
 
     cfg = config_for(config, set_, tracking_uri)
     change = promote(
@@ -171,7 +171,6 @@ def rollback_cmd(
     tracking_uri: UriOpt = None,
 ) -> None:
     """champion ← previous (the previous alias is then cleared)."""
-    from pairflow.registry.governance import rollback
 
     reg = _registry(config_for(config, set_, tracking_uri))
     change = rollback(reg, name, reason=reason, actor=_user(by), kind="manual rollback")
@@ -186,8 +185,6 @@ def history_cmd(
     tracking_uri: UriOpt = None,
 ) -> None:
     """Every alias change of NAME: when, who, alias, from → to, why."""
-    from pairflow.registry.governance import champion_drift
-    from pairflow.registry.history import read_history
 
     reg = _registry(config_for(config, set_, tracking_uri))
     events = read_history(reg, name)

@@ -21,6 +21,7 @@ class Registry:
     """``MlflowClient`` for ``tracking_uri`` (a resolved URI: see :mod:`pairflow.tracking`)."""
 
     def __init__(self, tracking_uri: str) -> None:
+        # lazy: mlflow (slow to import); only this path needs it
         from mlflow.tracking import MlflowClient
 
         if not tracking_uri:
@@ -53,6 +54,7 @@ class Registry:
 
     def model_version(self, name: str, version: str | int) -> Any:
         """The version (aliases and tags populated); a clear error when it does not exist."""
+        # lazy: mlflow (slow to import); only this path needs it
         from mlflow.exceptions import MlflowException
 
         try:
@@ -64,6 +66,7 @@ class Registry:
 
     def alias_version(self, name: str, alias: str) -> Any | None:
         """The version ``alias`` points at, or None when the alias is not set."""
+        # lazy: mlflow (slow to import); only this path needs it
         from mlflow.exceptions import MlflowException
 
         try:
@@ -75,6 +78,7 @@ class Registry:
             return None
 
     def registered_model(self, name: str) -> Any:
+        # lazy: mlflow (slow to import); only this path needs it
         from mlflow.exceptions import MlflowException
 
         try:

@@ -16,7 +16,9 @@ Inputs are the recorded decision dicts, never recomputed:
 
 from __future__ import annotations
 
+import json
 import math
+import tempfile
 from typing import Any
 
 from pairflow.metrics import DeployMetrics, Gate
@@ -215,8 +217,6 @@ TAG_NUMBERS = "pairflow.deploy.numbers"
 def version_decisions(client: Any, name: str, version: str) -> str:
     """:func:`decisions_markdown` for a registered version: the gate from its run's
     ``evaluate/gate.json``, the canary from its deploy tags (decision, reasons, numbers)."""
-    import json
-    import tempfile
 
     mv = client.get_model_version(name, version)
     tags = dict(mv.tags or {})
@@ -243,7 +243,6 @@ def version_decisions(client: Any, name: str, version: str) -> str:
 
 
 def _json_list(text: str | None) -> list[Any]:
-    import json
 
     if not text:
         return []

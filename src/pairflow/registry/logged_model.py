@@ -13,6 +13,15 @@ from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
+import mlflow.pyfunc
+import pandas as pd
+from mlflow.entities import LoggedModelOutput
+from mlflow.models.signature import ModelSignature
+from mlflow.tracking._model_registry import utils as registry_utils
+from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+from mlflow.types.schema import AnyType, Array, ColSpec, ParamSchema, ParamSpec, Schema
+from PIL import Image, ImageDraw
+
 from pairflow.registry.client import Registry
 from pairflow.registry.names import LOGGED_MODEL_NAME
 from pairflow.registry.variants import VariantSet
@@ -36,8 +45,6 @@ def tracking_uri(uri: str) -> Iterator[None]:
 
     The previous state, including "never set", is restored afterwards.
     """
-    from mlflow.tracking._model_registry import utils as registry_utils
-    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
     before = registry_utils._registry_uri
     registry_utils._registry_uri = None
@@ -50,8 +57,6 @@ def tracking_uri(uri: str) -> Iterator[None]:
 
 def example_input() -> Any:
     """A one-row input example: a 32 px PNG as a ``data:`` URI and a caption."""
-    import pandas as pd
-    from PIL import Image, ImageDraw
 
     img = Image.new("RGB", (32, 32), "white")
     ImageDraw.Draw(img).ellipse((6, 6, 26, 26), fill="red")
@@ -65,8 +70,6 @@ def signature() -> Any:
     """Inputs, the ``mode`` param, and the outputs of every mode (each present in one mode:
     ``scores`` → score; ``labels`` → label, label_score + probabilities;
     ``embeddings`` → the two vectors)."""
-    from mlflow.models.signature import ModelSignature
-    from mlflow.types.schema import AnyType, Array, ColSpec, ParamSchema, ParamSpec, Schema
 
     any_type = AnyType()  # type: ignore[no-untyped-call]
     inputs = Schema(
@@ -116,8 +119,6 @@ def log_pyfunc(
     A fresh LoggedModel is created on every attempt, so a retry after a failed upload never
     reuses half-written files.
     """
-    import mlflow.pyfunc
-    from mlflow.entities import LoggedModelOutput
 
     with tempfile.TemporaryDirectory(prefix="pairflow-register-") as tmp:
         labels_file = Path(tmp) / "labels.json"

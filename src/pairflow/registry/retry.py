@@ -39,6 +39,7 @@ class GovernanceError(RegistryError):
 
 def is_transient(exc: BaseException) -> bool:
     """True for connection failures and server-side errors, False for refused requests."""
+    # lazy: mlflow (slow to import); only this path needs it
     from mlflow.exceptions import MlflowException
 
     if isinstance(exc, MlflowException):

@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from pairflow.config import load_config
+
 
 def register(app: typer.Typer) -> None:
     """Add ``pairflow serve`` to ``app``."""
@@ -46,7 +48,7 @@ def register(app: typer.Typer) -> None:
         set_: Annotated[list[str] | None, typer.Option("--set", help="Override key=value.")] = None,
     ) -> None:
         """Serve a model over KServe V1/V2 on HOST:PORT until SIGTERM (ready after warm-up)."""
-        from pairflow.config import load_config
+        # lazy: numpy and the server modules; `pairflow --help` should not load them
         from pairflow.serve.server import run
 
         full = load_config(config, set_ or [])

@@ -220,6 +220,7 @@ def _replay(body: bytes, receive: Receive) -> Receive:
 
 def error_status(exc: BaseException) -> int:
     """HTTP status of an exception raised while answering a V2 inference request."""
+    # lazy: kserve (slow to import); only this path needs it
     from kserve.errors import InvalidInput, ModelNotFound, ModelNotReady
 
     if isinstance(exc, RequestError | InvalidInput):

@@ -24,6 +24,7 @@ from dataclasses import replace
 from typing import Any
 
 import numpy as np
+import torch
 from kserve import Model
 from kserve.errors import InvalidInput
 from kserve.model import InferenceVerb
@@ -161,7 +162,6 @@ class PairflowPredictor(Model):  # type: ignore[misc]
 
     def load(self) -> bool:
         """Load the model, embed the class prompts, warm up; then report ready."""
-        import torch
 
         threads = self.cfg.torch_threads or auto_threads()
         torch.set_num_threads(threads)
@@ -345,6 +345,7 @@ class PairflowPredictor(Model):  # type: ignore[misc]
             inputs = [(i.name, i.datatype, list(i.shape), input_values(i)) for i in payload.inputs]
             params = payload.parameters
             if params is not None and not isinstance(params, dict):  # gRPC: a message map
+                # lazy: kserve's gRPC types load grpc (slow); only gRPC requests need them
                 from kserve.protocol.infer_type import to_http_parameters
 
                 params = to_http_parameters(params)

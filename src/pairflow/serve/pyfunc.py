@@ -24,6 +24,9 @@ from typing import Any
 
 import pandas as pd
 from mlflow.pyfunc.model import PythonModel
+from PIL import Image
+
+from pairflow.serve.limits import RequestError, image_payload
 
 MODES = ("embeddings", "scores", "labels")
 DEFAULT_MODE = "scores"
@@ -39,9 +42,6 @@ ZERO_SHOT_SCALE = 100.0  # CLIP's logit scale ceiling, used for zero-shot class 
 def decode_image(value: Any) -> Any:
     """A PIL RGB image from a path, ``file://`` or ``data:`` URI, base64 text, or bytes
     (raw image bytes, or base64 text as bytes)."""
-    from PIL import Image
-
-    from pairflow.serve.limits import RequestError, image_payload
 
     if isinstance(value, bytes | bytearray):
         try:
@@ -89,6 +89,7 @@ class PairClipModel(PythonModel):
         )
         self.trained: Any = None
         # torch, transformers, onnxruntime: imported when a model is loaded, not with the module
+        # lazy: boto3, botocore, torch (slow to import); only this path needs it
         from pairflow.models.open import open_model
 
         if self.kind == "onnx":
@@ -108,6 +109,7 @@ class PairClipModel(PythonModel):
                 self.labels = list(self.trained.labels)
 
     def _embed_images(self, images: list[Any]) -> Any:
+        # lazy: boto3, botocore, torch (slow to import); only this path needs it
         import torch
         import torch.nn.functional as F
 
@@ -132,6 +134,7 @@ class PairClipModel(PythonModel):
         )
 
     def _embed_texts(self, texts: list[str]) -> Any:
+        # lazy: boto3, botocore, torch (slow to import); only this path needs it
         import torch
         import torch.nn.functional as F
 
@@ -173,6 +176,7 @@ class PairClipModel(PythonModel):
 
     def _classify(self, images: list[Any], captions: list[Any]) -> pd.DataFrame:
         """Labels from the trained fusion classifier (it reads image and caption)."""
+        # lazy: torch (slow to import); only this path needs it
         import torch
 
         for i, (img, cap) in enumerate(zip(images, captions, strict=True)):

@@ -32,10 +32,14 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator
+from concurrent import futures
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from pairflow.errors import PairflowError
+from pairflow.serve.guard import error_message, error_status
 from pairflow.serve.metrics import rejected
 
 if TYPE_CHECKING:
@@ -71,6 +75,7 @@ def serve_forever(
     grace_period: int | None = None,
 ) -> None:
     """Bind ``host:port``, load the model in the background, serve until SIGTERM/SIGINT."""
+    # lazy: kserve (slow to import); read only after plain_argv() hides our arguments from it
     with plain_argv():
         from kserve import ModelServer
         from kserve.model_server import app as kserve_app
@@ -180,6 +185,7 @@ def serve_forever(
 
 def all_ready_dataplane(registry: Any) -> Any:
     """KServe's DataPlane whose server readiness is "every registered model is ready"."""
+    # lazy: kserve (slow to import); only this path needs it
     from kserve.protocol.dataplane import DataPlane
 
     class AllModelsReady(DataPlane):  # type: ignore[misc]
@@ -195,10 +201,9 @@ def all_ready_dataplane(registry: Any) -> Any:
 
 def v2_infer_handler(dataplane: Any) -> V2Infer:
     """V2 REST inference through KServe's data plane, parsed by :mod:`pairflow.serve.v2_rest`."""
-    import orjson
+    # lazy: kserve (slow to import); only this path needs it
     from kserve.errors import ModelNotReady
 
-    from pairflow.serve.guard import error_message, error_status
     from pairflow.serve.v2_rest import HEADER, parse_infer_body
 
     async def infer(
@@ -238,6 +243,7 @@ def timed_http_protocol(header_timeout_s: float) -> type:
     that has not sent its first request yet, gets :data:`NEW_CONNECTION_GRACE_S` (at most the
     header deadline) to send it; that request is answered with ``connection: close``. A
     kept-alive connection idle between requests is closed at once, as before."""
+    # lazy: uvicorn (slow to import); only this path needs it
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
     grace_s = min(NEW_CONNECTION_GRACE_S, header_timeout_s)
@@ -313,8 +319,8 @@ def guarded_grpc_server(
 ) -> Any:
     """KServe's gRPC V2 server bound to ``host``, with the body cap as its largest message
     and ``max_concurrency + max_queue`` concurrent RPCs (RESOURCE_EXHAUSTED beyond)."""
-    from concurrent import futures
 
+    # lazy: grpc, kserve (slow to import); only this path needs it
     from grpc import aio  # type: ignore[import-untyped]
     from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc
     from kserve.protocol.grpc.interceptors import ExceptionToStatusInterceptor
@@ -345,6 +351,7 @@ def guarded_grpc_server(
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     """uvloop's event loop when installed (faster HTTP handling), else asyncio's default."""
+    # lazy: uvloop is optional; its absence is handled here
     try:
         import uvloop
     except ImportError:
@@ -355,6 +362,7 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 def quiet_request_logs() -> None:
     """Drop the per-request INFO lines of uvicorn's access log and KServe's timing trace."""
+    # lazy: kserve (slow to import); only this path needs it
     from kserve.logging import trace_logger
 
     for logger in (logging.getLogger("uvicorn.access"), trace_logger):
@@ -383,6 +391,7 @@ def run(
     ``monitor``: request logging (sampled responses are marked when ``serve.mark_for_logger``
     or ``monitor.sink_url`` is set; with ``sink_url`` this process also posts their
     CloudEvents to the sink, see :mod:`pairflow.serve.requestlog.emitter`)."""
+    # lazy: the predictor loads kserve and torch; read only after plain_argv()
     with plain_argv():
         from pairflow.serve.predictor import PairflowPredictor
 

@@ -394,6 +394,7 @@ def serve_sink(
     retry_s: float = 2.0,
 ) -> None:
     """Run the sink until SIGTERM/SIGINT, then write what is buffered."""
+    # lazy: uvicorn (slow to import); only this path needs it
     import uvicorn
 
     state = SinkState(monitor, s3, pair_ttl_s=pair_ttl_s, retry_s=retry_s)

@@ -3,10 +3,14 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Annotated
 
 import typer
+
+from pairflow.config import load_config
+from pairflow.errors import ConfigError
 
 
 def register(app: typer.Typer) -> None:
@@ -28,10 +32,9 @@ def register(app: typer.Typer) -> None:
         set_: Annotated[list[str] | None, typer.Option("--set", help="Override key=value.")] = None,
     ) -> None:
         """Receive KServe payload-logger CloudEvents; write Parquet under monitor.log_prefix."""
-        import logging
 
-        from pairflow.config import load_config
-        from pairflow.errors import ConfigError
+        # lazy: boto3, botocore, kserve, pyarrow, starlette (slow to import); only this path needs
+        # it
         from pairflow.serve.requestlog.sink import serve_sink
 
         cfg = load_config(config, set_ or [])

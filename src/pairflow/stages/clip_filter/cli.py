@@ -7,7 +7,9 @@ from typing import Annotated
 
 import typer
 
-from pairflow.cli_options import ConfigOpt, OutOpt, SetOpt
+from pairflow.cli_options import ConfigOpt, OutOpt, SetOpt, console
+from pairflow.config import load_config
+from pairflow.errors import ConfigError
 from pairflow.metrics import ClipFilterMetrics
 from pairflow.stage_cli import InputOpt, finish_standalone, run_standalone
 
@@ -35,9 +37,7 @@ def register(app: typer.Typer) -> None:
         set_: SetOpt = None,
     ) -> None:
         """CLIP-score pairs and keep those whose image and caption agree."""
-        from pairflow.cli_options import console
-        from pairflow.config import load_config
-        from pairflow.errors import ConfigError
+        # lazy: boto3, botocore, pandas, pyarrow, torch (slow to import); only this path needs it
         from pairflow.stages.clip_filter.run import FilterOutputs, run_filter
 
         if threshold is not None and top_fraction is not None:

@@ -60,7 +60,8 @@ class FilterResult:
 def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float | None:
     """ROC-AUC of ``scores`` ranking ``positive`` rows *higher* (ties count half); None
     without both classes."""
-    from sklearn.metrics import roc_auc_score  # heavy (~0.7 s), only with a ground truth
+    # lazy: sklearn (slow to import); only a run with a ground truth needs it
+    from sklearn.metrics import roc_auc_score
 
     pos = int(positive.sum())
     if pos == 0 or pos == len(positive):

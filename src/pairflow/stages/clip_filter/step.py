@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -144,8 +145,6 @@ def run(cfg: PairflowConfig, inputs: GatherInputs, outputs: ClipFilterOutputs) -
         truth = _ground_truth(cfg)
         auc = None
         if truth is not None:
-            import pandas as pd
-
             auc, pos, neg = mismatch_auc(pd.Series(emb.ids), emb.scores, truth)
             figures.roc_auc, figures.auc_positives, figures.auc_negatives = auc, pos, neg
             log.info("clip_filter: ROC-AUC %s on %d mismatched vs %d clean pairs", auc, pos, neg)

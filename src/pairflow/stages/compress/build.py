@@ -25,6 +25,7 @@ from pairflow.data.split import split_frame
 from pairflow.errors import InputDataError
 from pairflow.models import classifier as cl
 from pairflow.models import export as ex
+from pairflow.models.clip import save_clip
 from pairflow.models.errors import CalibrationError, CompressError, ModelLoadError
 from pairflow.models.formats import FUSION_HEAD_FILE, META_FILE, TABLE_FILE, TEXT_FILE, VISION_FILE
 from pairflow.models.latency import HeldOut, embed_all, load_held_out, measure_saved_latency
@@ -33,8 +34,9 @@ from pairflow.models.locate import locate_model
 from pairflow.models.open import open_model
 from pairflow.models.runners import OrtClip, TorchClip
 from pairflow.models.towers import count_parameters
-from pairflow.models.trained import read_meta
+from pairflow.models.trained import read_meta, save_trained
 from pairflow.models.variants import VariantIndex, VariantRecord, open_variant
+from pairflow.stages.compress import distill as kd
 from pairflow.stages.compress import quantize as qz
 from pairflow.stages.compress.select import (
     BASELINE,
@@ -416,8 +418,6 @@ def _distill(
     say: Progress,
 ) -> dict[str, Any]:
     """Train the student (``student_fp32``) and its int8 ONNX variant (``student_int8``)."""
-    from pairflow.models.clip import save_clip
-    from pairflow.stages.compress import distill as kd
 
     say("distillation: training the student")
 
@@ -437,8 +437,6 @@ def _distill(
         result = kd.distill_clip(model, processor, train_rows, cfg.student, **common)
         save_clip(out / "student_fp32", result.student, processor)
     else:
-        from pairflow.models.trained import save_trained
-
         result = kd.distill_classifier(
             model,
             classifier.head,

@@ -6,8 +6,14 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.console import Console
+from rich.markdown import Markdown
 
 from pairflow.cli_options import OutOpt
+from pairflow.config import load_config
+from pairflow.models.formats import TABLE_FILE
+from pairflow.summary import report_markdown
+from pairflow.tracking import resolve_mlflow_settings
 
 
 def register(app: typer.Typer) -> None:
@@ -28,14 +34,10 @@ def register(app: typer.Typer) -> None:
 
         The same step the pipeline runs: the report (printed as the pipeline's step summary
         shows it) holds every variant's figures, then the variant table."""
-        from rich.console import Console
-        from rich.markdown import Markdown
 
-        from pairflow.config import load_config
-        from pairflow.models.formats import TABLE_FILE
+        # lazy: boto3, botocore, onnxruntime, pandas, pyarrow, torch (slow to import); only this
+        # path needs it
         from pairflow.stages.compress.step import CompressInputs, CompressOutputs, run
-        from pairflow.summary import report_markdown
-        from pairflow.tracking import resolve_mlflow_settings
 
         console = Console()
         cfg = resolve_mlflow_settings(load_config(config, set_ or []))

@@ -30,9 +30,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pairflow.config import S3Config
+from pairflow.config import AugmentConfig, S3Config
 from pairflow.data.split import split_holdout
 from pairflow.models.errors import StudentConfigError
+from pairflow.models.heads import ClipTowers, FusionClassifier, build_head
+from pairflow.models.objectives import classifier_metrics, clip_metrics, contrastive_loss
 from pairflow.models.towers import count_parameters
 from pairflow.stages.compress.settings import StudentConfig
 
@@ -85,6 +87,7 @@ def _tower_shape(teacher: Any, s: StudentConfig, tower: str) -> tuple[int, int, 
 def student_config(teacher: CLIPConfig, s: StudentConfig) -> CLIPConfig:
     """The student's ``CLIPConfig``: the teacher's vocabulary, context, image size, patch size
     and joint embedding size with shallower (and, if asked, narrower) towers and MLPs."""
+    # lazy: transformers (slow to import); only this path needs it
     from transformers import CLIPConfig
 
     towers: dict[str, dict[str, Any]] = {}
@@ -179,6 +182,7 @@ def build_student(teacher: CLIPModel, s: StudentConfig, seed: int = 0) -> CLIPMo
     """The student CLIP, initialised from the teacher (``s.init_from_teacher``, the default)
     or randomly; :class:`StudentConfigError` unless it has fewer parameters than
     ``teacher``."""
+    # lazy: transformers (slow to import); only this path needs it
     from transformers import CLIPModel
 
     torch.manual_seed(seed)
@@ -236,7 +240,6 @@ class ClipKDObjective:
         self.embedding_weight = embedding_weight
 
     def __call__(self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> Any:
-        from pairflow.models.objectives import contrastive_loss
 
         with torch.no_grad():
             teach = self.teacher(batch)
@@ -291,7 +294,6 @@ def _student_head(
 ) -> FusionHead:
     """A fusion head of the teacher's kind on the student's shapes; it starts from the
     teacher's head weights when the shapes agree (embedding fusions: same joint size)."""
-    from pairflow.models.heads import build_head
 
     torch.manual_seed(seed)
     head = build_head(student, teacher_head.kind, n_classes)
@@ -318,10 +320,9 @@ def _run_fit(
 ) -> dict[str, Any]:
     """Train ``module`` with :func:`pairflow.models.loop.fit` on ``train_rows`` (a validation
     split of them picks the best epoch: recall for CLIPs, accuracy for classifiers)."""
-    from pairflow.config import AugmentConfig
+    # lazy: boto3, botocore, transformers (slow to import); only this path needs it
     from pairflow.models import pairs as tdata
     from pairflow.models.loop import LoopSettings, fit
-    from pairflow.models.objectives import classifier_metrics, clip_metrics
 
     pool, val = split_holdout(train_rows, VAL_FRACTION, salt=tdata.VAL_SALT)
     if len(pool) < s.batch_size:
@@ -399,7 +400,6 @@ def distill_clip(
     progress: Callable[[int, int], None] | None = None,
 ) -> DistillResult:
     """Train a student CLIP from ``teacher`` on ``train_rows`` (never held-out rows)."""
-    from pairflow.models.heads import ClipTowers
 
     student = build_student(teacher, s, seed)
     teacher_towers = _frozen(ClipTowers(copy.deepcopy(teacher)))
@@ -437,7 +437,6 @@ def distill_classifier(
 ) -> DistillResult:
     """Train a student classifier (smaller CLIP towers + a fusion head of the teacher's kind)
     from the teacher classifier: ``alpha * KD(logits, T) + (1 - alpha) * CE(labels)``."""
-    from pairflow.models.heads import FusionClassifier
 
     student = build_student(teacher, s, seed)
     head = _student_head(student, teacher_head, len(labels), seed)

@@ -90,6 +90,7 @@ def _flat_metrics(result: CompressResult) -> CompressMetrics:
 def _log_artifacts(cfg: PairflowConfig, run_id: str, out: Path) -> None:
     if not run_id:
         return
+    # lazy: mlflow (slow to import); only this path needs it
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=cfg.mlflow.tracking_uri)

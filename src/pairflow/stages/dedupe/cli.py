@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from pairflow.cli_options import ConfigOpt, OutOpt, SetOpt
+from pairflow.config import load_config
 from pairflow.stage_cli import InputOpt, finish_standalone, run_standalone
 
 
@@ -16,7 +17,7 @@ def register(app: typer.Typer) -> None:
         input_: InputOpt, out: OutOpt, config: ConfigOpt = None, set_: SetOpt = None
     ) -> None:
         """Exact, near and caption duplicates; each dropped row names the id it duplicates."""
-        from pairflow.config import load_config
+        # lazy: datasketch, pandas, scipy (slow to import); only this path needs it
         from pairflow.stages.dedupe.merge import dedupe_frame
 
         cfg = load_config(config, set_ or [])

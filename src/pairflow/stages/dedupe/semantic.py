@@ -47,7 +47,8 @@ def _normalise(x: npt.NDArray[np.floating]) -> FloatArray:
 def kmeans(x: FloatArray, k: int, seed: int = _SEED, iterations: int = _ITERATIONS) -> IntArray:
     """k-means labels of unit rows ``x`` (k-means++ seeding, fixed seed; ``k`` capped at the
     row count)."""
-    from sklearn.cluster import KMeans  # heavy (~0.7 s): only when the semantic stage runs
+    # lazy: sklearn (slow to import); only the semantic (embedding) pass needs it
+    from sklearn.cluster import KMeans
     from sklearn.exceptions import ConvergenceWarning
 
     k = max(1, min(k, len(x)))

@@ -23,6 +23,7 @@ class DedupeInputs:
 
 def run(cfg: PairflowConfig, inputs: DedupeInputs, outputs: StageOutputs) -> StageReport:
     """Drop exact, near and caption duplicates across all validated rows."""
+    # lazy: datasketch, scipy (slow to import); only this path needs it
     from pairflow.stages.dedupe.merge import dedupe_frame
 
     watch = Stopwatch()

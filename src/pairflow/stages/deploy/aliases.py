@@ -15,6 +15,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from pairflow.errors import PairflowError
+from pairflow.registry.card import with_canary
+from pairflow.registry.decisions import canary_records
+from pairflow.registry.governance import promote as registry_promote
+from pairflow.registry.governance import promotion_blockers as blockers
+from pairflow.registry.history import append_event
+from pairflow.registry.retry import RegistryError
 
 log = logging.getLogger("pairflow.stages.deploy.aliases")
 
@@ -61,7 +67,6 @@ def parse_model_uri(model_uri: str) -> tuple[str, str]:
 
 def resolve_rollout(reg: Any, model_uri: str, champion_alias: str) -> Rollout:
     """The candidate version behind ``model_uri`` and the current champion (if any)."""
-    from pairflow.registry.retry import RegistryError
 
     name, ref = parse_model_uri(model_uri)
     try:
@@ -81,14 +86,12 @@ def resolve_rollout(reg: Any, model_uri: str, champion_alias: str) -> Rollout:
 
 def promotion_blockers(reg: Any, rollout: Rollout, policy: str) -> list[str]:
     """Why the candidate could not be promoted whatever the canary says (gate, approval)."""
-    from pairflow.registry.governance import promotion_blockers as blockers
 
     return list(blockers(reg.model_version(rollout.name, rollout.candidate), policy))  # type: ignore[arg-type]
 
 
 def promote(reg: Any, rollout: Rollout, policy: str, reason: str) -> dict[str, Any]:
     """champion ← candidate, previous ← old champion (registry governance rules apply)."""
-    from pairflow.registry.governance import promote as registry_promote
 
     change = registry_promote(
         reg,
@@ -108,7 +111,6 @@ def promote(reg: Any, rollout: Rollout, policy: str, reason: str) -> dict[str, A
 
 def record_rollback_event(reg: Any, rollout: Rollout, reason: str) -> None:
     """Append a ``canary_rollback`` event (champion unchanged) to the promotion history."""
-    from pairflow.registry.history import append_event
 
     append_event(
         reg,
@@ -125,7 +127,6 @@ def record_rollback_event(reg: Any, rollout: Rollout, reason: str) -> None:
 def _numbers_tag(report: dict[str, Any]) -> str:
     """The canary's per-step, per-metric numbers as JSON that fits a tag (the latest steps
     are kept when all do not fit; the full report is logged on the run)."""
-    from pairflow.registry.decisions import canary_records
 
     rows = canary_records(report)
     text = json.dumps(rows)
@@ -165,7 +166,6 @@ def record_decision(
         )
     mv = reg.model_version(rollout.name, version)
     # The model card (the version's description) gets its canary section, before lineage.
-    from pairflow.registry.card import with_canary
 
     # the full steps: the card's canary table shows each test's numbers
     card = with_canary(mv.description or "", decision, reasons, list(report.get("steps") or []))

@@ -7,9 +7,15 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from pairflow.cli_options import ConfigOpt, SetOpt
+from pairflow.config import load_config
+from pairflow.errors import PairflowError
 from pairflow.metrics import DeployMetrics
+from pairflow.stages.deploy import aliases
+from pairflow.tracking import resolve_mlflow_settings
 
 
 def register(app: typer.Typer) -> None:
@@ -58,14 +64,11 @@ def register(app: typer.Typer) -> None:
             return
         if input_ is None or out is None:
             raise typer.BadParameter("--input and --out are required (unless --dry-run)")
-        from rich.console import Console
-        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-        from pairflow.config import load_config
+        # lazy: pandas, pyarrow, scipy (slow to import); only this path needs it
         from pairflow.stage_io import setup_logging
         from pairflow.stages.deploy.controller import StepRecord
         from pairflow.stages.deploy.step import DeployInputs, DeployOutputs, run
-        from pairflow.tracking import resolve_mlflow_settings
 
         setup_logging()
         console = Console()
@@ -99,9 +102,8 @@ def register(app: typer.Typer) -> None:
 def _dry_run(
     model: str, config: Path | None, set_: list[str], stable: str | None, isvc_file: Path | None
 ) -> None:
-    from pairflow.config import load_config
-    from pairflow.errors import PairflowError
-    from pairflow.stages.deploy import aliases
+
+    # lazy: kubernetes (slow to import); only the KServe dry run needs it
     from pairflow.stages.deploy.kserve_dry_run import (
         isvc_from_cluster,
         isvc_from_file,

@@ -23,6 +23,7 @@ from pairflow.stages.deploy.analysis import StepAnalysis, Verdict, analyze_step
 from pairflow.stages.deploy.backend import CanaryBackend, MetricsUnavailable
 from pairflow.stages.deploy.counts import WindowCounts
 from pairflow.stages.deploy.settings import DeployConfig
+from pairflow.stages.deploy.smoke import analyze_smoke
 
 Clock = Callable[[], float]
 Judge = Callable[[WindowCounts, bool], StepAnalysis]
@@ -122,7 +123,6 @@ def run_smoke(
     clock: Clock = time.time,
 ) -> CanaryResult:
     """First deploy: all traffic to the candidate, judged against the absolute SLOs."""
-    from pairflow.stages.deploy.smoke import analyze_smoke
 
     def judge(w: WindowCounts, interim: bool) -> StepAnalysis:
         look = analyze_smoke(w.candidate, cfg.analysis)

@@ -52,6 +52,7 @@ log = logging.getLogger("pairflow.stages.deploy.kserve")
 
 
 def _api_errors() -> tuple[type[BaseException], ...]:
+    # lazy: kubernetes (slow to import); only this path needs it
     from kubernetes.client.exceptions import ApiException
 
     return (ApiException, OSError)
@@ -220,6 +221,7 @@ class KServeBackend:
 
     @classmethod
     def from_config(cls, rollout: Rollout, cfg: DeployConfig) -> KServeBackend:
+        # lazy: kubernetes (slow to import); only this path needs it
         from kubernetes import client, config
 
         try:

@@ -43,6 +43,7 @@ def isvc_from_file(path: Path, name: str) -> dict[str, Any]:
 
 
 def isvc_from_cluster(cfg: DeployConfig) -> dict[str, Any]:
+    # lazy: kubernetes (slow to import); only this path needs it
     from kubernetes import client, config
 
     try:

@@ -25,6 +25,7 @@ from pairflow.stages.deploy.counts import WindowCounts
 from pairflow.stages.deploy.replay import ReplayStats, pair_request, replay
 from pairflow.stages.deploy.router import CANDIDATE, STABLE, WeightedRouter
 from pairflow.stages.deploy.settings import DeployConfig
+from pairflow.stages.deploy.window import window_counts
 
 log = logging.getLogger("pairflow.stages.deploy.local")
 
@@ -191,7 +192,6 @@ class LocalBackend:
         self.client.add(stats)
 
     def window(self, start: float, end: float) -> WindowCounts:
-        from pairflow.stages.deploy.window import window_counts
 
         router = self.router
         return window_counts(

@@ -27,8 +27,10 @@ from typing import Any
 
 import aiohttp
 import pandas as pd
+from PIL import Image
 
 from pairflow.config import SplitConfig
+from pairflow.data.split import split_frame
 from pairflow.errors import InputDataError
 
 log = logging.getLogger("pairflow.stages.deploy.replay")
@@ -38,8 +40,8 @@ RequestBuilder = Callable[[dict[str, Any]], dict[str, Any]]
 
 def encode_image(path: str, px: int) -> str:
     """The image at ``path`` resized to ``px`` x ``px``, as base64 PNG."""
-    from PIL import Image
 
+    # lazy: boto3, botocore (slow to import); only this path needs it
     from pairflow.data.imageio import read_image_bytes
 
     try:
@@ -70,6 +72,7 @@ def pair_request(row: dict[str, Any]) -> dict[str, Any]:
 
 def request_headers(row: dict[str, Any]) -> dict[str, str]:
     """The row's key and reference answer, for the router's paired comparison."""
+    # lazy: scipy (slow to import); only this path needs it
     from pairflow.stages.deploy.router import KEY_HEADER, REFERENCE_HEADER
 
     headers = {KEY_HEADER: str(row.get("key", row.get("id", "")))}
@@ -166,8 +169,8 @@ def holdout_pairs(
 ) -> list[dict[str, Any]]:
     """The held-out rows of ``manifest`` (``data.split``: the rows evaluate measured) ready to
     replay (all rows when none is held out), with their references (:func:`attach_references`)."""
+    # lazy: pyarrow (slow to import); only this path needs it
     from pairflow.data.schema import read_manifest
-    from pairflow.data.split import split_frame
 
     frame = read_manifest(manifest)
     _, held = split_frame(frame, split)

@@ -18,6 +18,7 @@ no latency or error of it is analysed), so every candidate answer has stable's b
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 import threading
@@ -293,7 +294,6 @@ class WeightedRouter:
         return status, payload, out_headers
 
     def _read(self, payload: bytes) -> tuple[float | None, str | None]:
-        import json
 
         try:
             body = json.loads(payload)

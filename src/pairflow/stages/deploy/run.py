@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pairflow.config import PairflowConfig
+from pairflow.registry.client import Registry
 from pairflow.stages.deploy import aliases
 from pairflow.stages.deploy.aliases import Rollout
 from pairflow.stages.deploy.backend import CanaryBackend
@@ -54,9 +55,11 @@ def default_backend(
     """The configured backend: local processes + router + replayer, or KServe."""
     dcfg = cfg.deploy
     if dcfg.backend == "kserve":
+        # lazy: kubernetes (slow to import); only the KServe backend needs it
         from pairflow.stages.deploy.kserve import KServeBackend
 
         return KServeBackend.from_config(rollout, dcfg)
+    # lazy: aiohttp, pandas (slow to import); only this path needs it
     from pairflow.stages.deploy.local import launch_local, launch_single
     from pairflow.stages.deploy.replay import holdout_pairs
 
@@ -99,7 +102,6 @@ def run_deploy(
     if not model_uri:
         return DeployOutcome("not_deployed", ["no model version was registered upstream"])
     aliases.parse_model_uri(model_uri)  # a bad URI fails before MLflow is touched
-    from pairflow.registry.client import Registry
 
     reg = Registry.from_config(cfg.mlflow)
     rcfg = cfg.register_
@@ -163,6 +165,7 @@ def _canary(
     *,
     smoke: bool = False,
 ) -> tuple[CanaryResult, dict[str, Any]]:
+    # lazy: aiohttp, pandas (slow to import); only this path needs it
     from pairflow.stages.deploy.local import PredictorStartError
 
     start = time.time()

@@ -20,6 +20,8 @@ from pairflow.metrics import DeployMetrics
 from pairflow.report import StageReport, Stopwatch
 from pairflow.stage_io import finish_stage
 from pairflow.stages.deploy.controller import StepRecord
+from pairflow.stages.deploy.run import run_deploy
+from pairflow.stages.deploy.summary import deploy_markdown
 
 log = logging.getLogger("pairflow.stages.deploy.step")
 
@@ -62,8 +64,6 @@ def run(
     The report's metrics hold every step's samples, statistics, p-values and the decision;
     ``on_step`` sees each canary step as it ends.
     """
-    from pairflow.stages.deploy.run import run_deploy
-    from pairflow.stages.deploy.summary import deploy_markdown
 
     watch = Stopwatch()
     rows = len(read_manifest(inputs.manifest))

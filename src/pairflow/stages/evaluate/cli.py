@@ -10,8 +10,13 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.console import Console
+from rich.markdown import Markdown
 
-from pairflow.cli_options import ConfigOpt, OutOpt, SetOpt
+from pairflow.cli_options import ConfigOpt, OutOpt, SetOpt, ensure_writable_dir
+from pairflow.config import load_config
+from pairflow.errors import InputDataError
+from pairflow.tracking import resolve_mlflow_settings
 
 GATE_BLOCKED_EXIT = 1
 
@@ -47,14 +52,9 @@ def register(app: typer.Typer) -> None:
         summary.md and plots.html into --out.
         Exit code 0: gate passed; 1: gate blocked; 2: bad input.
         """
-        from rich.console import Console
-        from rich.markdown import Markdown
 
-        from pairflow.cli_options import ensure_writable_dir
-        from pairflow.config import load_config
-        from pairflow.errors import InputDataError
+        # lazy: pandas, pyarrow, scipy (slow to import); only this path needs it
         from pairflow.stages.evaluate.step import EvaluateInputs, EvaluateOutputs, run
-        from pairflow.tracking import resolve_mlflow_settings
 
         console = Console()
         cfg = resolve_mlflow_settings(load_config(config, set_ or []))

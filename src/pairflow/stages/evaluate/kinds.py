@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
+from pairflow.models.formats import META_FILE
 from pairflow.models.open import open_model
 from pairflow.stages.evaluate.gate import GateDecision
 
@@ -26,7 +27,6 @@ if TYPE_CHECKING:
 def model_kind(clip: LoadedClip) -> str:
     """``classifier`` or ``clip`` from the artifact's ``pairflow_model.json``; a plain CLIP
     directory (no metadata, e.g. a base model or a filter model) is a ``clip``."""
-    from pairflow.models.formats import META_FILE
 
     meta = clip.path / META_FILE if clip.path is not None else None
     if meta is None or not meta.is_file():

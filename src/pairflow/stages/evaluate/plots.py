@@ -41,6 +41,7 @@ class Plot:
 
 
 def _figure(width: float, height: float) -> Figure:
+    # lazy: matplotlib (slow to import); only this path needs it
     from matplotlib.figure import Figure
 
     return Figure(figsize=(width, height), dpi=100, layout="constrained")

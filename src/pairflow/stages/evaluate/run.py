@@ -25,6 +25,7 @@ from pairflow.models.embeddings import Embeddings
 from pairflow.models.errors import ModelLoadError
 from pairflow.models.formats import META_FILE
 from pairflow.models.open import open_model
+from pairflow.models.scoring import score_frame
 from pairflow.registry import champion as champ
 from pairflow.stages.evaluate.bootstrap import DeltaCI, paired_bootstrap
 from pairflow.stages.evaluate.classification import classification_metrics
@@ -39,6 +40,7 @@ from pairflow.stages.evaluate.gate import (
 from pairflow.stages.evaluate.kinds import load_champion, with_kind_check
 from pairflow.stages.evaluate.retrieval import clip_retrieval_metrics, zero_shot_predictions
 from pairflow.stages.evaluate.scoring import HoldoutScores, common_rows, score_holdout
+from pairflow.stages.evaluate.serving_reference import build_serving_reference
 
 log = logging.getLogger("pairflow.stages.evaluate")
 
@@ -190,7 +192,6 @@ def _embeddings_for(
         return embeddings, "clip-filter embeddings"
     if not cfg.clip_filter.model:
         return None, "no embeddings input and clip_filter.model is empty: none computed"
-    from pairflow.models.scoring import score_frame
 
     loaded = open_model(cfg.clip_filter.model, variant="torch", s3=cfg.data.s3, device=None).clip
     res = score_frame(rows.reset_index(drop=True), loaded, cfg.clip_filter, cfg.data.s3)
@@ -363,7 +364,6 @@ def _serving_reference(
     out: Path,
 ) -> dict[str, Any]:
     """Write the serving reference; its row counts and seconds for the report."""
-    from pairflow.stages.evaluate.serving_reference import build_serving_reference
 
     start = time.perf_counter()
     ref = build_serving_reference(

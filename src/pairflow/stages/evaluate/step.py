@@ -16,9 +16,12 @@ from typing import TYPE_CHECKING, Any
 
 from pairflow.config import PairflowConfig
 from pairflow.data.schema import read_manifest
+from pairflow.models.embeddings import read_embeddings
+from pairflow.registry.champion import champion_variant
 from pairflow.report import StageReport, Stopwatch
 from pairflow.stage_io import finish_stage
 from pairflow.stages.evaluate.gate import GateDecision
+from pairflow.stages.evaluate.summary import result_markdown
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -93,9 +96,8 @@ def run(
     """Evaluate the candidate against the champion and decide the gate; write the report
     and ``outputs``. There is no pass-through: a missing or unreadable model fails the step.
     """
-    from pairflow.models.embeddings import read_embeddings
+    # lazy: boto3, botocore, torch (slow to import); only this path needs it
     from pairflow.stages.evaluate.run import evaluate_frame
-    from pairflow.stages.evaluate.summary import result_markdown
 
     watch = Stopwatch()
     manifest, model_dir, embeddings = inputs.manifest, inputs.model, inputs.embeddings
@@ -164,7 +166,7 @@ def report_latency(
 ) -> None:
     """Add the candidate's latency against the champion's shipped variant to ``gate`` (a
     report line and a ``latency`` check; never a failure: compress enforces the budget)."""
-    from pairflow.registry.champion import champion_variant
+    # lazy: boto3, botocore, torch (slow to import); only this path needs it
     from pairflow.stages.evaluate.versus_champion import latency_versus_champion
 
     champion = champion_variant(cfg, champion_ref) if champion_ref.startswith("models:/") else None
@@ -189,6 +191,7 @@ def _log_gate(
 ) -> None:
     """Gate tags, the drift HTML and the plots page on the pipeline's MLflow run ``run_id``."""
     uri = cfg.mlflow.tracking_uri
+    # lazy: mlflow (slow to import); only this path needs it
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=uri)

@@ -8,6 +8,7 @@ import typer
 
 from pairflow.cli_options import ConfigOpt, OutOpt, SetOpt, console, ensure_writable_dir
 from pairflow.config import load_config
+from pairflow.report import StageOutputs
 
 
 def register(app: typer.Typer) -> None:
@@ -26,7 +27,7 @@ def register(app: typer.Typer) -> None:
         set_: SetOpt = None,
     ) -> None:
         """Ingest one source into kept.parquet / rejected.parquet / report.json."""
-        from pairflow.report import StageOutputs
+        # lazy: boto3, botocore, pandas, pyarrow (slow to import); only this path needs it
         from pairflow.stages.ingest.ingest import run_ingest
 
         cfg = load_config(config, [*(set_ or []), f"data.format={fmt}"])

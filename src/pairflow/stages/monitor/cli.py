@@ -12,9 +12,12 @@ import typer
 from rich.console import Console
 
 from pairflow.cli_options import ConfigOpt, SetOpt
-from pairflow.config import PairflowConfig
+from pairflow.config import PairflowConfig, load_config
 from pairflow.errors import PairflowError
+from pairflow.kubeflow.publish import Endpoint
+from pairflow.kubeflow.version import CompiledPackage, version_name
 from pairflow.stages.monitor.trigger import KfpTarget
+from pairflow.tracking import resolve_mlflow_settings
 
 if TYPE_CHECKING:
     from pairflow.local_run import LocalRunResult
@@ -96,9 +99,8 @@ def register(app: typer.Typer, run_here: Callable[[PairflowConfig, bool], LocalR
         set_: SetOpt = None,
     ) -> None:
         """Judge the last window of logged traffic; a drifted one starts a guarded retrain."""
-        from pairflow.config import load_config
+        # lazy: boto3, botocore, pandas, pyarrow (slow to import); only this path needs it
         from pairflow.stages.monitor.run import decision_lines, monitor_window
-        from pairflow.tracking import resolve_mlflow_settings
 
         cfg = resolve_mlflow_settings(load_config(config, set_ or []))
         if namespace:
@@ -138,8 +140,6 @@ def _target(
     wait: bool,
 ) -> KfpTarget | None:
     """Where a triggered retrain goes: KFP (package version, or the pinned one), else None."""
-    from pairflow.kubeflow.publish import Endpoint
-    from pairflow.kubeflow.version import CompiledPackage, version_name
 
     url = host or cfg.kubeflow.host
     if not url:

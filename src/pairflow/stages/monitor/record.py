@@ -27,8 +27,11 @@ Tags on the champion's model version: ``pairflow.monitor.last_run`` (run id),
 from __future__ import annotations
 
 import math
+import tempfile
 from pathlib import Path
 from typing import Any
+
+from mlflow import MlflowClient
 
 from pairflow import tracking
 from pairflow.config import PairflowConfig
@@ -98,7 +101,6 @@ def record_verdict(verdict: WindowVerdict, champion: ChampionReference, cfg: Pai
 
     Returns the run id (also set as ``verdict.mlflow_run_id``).
     """
-    from mlflow import MlflowClient
 
     uri = resolve_uri(cfg)
     client = MlflowClient(tracking_uri=uri)
@@ -128,8 +130,6 @@ def record_verdict(verdict: WindowVerdict, champion: ChampionReference, cfg: Pai
     client.log_dict(run_id, verdict.to_dict(), VERDICT_ARTIFACT)
     html = Path(verdict.report_html) if verdict.report_html else None
     if html is not None and html.is_file():
-        import tempfile
-
         with tempfile.TemporaryDirectory(prefix="pairflow-monitor-") as tmp:
             copy = Path(tmp) / REPORT_FILE
             copy.write_bytes(html.read_bytes())
@@ -150,7 +150,6 @@ def consecutive_drift_windows(cfg: PairflowConfig, model_name: str) -> int:
     """Judged windows with drift in a row, newest first, of the newest judged window's
     champion version (windows not judged neither count nor break the run; a new champion
     starts from zero)."""
-    from mlflow import MlflowClient
 
     uri = resolve_uri(cfg)
     client = MlflowClient(tracking_uri=uri)

@@ -12,6 +12,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import mlflow
+from mlflow.exceptions import MlflowException
+
 from pairflow.config import PairflowConfig
 from pairflow.drift.reference import Reference, read_reference
 from pairflow.errors import PairflowError
@@ -45,8 +48,6 @@ def resolve_uri(cfg: PairflowConfig) -> str:
 
 def load_champion_reference(cfg: PairflowConfig) -> ChampionReference:
     """The ``champion`` version of ``register.model_name`` and its serving reference."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
 
     uri = resolve_uri(cfg)
     name = cfg.register_.model_name

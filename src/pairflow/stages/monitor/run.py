@@ -18,6 +18,8 @@ import pyarrow as pa
 
 from pairflow.config import PairflowConfig
 from pairflow.errors import PairflowError
+from pairflow.serve.requestlog.window import read_window
+from pairflow.stages.monitor.gauges import push_gauges
 from pairflow.stages.monitor.policy import Decision, decide
 from pairflow.stages.monitor.snapshot import (
     Snapshot,
@@ -168,9 +170,8 @@ def monitor_window(
     progress: Progress | None = None,
 ) -> MonitorOutcome:
     """A whole pass: window → verdict (recorded, gauges pushed) → decision → retrain."""
-    from pairflow.serve.requestlog.window import read_window
+    # lazy: mlflow (slow to import); only this path needs it
     from pairflow.stages.monitor.drift import judge_window
-    from pairflow.stages.monitor.gauges import push_gauges
     from pairflow.stages.monitor.record import consecutive_drift_windows, record_verdict
     from pairflow.stages.monitor.reference import load_champion_reference
 

@@ -29,10 +29,12 @@ from typing import Any, Literal
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from pairflow.config import S3Config
 from pairflow.data import s3 as s3io
 from pairflow.data.schema import MANIFEST_COLUMNS, REJECT_COLUMNS, write_manifest
+from pairflow.data.sources import load_source
 from pairflow.errors import InputDataError, PairflowError
 from pairflow.stages.monitor.verdict import WindowId
 
@@ -135,6 +137,7 @@ def remote_uri(path: str) -> str:
 
 def training_manifest_uri(tracking_uri: str, run_id: str, label: str) -> str:
     """The curated manifest that ``run_id`` (a registered version's run) trained on."""
+    # lazy: mlflow (slow to import); only this path needs it
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
@@ -163,7 +166,6 @@ def training_manifest_uri(tracking_uri: str, run_id: str, label: str) -> str:
 
 def read_previous(uri: str, s3: S3Config | None) -> pd.DataFrame:
     """The champion's training manifest (manifest columns only)."""
-    from pairflow.data.sources import load_source
 
     try:
         frame, _ = load_source(uri, "parquet", s3)
@@ -279,7 +281,6 @@ def _counts(frame: pd.DataFrame) -> dict[str, int]:
 
 def read_snapshot_manifest(uri: str, s3: S3Config | None = None) -> pd.DataFrame:
     """Read back a snapshot manifest (local path or s3://), for checks and the demo summary."""
-    import pyarrow.parquet as pq
 
     source = uri if _is_local(uri) else io.BytesIO(s3io.get_bytes(uri, s3))
     frame: pd.DataFrame = pq.read_table(source).to_pandas()

@@ -45,6 +45,7 @@ class MonitorRecordError(RuntimeError):
 
 
 def _client(tracking_uri: str) -> Any:
+    # lazy: mlflow (slow to import); only this path needs it
     from mlflow.tracking import MlflowClient
 
     return MlflowClient(tracking_uri=tracking_uri)
@@ -113,6 +114,7 @@ def record_decision(
     tracking_uri: str, run_id: str, decision: Decision, model_name: str, dry_run: bool
 ) -> None:
     """Tag the window's monitor run with the decision and log its numbers."""
+    # lazy: mlflow (slow to import); only this path needs it
     from mlflow.entities import Metric, RunTag
 
     client = _client(tracking_uri)
@@ -142,6 +144,7 @@ def mark_submission(
     error: str = "",
 ) -> None:
     """Record a submission step on the window's monitor run (empty fields are not written)."""
+    # lazy: mlflow (slow to import); only this path needs it
     from mlflow.entities import RunTag
 
     values = {

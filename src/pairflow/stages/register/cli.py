@@ -42,6 +42,7 @@ def register_cmd(
     tracking_uri: UriOpt = None,
 ) -> None:
     """Register a model version (standalone register stage) and print its URI and card."""
+    # lazy: mlflow, pandas, pyarrow (slow to import); only this path needs it
     from pairflow.stage_io import setup_logging
     from pairflow.stages.register.step import RegisterInputs, RegisterOutputs, run
 

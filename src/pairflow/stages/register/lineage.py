@@ -57,6 +57,7 @@ def log_datasets(
     reg: Registry, run_id: str, splits: dict[str, tuple[pd.DataFrame, str]], source: str
 ) -> dict[str, str]:
     """Log each split as a dataset input (context = its key); return name → digest."""
+    # lazy: mlflow (slow to import); only this path needs it
     from mlflow.data.pandas_dataset import from_pandas
     from mlflow.entities import DatasetInput, InputTag
     from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT

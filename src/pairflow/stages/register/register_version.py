@@ -26,13 +26,14 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from mlflow.exceptions import MlflowException
 
 from pairflow import tracking
 from pairflow.config import PairflowConfig
 from pairflow.data.schema import read_manifest
 from pairflow.data.split import split_frame
 from pairflow.metrics import EvaluateMetrics
-from pairflow.models.formats import TABLE_FILE
+from pairflow.models.formats import INDEX_FILE, TABLE_FILE
 from pairflow.registry import card
 from pairflow.registry.client import Registry
 from pairflow.registry.governance import move_alias
@@ -155,6 +156,7 @@ def _metric_tags(evaluate: StageReport | None) -> dict[str, str]:
 
 
 def _standalone_run_id(snapshot: str, variants: VariantSet) -> str:
+    # lazy: boto3, botocore, torch (slow to import); only this path needs it
     from pairflow.models.clip import dir_digest
 
     digest = hashlib.sha256(f"{snapshot}:{dir_digest(variants.chosen.path)}".encode())
@@ -172,7 +174,6 @@ class _Registration:
         return self.reg.versions(self.name, f"tags.`{TAG_KFP_RUN_ID}` = '{kfp_run_id}'")
 
     def ensure_model(self) -> None:
-        from mlflow.exceptions import MlflowException
 
         try:
             self.reg.call(
@@ -348,6 +349,7 @@ def _register(job: _Registration, cfg: PairflowConfig, inputs: RegisterInputs) -
         {"training": (train, "train"), "evaluation": (holdout, "holdout")},
         source=str(inputs.manifest),
     )
+    # lazy: boto3, botocore, torch (slow to import); only this path needs it
     from pairflow.models.clip import dir_digest
 
     tags = {
@@ -444,9 +446,6 @@ def _champion_variant(job: _Registration, evaluate: StageReport | None) -> dict[
     run_id = champion.run_id if champion is not None else None
     if champion is None or not run_id:
         return None
-    from mlflow.exceptions import MlflowException
-
-    from pairflow.models.formats import INDEX_FILE
 
     with tempfile.TemporaryDirectory() as tmp:
         try:

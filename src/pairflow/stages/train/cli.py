@@ -5,9 +5,14 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-from pairflow.cli_options import ConfigOpt, OutOpt, SetOpt
+from pairflow.cli_options import ConfigOpt, OutOpt, SetOpt, ensure_writable_dir
+from pairflow.config import load_config
 from pairflow.metrics import TrainMetrics
+from pairflow.stages.train.launch import PROGRESS_PREFIX
+from pairflow.tracking import resolve_mlflow_settings
 
 
 def register(app: typer.Typer) -> None:
@@ -34,19 +39,14 @@ def register(app: typer.Typer) -> None:
         if launcher is not None:
             set_ = [*(set_ or []), f"train.launcher={launcher}"]
         if dry_run:
-            from pairflow.config import load_config
+            # lazy: the TrainJob plan imports torch (checkpoints); `pairflow --help` should not
             from pairflow.stages.train.dry_run import trainjob_yaml
 
             typer.echo(trainjob_yaml(load_config(config, set_ or []), input_, out), nl=False)
             return
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-        from pairflow.cli_options import ensure_writable_dir
-        from pairflow.config import load_config
-        from pairflow.stages.train.launch import PROGRESS_PREFIX
+        # lazy: boto3, botocore, pandas, pyarrow, torch (slow to import); only this path needs it
         from pairflow.stages.train.step import TrainInputs, TrainOutputs, run
-        from pairflow.tracking import resolve_mlflow_settings
 
         console = Console()
         cfg = resolve_mlflow_settings(load_config(config, set_ or []))

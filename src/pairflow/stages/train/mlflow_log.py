@@ -13,6 +13,7 @@ class MlflowStepLogger:
     """Buffers metric points and sends them every ``flush_every`` calls and on :meth:`flush`."""
 
     def __init__(self, tracking_uri: str, run_id: str, flush_every: int = 20) -> None:
+        # lazy: mlflow (slow to import); only this path needs it
         from mlflow.tracking import MlflowClient
 
         self.client = MlflowClient(tracking_uri=tracking_uri)
@@ -22,6 +23,7 @@ class MlflowStepLogger:
         self._calls = 0
 
     def log_params(self, params: dict[str, Any]) -> None:
+        # lazy: mlflow (slow to import); only this path needs it
         from mlflow.entities import Param
 
         self.client.log_batch(
@@ -29,6 +31,7 @@ class MlflowStepLogger:
         )
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        # lazy: mlflow (slow to import); only this path needs it
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)

@@ -30,6 +30,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from pairflow.config import S3Config
 from pairflow.errors import PairflowError
 from pairflow.models.checkpoint import LATEST
 from pairflow.stages.train.shared import SharedStore
@@ -114,7 +115,6 @@ class CheckpointSync:
 
 def run_node(shared: str, scratch: Path, env: dict[str, str] | None = None) -> int:
     """Run this pod's share of the job; torchrun's exit code."""
-    from pairflow.config import S3Config
 
     pet = pet_env(env)
     store = SharedStore(shared, S3Config())

@@ -23,6 +23,7 @@ from typing import Any
 from pairflow.config import PairflowConfig
 from pairflow.data.schema import read_manifest
 from pairflow.metrics import EpochFigures, TrainMetrics
+from pairflow.models.open import open_model  # torch + transformers: only training needs it
 from pairflow.models.pairs import TrainDataError
 from pairflow.report import StageReport, Stopwatch
 from pairflow.stage_io import finish_stage
@@ -62,7 +63,6 @@ def work_dir(model_dir: str | Path) -> Path:
 
 def resolve_base(cfg: PairflowConfig, tracking_uri: str | None) -> str:
     """The base reference as a local directory (loaded once to fail early), or ``""``."""
-    from pairflow.models.open import open_model  # torch + transformers: only training needs it
 
     ref = cfg.train.base_model or cfg.clip_filter.model
     if not ref:
@@ -94,6 +94,7 @@ def run(
     work = work_dir(model_dir)
     work.mkdir(parents=True, exist_ok=True)
     if not base:
+        # lazy: transformers and torch (slow to import); only a run with no base model needs them
         from pairflow.models.scratch import save_untrained_clip
 
         base = str(

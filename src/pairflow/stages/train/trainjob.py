@@ -255,6 +255,7 @@ def failed_pod_reasons(core: Any, namespace: str, name: str) -> list[str]:
 
 def kubernetes_apis() -> tuple[Any, Any]:
     """(CustomObjectsApi, CoreV1Api) from in-cluster config, else the local kubeconfig."""
+    # lazy: kubernetes (slow to import); only this path needs it
     from kubernetes import client, config
 
     try:

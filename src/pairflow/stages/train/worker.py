@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader
 
 from pairflow.config import PairflowConfig, config_from_json
 from pairflow.data.schema import read_manifest
+from pairflow.errors import PairflowError
 from pairflow.models import heads as models
 from pairflow.models import objectives
 from pairflow.models import pairs as tdata
@@ -144,6 +145,7 @@ def train(args: argparse.Namespace) -> FitResult | None:
     )
     logger = None
     if rank == 0 and args.run_id and args.tracking_uri:
+        # lazy: mlflow (slow to import); only rank 0 logs, and only with a tracking URI
         from pairflow.stages.train.mlflow_log import MlflowStepLogger
 
         logger = MlflowStepLogger(args.tracking_uri, args.run_id)
@@ -207,8 +209,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         train(args)
     except Exception as exc:
-        from pairflow.errors import PairflowError
-
         if isinstance(exc, PairflowError):
             print(f"error: {exc}", file=sys.stderr, flush=True)
             return exc.exit_code

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import typer
 
-from pairflow.cli_options import ConfigOpt, OutOpt, SetOpt
+from pairflow.cli_options import ConfigOpt, OutOpt, SetOpt, console
+from pairflow.config import load_config
+from pairflow.metrics import ContractSummary, ValidateMetrics
 from pairflow.stage_cli import InputOpt, finish_standalone, run_standalone
 
 
@@ -16,9 +18,7 @@ def register(app: typer.Typer) -> None:
         input_: InputOpt, out: OutOpt, config: ConfigOpt = None, set_: SetOpt = None
     ) -> None:
         """Per-row checks and the data contract; exit 1 when a critical expectation fails."""
-        from pairflow.cli_options import console
-        from pairflow.config import load_config
-        from pairflow.metrics import ContractSummary, ValidateMetrics
+        # lazy: boto3, botocore, pandas, pyarrow (slow to import); only this path needs it
         from pairflow.stages.validate.contract import run_contract
         from pairflow.stages.validate.rows import validate_frame
 

@@ -203,6 +203,7 @@ def _suite_specs(cfg: ValidateConfig, p95: float | None) -> list[_Spec]:
     """The contract's expectations, in report order (fresh instances on every call)."""
     # The public names are gx.expectations.<Class>; they are imported from their defining
     # modules because GX declares no __all__ and mypy --strict rejects implicit re-exports.
+    # lazy: great_expectations (slow to import); only this path needs it
     from great_expectations.expectations.core.expect_column_mean_to_be_between import (
         ExpectColumnMeanToBeBetween,
     )
@@ -342,6 +343,7 @@ def _frames(
 def _context(docs_dir: Path) -> EphemeralDataContext:
     """An in-memory GX context whose only Data Docs site is ``docs_dir``; no progress bars."""
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    # lazy: great_expectations (slow to import); only this path needs it
     import great_expectations as gx
     from great_expectations.data_context.types.base import (
         DataContextConfig,
@@ -395,6 +397,7 @@ def run_contract(
     and ``raise_on_failure`` is true.
     """
     started = time.perf_counter()
+    # lazy: great_expectations (slow to import); only this path needs it
     import great_expectations as gx
 
     docs_dir = Path(docs_dir)

@@ -18,6 +18,7 @@ from pairflow.stage_io import (
     merge_shards,
     write_stage_outputs,
 )
+from pairflow.stages.validate.contract import ContractError, run_contract
 
 log = logging.getLogger("pairflow.stages.validate")
 
@@ -53,6 +54,7 @@ class ContractOutputs:
 
 def run_shard(cfg: PairflowConfig, inputs: ShardInputs, outputs: StageOutputs) -> StageReport:
     """Validate one shard of the ingested manifest: per-row checks, images decoded once."""
+    # lazy: boto3, botocore (slow to import); only this path needs it
     from pairflow.stages.validate.rows import validate_frame
 
     watch = Stopwatch()
@@ -70,7 +72,6 @@ def run(cfg: PairflowConfig, inputs: ContractInputs, outputs: ContractOutputs) -
     Writes the merged validate report (the contract's outcomes in its metrics) and the Data
     Docs; a failed critical expectation fails the step.
     """
-    from pairflow.stages.validate.contract import ContractError, run_contract
 
     merged = merge_shards(
         "validate",
