@@ -21,9 +21,9 @@ def clip_filter(
     from pathlib import Path
 
     from pairflow.report import StageOutputs
-    from pairflow.stage_io import load_step_config
+    from pairflow.stage_io import ShardInputs, load_step_config
     from pairflow.stages.clip_filter.run import FilterOutputs
-    from pairflow.stages.clip_filter.step import ClipFilterOutputs, ShardInputs, run_shard
+    from pairflow.stages.clip_filter.step import ClipFilterOutputs, run_shard
 
     out = ClipFilterOutputs(
         StageOutputs(kept=kept.path, rejected=rejected.path, report=report.path),
@@ -56,13 +56,13 @@ def gather_filtered(
     from pairflow.report import StageOutputs
     from pairflow.stage_io import load_step_config
     from pairflow.stages.clip_filter.run import FilterOutputs
-    from pairflow.stages.clip_filter.step import ClipFilterOutputs, GatherInputs, run
+    from pairflow.stages.clip_filter.step import ClipFilterOutputs, FilterGatherInputs, run
 
     out = ClipFilterOutputs(
         StageOutputs(kept=kept.path, rejected=rejected.path, report=report.path),
         FilterOutputs(Path(embeddings.path), Path(histogram.path), Path(summary.path)),
     )
-    inputs = GatherInputs(
+    inputs = FilterGatherInputs(
         shard_manifests=[s.path for s in shards],
         shard_rejected=[r.path for r in shard_rejected],
         shard_reports=[r.path for r in shard_reports],

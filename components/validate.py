@@ -16,8 +16,8 @@ def validate(
 ) -> None:
     """Check the rows of ``shard``; quarantine bad rows with a reason; add image signatures."""
     from pairflow.report import StageOutputs
-    from pairflow.stage_io import load_step_config
-    from pairflow.stages.validate.step import ShardInputs, run_shard
+    from pairflow.stage_io import ShardInputs, load_step_config
+    from pairflow.stages.validate.step import run_shard
 
     out = StageOutputs(kept=kept.path, rejected=rejected.path, report=report.path)
     rep = run_shard(load_step_config(config.path), ShardInputs(manifest.path, int(shard)), out)
@@ -43,11 +43,11 @@ def data_contract(
     from pathlib import Path
 
     from pairflow.report import StageOutputs
-    from pairflow.stage_io import load_step_config, write_step_summary
-    from pairflow.stages.validate.step import ContractInputs, ContractOutputs, run
+    from pairflow.stage_io import GatherInputs, load_step_config, write_step_summary
+    from pairflow.stages.validate.step import ContractOutputs, run
 
     out = StageOutputs(kept=kept.path, rejected=rejected.path, report=report.path)
-    inputs = ContractInputs(
+    inputs = GatherInputs(
         shard_manifests=[s.path for s in shards],
         shard_rejected=[r.path for r in shard_rejected],
         shard_reports=[r.path for r in shard_reports],

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -148,6 +149,26 @@ def log_progress(stage: str, every: int = 10_000) -> Callable[[int, int], None]:
     return report
 
 
+@dataclass(frozen=True)
+class ShardInputs:
+    """One task of a sharded data stage: the upstream manifest and the shard of it to run on."""
+
+    manifest: str
+    shard: int
+
+
+@dataclass(frozen=True)
+class GatherInputs:
+    """The task after a sharded stage: every shard's outputs and the upstream stage's report
+    (the shards together must have seen every row it produced)."""
+
+    shard_manifests: list[str]
+    shard_rejected: list[str]
+    shard_reports: list[str]
+    upstream_report: str
+    mlflow_run_id: str = ""
+
+
 class MergedShards:
     """Shard outputs of one stage concatenated (sorted by id), and their reports summed."""
 
@@ -194,6 +215,21 @@ def merge_shards(
             f"{report.rows_rejected}"
         )
     return MergedShards(frame, rejects, report, shard_reports)
+
+
+def gather_shards(stage: str, inputs: GatherInputs, outputs: StageOutputs) -> MergedShards:
+    """Merge a sharded stage's outputs (checked against the upstream report) and write the
+    merged kept/rejected manifests; the merged report is returned, not yet written."""
+    merged = merge_shards(
+        stage,
+        inputs.shard_manifests,
+        inputs.shard_reports,
+        inputs.upstream_report,
+        rejected=inputs.shard_rejected,
+    )
+    write_manifest(merged.frame, outputs.kept)
+    write_manifest(merged.rejected, outputs.rejected)
+    return merged
 
 
 def _concat_sorted(frames: list[pd.DataFrame]) -> pd.DataFrame:

@@ -17,7 +17,7 @@ from pairflow.config import PairflowConfig
 from pairflow.demo.synthetic import GenerateSummary, generate_dataset
 from pairflow.errors import InputDataError
 from pairflow.report import StageOutputs, StageReport
-from pairflow.stage_io import load_step_config
+from pairflow.stage_io import GatherInputs, ShardInputs, load_step_config
 from pairflow.stages.dedupe import step as dedupe_step
 from pairflow.stages.ingest import step as ingest_step
 from pairflow.stages.validate import step as validate_step
@@ -42,11 +42,11 @@ def _curate(tmp: Path, source: Path, shards: int, **validate: object) -> dict[st
     assert ids == list(range(shards))
     vals = [StageOutputs.in_dir(tmp / f"validate-{s}") for s in ids]
     for shard, out in zip(ids, vals, strict=True):
-        validate_step.run_shard(loaded, validate_step.ShardInputs(str(ing.kept), shard), out)
+        validate_step.run_shard(loaded, ShardInputs(str(ing.kept), shard), out)
     con = StageOutputs.in_dir(tmp / "contract")
     validate_step.run(
         loaded,
-        validate_step.ContractInputs(
+        GatherInputs(
             shard_manifests=[str(v.kept) for v in vals],
             shard_rejected=[str(v.rejected) for v in vals],
             shard_reports=[str(v.report) for v in vals],

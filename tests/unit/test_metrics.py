@@ -38,12 +38,13 @@ def test_every_stage_of_the_dag_has_a_metrics_model() -> None:
 
 
 def test_reports_written_by_the_stages_read_back_as_their_models(tmp_path: Path) -> None:
+    from pairflow.stage_io import ShardInputs
     from pairflow.stages.dedupe.step import DedupeInputs
     from pairflow.stages.dedupe.step import run as dedupe
     from pairflow.stages.deploy.step import DeployInputs, DeployOutputs
     from pairflow.stages.deploy.step import run as deploy
     from pairflow.stages.ingest.ingest import run_ingest
-    from pairflow.stages.validate.step import ShardInputs, run_shard
+    from pairflow.stages.validate.step import run_shard
 
     data = generate_dataset(tmp_path / "data", 24, seed=5, image_size=32)
     cfg = load_config(None, [f"data.source={data.manifest}", "data.shards=1"])

@@ -13,7 +13,7 @@ this approximates the global top fraction; the threshold mode is exact under any
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pairflow.config import PairflowConfig
-from pairflow.data.schema import read_manifest, write_manifest
+from pairflow.data.schema import read_manifest
 from pairflow.errors import ConfigError
 from pairflow.metrics import ClipFilterMetrics
 from pairflow.models.embeddings import (
@@ -34,8 +34,10 @@ from pairflow.models.embeddings import (
 from pairflow.report import StageOutputs, StageReport, Stopwatch
 from pairflow.sharding import select_shard
 from pairflow.stage_io import (
+    GatherInputs,
+    ShardInputs,
     finish_stage,
-    merge_shards,
+    gather_shards,
     write_stage_outputs,
 )
 from pairflow.stages.clip_filter.run import FilterOutputs, mismatch_auc, run_filter
@@ -44,23 +46,10 @@ log = logging.getLogger("pairflow.stages.clip_filter")
 
 
 @dataclass(frozen=True)
-class ShardInputs:
-    """One clip-filter task: the deduplicated manifest and the shard of it to score."""
+class FilterGatherInputs(GatherInputs):
+    """The gather task's inputs, plus every shard's embeddings file."""
 
-    manifest: str
-    shard: int
-
-
-@dataclass(frozen=True)
-class GatherInputs:
-    """The gather task: every shard's outputs and the upstream (dedupe) report."""
-
-    shard_manifests: list[str]
-    shard_rejected: list[str]
-    shard_reports: list[str]
-    shard_embeddings: list[str]
-    upstream_report: str
-    mlflow_run_id: str = ""
+    shard_embeddings: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -117,18 +106,10 @@ def merge_embeddings(paths: list[str], out: str | Path) -> int:
     return int(merged.num_rows)
 
 
-def run(cfg: PairflowConfig, inputs: GatherInputs, outputs: ClipFilterOutputs) -> StageReport:
+def run(cfg: PairflowConfig, inputs: FilterGatherInputs, outputs: ClipFilterOutputs) -> StageReport:
     """Concatenate the filtered shards; global quantiles, histogram and ROC-AUC."""
     artifacts = outputs.artifacts
-    merged = merge_shards(
-        "clip_filter",
-        inputs.shard_manifests,
-        inputs.shard_reports,
-        inputs.upstream_report,
-        rejected=inputs.shard_rejected,
-    )
-    write_manifest(merged.frame, outputs.data.kept)
-    write_manifest(merged.rejected, outputs.data.rejected)
+    merged = gather_shards("clip_filter", inputs, outputs.data)
     report = merged.report
     figures = report.metrics_as(ClipFilterMetrics)
     shard_figures = [r.metrics_as(ClipFilterMetrics) for r in merged.shard_reports]

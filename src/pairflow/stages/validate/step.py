@@ -8,38 +8,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pairflow.config import PairflowConfig
-from pairflow.data.schema import read_manifest, write_manifest
+from pairflow.data.schema import read_manifest
 from pairflow.metrics import ContractSummary, ValidateMetrics
 from pairflow.report import StageOutputs, StageReport, Stopwatch
 from pairflow.sharding import select_shard
 from pairflow.stage_io import (
+    GatherInputs,
+    ShardInputs,
     finish_stage,
+    gather_shards,
     log_progress,
-    merge_shards,
     write_stage_outputs,
 )
 from pairflow.stages.validate.contract import ContractError, run_contract
 
 log = logging.getLogger("pairflow.stages.validate")
-
-
-@dataclass(frozen=True)
-class ShardInputs:
-    """One validate task: the ingested manifest and the shard of it to check."""
-
-    manifest: str
-    shard: int
-
-
-@dataclass(frozen=True)
-class ContractInputs:
-    """The data-contract task: every shard's outputs and the upstream (ingest) report."""
-
-    shard_manifests: list[str]
-    shard_rejected: list[str]
-    shard_reports: list[str]
-    upstream_report: str
-    mlflow_run_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -66,22 +49,14 @@ def run_shard(cfg: PairflowConfig, inputs: ShardInputs, outputs: StageOutputs) -
     return finish_stage(report, outputs.report)
 
 
-def run(cfg: PairflowConfig, inputs: ContractInputs, outputs: ContractOutputs) -> StageReport:
+def run(cfg: PairflowConfig, inputs: GatherInputs, outputs: ContractOutputs) -> StageReport:
     """Merge the validated shards and check the dataset-level data contract (GX).
 
     Writes the merged validate report (the contract's outcomes in its metrics) and the Data
     Docs; a failed critical expectation fails the step.
     """
 
-    merged = merge_shards(
-        "validate",
-        inputs.shard_manifests,
-        inputs.shard_reports,
-        inputs.upstream_report,
-        rejected=inputs.shard_rejected,
-    )
-    write_manifest(merged.frame, outputs.data.kept)
-    write_manifest(merged.rejected, outputs.data.rejected)
+    merged = gather_shards("validate", inputs, outputs.data)
     docs_dir = outputs.docs_site
     result = run_contract(
         merged.frame, merged.rejected, cfg.validate_, docs_dir, raise_on_failure=False
