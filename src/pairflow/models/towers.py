@@ -7,19 +7,14 @@ so torch and ONNX variants give the same numbers.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 
+from pairflow.models.clip import features
+
 if TYPE_CHECKING:
     from transformers import CLIPModel
-
-
-def _pooled(out: Any) -> torch.Tensor:
-    if isinstance(out, torch.Tensor):
-        return out
-    pooled: torch.Tensor = out.pooler_output
-    return pooled
 
 
 class ImageTower(torch.nn.Module):
@@ -30,7 +25,7 @@ class ImageTower(torch.nn.Module):
         self.model = model
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return _pooled(self.model.get_image_features(pixel_values=pixel_values))
+        return features(self.model.get_image_features(pixel_values=pixel_values))
 
 
 class TextTower(torch.nn.Module):
@@ -41,7 +36,7 @@ class TextTower(torch.nn.Module):
         self.model = model
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return _pooled(
+        return features(
             self.model.get_text_features(input_ids=input_ids, attention_mask=attention_mask)
         )
 

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from pairflow.config import S3Config
-from pairflow.models.clip import LoadedClip, ModelLoadError, load_clip, save_clip
+from pairflow.models.clip import LoadedClip, ModelLoadError, features, load_clip, save_clip
 from pairflow.models.formats import FUSION_HEAD_FILE, META_FILE
 from pairflow.models.heads import FUSIONS, FusionHead, build_head, tower_outputs
 from pairflow.models.locate import first_line
@@ -51,7 +51,7 @@ class TrainedModel:
     @torch.no_grad()
     def embed_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
         out = self.clip.model.get_image_features(pixel_values=pixel_values.to(self.clip.device))
-        return F.normalize(_pooled(out), dim=-1)
+        return F.normalize(features(out), dim=-1)
 
     @torch.no_grad()
     def embed_texts(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -59,7 +59,7 @@ class TrainedModel:
         out = self.clip.model.get_text_features(
             input_ids=input_ids.to(dev), attention_mask=attention_mask.to(dev)
         )
-        return F.normalize(_pooled(out), dim=-1)
+        return F.normalize(features(out), dim=-1)
 
     @torch.no_grad()
     def classify(
@@ -76,13 +76,6 @@ class TrainedModel:
         }
         logits: torch.Tensor = self.head(tower_outputs(self.clip.model, batch))
         return logits
-
-
-def _pooled(out: Any) -> torch.Tensor:
-    if isinstance(out, torch.Tensor):
-        return out
-    pooled: torch.Tensor = out.pooler_output
-    return pooled
 
 
 def save_trained(
