@@ -181,7 +181,10 @@ def launch(
     package: dict[str, Any], name: str, params: dict[str, Any], out: Path, env: dict[str, str]
 ) -> subprocess.CompletedProcess[str]:
     """Start executor ``name`` as the KFP launcher does: its command + args with ``{{$}}``
-    replaced by the executor input (parameters, output artifact URIs, output file)."""
+    replaced by the executor input (parameters, output artifact URIs, an output file per output
+    parameter, the output metadata file), as the driver's ``provisionOutputs`` builds it
+    (kubeflow/pipelines backend/src/v2/driver/driver.go: every output parameter gets
+    ``OutputFile: /tmp/kfp/outputs/<name>``; here under ``out/parameters``)."""
     comp = package["components"][f"comp-{name}"]
     artifacts = {
         key: {
@@ -191,9 +194,17 @@ def launch(
         }
         for key, spec in comp.get("outputDefinitions", {}).get("artifacts", {}).items()
     }
+    parameters = {
+        key: {"outputFile": str(out / "parameters" / key)}
+        for key in comp.get("outputDefinitions", {}).get("parameters", {})
+    }
     executor_input = {
         "inputs": {"parameterValues": params},
-        "outputs": {"artifacts": artifacts, "outputFile": str(out / "executor_output.json")},
+        "outputs": {
+            "artifacts": artifacts,
+            "parameters": parameters,
+            "outputFile": str(out / "executor_output.json"),
+        },
     }
     container = _executor(package, name)
     args = [json.dumps(executor_input) if a == "{{$}}" else a for a in container["args"]]
@@ -228,6 +239,9 @@ def test_executor_in_a_kfp_pod_without_tracking_uri_exits_with_one_line(
     assert proc.returncode == 0, proc.stderr[-3000:]
     resolved = json.loads((tmp_path / "ok" / "config").read_text())
     assert resolved["mlflow"]["tracking_uri"] == f"sqlite:///{db}"
+    # the MLflow run later steps log to, handed on as an output parameter
+    run_id = (tmp_path / "ok" / "parameters" / "mlflow_run_id").read_text()
+    assert len(run_id) == 32 and all(c in "0123456789abcdef" for c in run_id), run_id
     # Outside a pod the sqlite default stays.
     local = image_env(runtime_venv, tmp_path / "home")
     proc = launch(package, "resolve-config", params, tmp_path / "local", local)
