@@ -14,10 +14,9 @@ import http.client
 import json
 import os
 import shutil
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -26,6 +25,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
+from tests.local_http import BackgroundHTTPServer
 
 from pairflow.config import PairflowConfig
 from pairflow.demo.synthetic import generate_dataset
@@ -332,13 +332,11 @@ class _Proxy:
 
             do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _forward
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.http = BackgroundHTTPServer(Handler)
+        self.url = self.http.url
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.http.close()
 
 
 @pytest.fixture
