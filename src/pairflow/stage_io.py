@@ -108,16 +108,6 @@ def write_stage_outputs(
 # config and ingest
 
 
-def resolve_step_mlflow(cfg: PairflowConfig) -> PairflowConfig:
-    """:func:`pairflow.tracking.resolve_mlflow_settings` for the step that resolves a run's
-    config (resolve-config, the monitor pass): with no tracking URI in a KFP pod, exit at once
-    with one line."""
-    try:
-        return tracking.resolve_mlflow_settings(cfg)
-    except tracking.TrackingConfigError as exc:
-        raise SystemExit(f"pairflow: {exc}") from None
-
-
 def step_tracking_uri(configured: str, workdir: str) -> str:
     """The tracking URI; when there is none in a KFP pod, exit at once with one line."""
     try:
@@ -126,12 +116,12 @@ def step_tracking_uri(configured: str, workdir: str) -> str:
         raise SystemExit(f"pairflow: {exc}") from None
 
 
-def redact(uri: str) -> str:
-    """Drop credentials from a URI before it reaches a log."""
-    if "@" in uri and "://" in uri:
-        scheme, rest = uri.split("://", 1)
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
-    return uri
+def resolve_step_mlflow(cfg: PairflowConfig) -> PairflowConfig:
+    """:func:`pairflow.tracking.resolve_mlflow_settings` for the step that resolves a run's
+    config (resolve-config, the monitor pass): with no tracking URI in a KFP pod, exit at once
+    with one line (:func:`step_tracking_uri`)."""
+    cfg.mlflow.tracking_uri = step_tracking_uri(cfg.mlflow.tracking_uri, cfg.run.workdir)
+    return tracking.resolve_mlflow_settings(cfg)
 
 
 # ---------------------------------------------------------------------------------------------

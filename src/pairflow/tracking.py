@@ -97,6 +97,14 @@ def resolve_mlflow_settings(cfg: PairflowConfig) -> PairflowConfig:
     return cfg
 
 
+def redact_uri(uri: str) -> str:
+    """Drop credentials from a URI before it reaches a log or an error message."""
+    if "@" in uri and "://" in uri:
+        scheme, rest = uri.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return uri
+
+
 def _client(tracking_uri: str) -> Any:
     # lazy: mlflow (slow to import); only this path needs it
     from mlflow.tracking import MlflowClient

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pairflow import tracking
 from pairflow.config import PairflowConfig
 from pairflow.errors import PairflowError
 from pairflow.models.errors import ModelLoadError
@@ -88,7 +89,7 @@ def find_champion(tracking_uri: str, name: str) -> Champion | None:
     except MlflowException as exc:
         raise ChampionLookupError(
             f"{champion_uri(name)}: cannot look up the champion at MLflow "
-            f"{_redact(tracking_uri)} ({_first_line(exc)})"
+            f"{tracking.redact_uri(tracking_uri)} ({_first_line(exc)})"
         ) from exc
     return Champion(name=name, version=str(version.version), run_id=version.run_id or None)
 
@@ -123,7 +124,8 @@ def resolve_champion(ref: str, tracking_uri: str) -> Champion:
         )
     except MlflowException as exc:
         raise ChampionLookupError(
-            f"--champion {ref}: not found at MLflow {_redact(tracking_uri)} ({_first_line(exc)})"
+            f"--champion {ref}: not found at MLflow {tracking.redact_uri(tracking_uri)} "
+            f"({_first_line(exc)})"
         ) from exc
     return Champion(name=name, version=str(mv.version), run_id=mv.run_id or None, ref=ref)
 
@@ -162,13 +164,6 @@ def fetch_reference(tracking_uri: str, champion: Champion, dst_dir: Path) -> Pat
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
-
-
-def _redact(uri: str) -> str:
-    if "@" in uri and "://" in uri:
-        scheme, rest = uri.split("://", 1)
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
-    return uri
 
 
 def champion_variant(cfg: PairflowConfig, ref: str | None = None) -> tuple[Path, str] | None:

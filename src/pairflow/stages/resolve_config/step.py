@@ -10,7 +10,7 @@ from typing import Any
 
 from pairflow import tracking
 from pairflow.config import PairflowConfig, apply_pipeline_params
-from pairflow.stage_io import redact, resolve_step_mlflow
+from pairflow.stage_io import resolve_step_mlflow
 
 log = logging.getLogger("pairflow.stages.resolve_config")
 
@@ -52,6 +52,6 @@ def run(cfg: PairflowConfig, inputs: ResolveInputs, outputs: ResolveOutputs) -> 
         "config %s resolved; MLflow run %s at %s",
         resolved.digest()[:12],
         run_id,
-        redact(resolved.mlflow.tracking_uri),
+        tracking.redact_uri(resolved.mlflow.tracking_uri),
     )
     return Resolved(config_hash=resolved.digest(), mlflow_run_id=run_id)
