@@ -19,7 +19,7 @@ image: their ``command`` + ``args`` from the YAML, with the venv's ``bin`` first
 Building the venv downloads torch and every dependency (425-701 s here on 2 shared cores at
 load average 13-19, with PyPI's CUDA torch because the PyTorch CPU index is unreachable here;
 CI uses the CPU index, far smaller); the package run took 318-479 s at that load. The module is
-``slow``; the venv is built once per session.
+``slow``; the venv is built once for the module and removed after it.
 """
 
 from __future__ import annotations
@@ -112,10 +112,23 @@ def _reachable(url: str) -> bool:
         return False
 
 
-@pytest.fixture(scope="session")
-def runtime_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A fresh venv built by images/runtime/install.sh from the Docker build context."""
+# The venv holds PyPI's CUDA torch where the CPU index is unreachable: 7.1 GiB measured here.
+VENV_DISK_NEED = 9 * 2**30
+
+
+@pytest.fixture(scope="module")
+def runtime_venv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A fresh venv built by images/runtime/install.sh from the Docker build context.
+
+    Removed when the module ends: it is the largest thing the suite writes, and the tests after
+    this module share the disk with it."""
     root = tmp_path_factory.mktemp("runtime-image")
+    free = shutil.disk_usage(root).free
+    if free < VENV_DISK_NEED:
+        pytest.fail(
+            f"runtime image venv: needs {VENV_DISK_NEED / 2**30:.0f} GiB free under {root}, "
+            f"{free / 2**30:.1f} GiB free; free disk space or point --basetemp elsewhere"
+        )
     context = root / "context"
     copied = docker_context(IMAGE / "Dockerfile.dockerignore", REPO, context)
     assert "pyproject.toml" in copied and "images/runtime/install.sh" in copied
@@ -127,13 +140,18 @@ def runtime_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ["sh", str(context / "images/runtime/install.sh"), str(venv), str(context)],
         capture_output=True,
         text=True,
-        env={**os.environ, "TORCH_INDEX": torch_index},
+        # the Dockerfile's build stage sets PIP_NO_CACHE_DIR too
+        env={**os.environ, "TORCH_INDEX": torch_index, "PIP_NO_CACHE_DIR": "1"},
         timeout=1800,
         check=False,
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    print(f"runtime venv built in {time.monotonic() - start:.0f} s (torch index {torch_index!r})")
-    return venv
+    try:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        took = time.monotonic() - start
+        print(f"runtime venv built in {took:.0f} s (torch index {torch_index!r})")
+        yield venv
+    finally:
+        shutil.rmtree(root)
 
 
 def image_env(venv: Path, home: Path, **extra: str) -> dict[str, str]:
