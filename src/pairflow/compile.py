@@ -8,37 +8,38 @@ two packages always carry the same image, Secrets and ConfigMap.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from pairflow.config import PairflowConfig
 
 MONITOR_PACKAGE = "monitor.yaml"
 
 
-def compile_pipeline(cfg: PairflowConfig, output: str | Path) -> Path:
-    """Write the IR for ``cfg`` to ``output``: every task runs in ``cfg.kubeflow.base_image``
-    with the Kubernetes platform config (Secrets, ConfigMap) named by ``cfg.kubeflow``."""
-    # lazy: kfp and the pipeline's components (slow to import); only compiling needs them
+def _write_ir(pipeline: Any, output: str | Path) -> Path:
+    # lazy: kfp (slow to import); only compiling needs it
     from kfp import compiler
-
-    from pairflow.pipelines.retrain import build_pipeline
 
     out = Path(output)
     out.parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(build_pipeline(cfg), str(out))
+    compiler.Compiler().compile(pipeline, str(out))
     return out
+
+
+def compile_pipeline(cfg: PairflowConfig, output: str | Path) -> Path:
+    """Write the IR for ``cfg`` to ``output``: every task runs in ``cfg.kubeflow.base_image``
+    with the Kubernetes platform config (Secrets, ConfigMap) named by ``cfg.kubeflow``."""
+    # lazy: the pipeline's components import kfp (slow); only compiling needs them
+    from pairflow.pipelines.retrain import build_pipeline
+
+    return _write_ir(build_pipeline(cfg), output)
 
 
 def compile_monitor(cfg: PairflowConfig, output: str | Path) -> Path:
     """Write the ``monitor`` pipeline's IR for ``cfg`` to ``output`` (same platform config)."""
-    # lazy: kfp and the pipeline's components (slow to import); only compiling needs them
-    from kfp import compiler
-
+    # lazy: the pipeline's components import kfp (slow); only compiling needs them
     from pairflow.pipelines.monitor import build_pipeline
 
-    out = Path(output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(build_pipeline(cfg), str(out))
-    return out
+    return _write_ir(build_pipeline(cfg), output)
 
 
 def monitor_package_path(retrain_output: str | Path) -> Path:
@@ -48,7 +49,7 @@ def monitor_package_path(retrain_output: str | Path) -> Path:
 
 def compile_all(cfg: PairflowConfig, retrain_output: str | Path) -> list[Path]:
     """Both packages: ``retrain`` at ``retrain_output``, ``monitor`` beside it."""
+    if Path(retrain_output).name == MONITOR_PACKAGE:
+        raise ValueError(f"{retrain_output}: the retrain package cannot be named {MONITOR_PACKAGE}")
     retrain = compile_pipeline(cfg, retrain_output)
-    if retrain.name == MONITOR_PACKAGE:
-        raise ValueError(f"{retrain}: the retrain package cannot be named {MONITOR_PACKAGE}")
     return [retrain, compile_monitor(cfg, monitor_package_path(retrain))]

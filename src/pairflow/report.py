@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -114,11 +112,6 @@ class Stopwatch:
     @property
     def seconds(self) -> float:
         return round(time.perf_counter() - self.start, 3)
-
-
-@contextmanager
-def stopwatch() -> Iterator[Stopwatch]:
-    yield Stopwatch()
 
 
 class StageOutputs(BaseModel):

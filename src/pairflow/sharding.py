@@ -19,9 +19,3 @@ def select_shard(df: pd.DataFrame, shard: int, num_shards: int) -> pd.DataFrame:
         raise ValueError(f"shard {shard} out of range for {num_shards} shards")
     mask = df["id"].map(lambda i: shard_of(str(i), num_shards) == shard)
     return df[mask.astype(bool)].reset_index(drop=True)
-
-
-def stable_fraction(row_id: str, salt: str = "") -> float:
-    """A number in [0, 1) fixed by ``row_id`` (for held-out splits that never move)."""
-    digest = hashlib.sha256(f"{salt}:{row_id}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64

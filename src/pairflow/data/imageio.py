@@ -36,11 +36,6 @@ class ImageNotFound(InputDataError):
     """The image a URI names does not exist (missing file, S3 key or tar member)."""
 
 
-def is_image_name(name: str) -> bool:
-    """True when ``name`` ends in one of :data:`IMAGE_EXTENSIONS` (case-insensitive)."""
-    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
-
-
 def split_tar_member(uri: str) -> tuple[str, str] | None:
     """``(tar_uri, member)`` for ``<...>.tar#<member>`` URIs, else None.
 

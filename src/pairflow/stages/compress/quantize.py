@@ -9,7 +9,6 @@ so recall measured on the same rows is not fitted to them.
 from __future__ import annotations
 
 import logging
-import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -112,10 +111,4 @@ def quantize_static_vision(
         # the calibrator may leave an augmented model beside the output
         for extra in dst.parent.glob("augmented_model*.onnx"):
             extra.unlink()
-    return dst
-
-
-def copy_file(src: Path, dst: Path) -> Path:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(src, dst)
     return dst
