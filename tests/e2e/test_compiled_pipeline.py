@@ -33,13 +33,13 @@ def test_committed_yaml_is_current(tmp_path: Path) -> None:
         )
 
 
-
 def test_retrain_package_cannot_take_the_monitor_name(tmp_path: Path) -> None:
     """Writing retrain as monitor.yaml would be overwritten by the monitor package: refused
     before anything is written."""
     with pytest.raises(ValueError, match=r"cannot be named monitor\.yaml"):
         compile_all(PairflowConfig(), tmp_path / "monitor.yaml")
     assert list(tmp_path.iterdir()) == []
+
 
 def test_parameters_come_from_the_config(ir: dict[str, Any]) -> None:
     declared = ir["root"]["inputDefinitions"]["parameters"]
