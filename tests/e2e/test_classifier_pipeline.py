@@ -82,6 +82,11 @@ def _run(root: Path, tag: str, data: Path, clip: Path, tracking: str, name: str,
             f"register.model_name={name}",
             "compress.latency_batch_sizes=[1]",
             "compress.selection_batch_size=1",
+            # both runs ship the same architecture, timed at batch 1 (p50 ~0.8 ms): a 10%
+            # budget is 80 us, inside timer noise on a shared 2-core machine (a CI run missed
+            # it at 0.83 vs 0.82 ms). The budget itself is tested in test_compress_variants
+            # and test_compress_units.
+            "compress.max_slowdown_vs_champion=0.5",
             *CANARY,
             # the first run only needs to leave a champion behind; the second is canaried
             f"deploy.first_deploy={'promote' if tag == 'first' else 'smoke'}",
