@@ -29,16 +29,17 @@ from __future__ import annotations
 import email.parser
 import email.policy
 import json
-import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 import pytest
 import yaml
+
+from tests.local_http import BackgroundHTTPServer
 
 _PY_TYPES: dict[str, tuple[type, ...]] = {
     "NUMBER_INTEGER": (int,),
@@ -291,17 +292,15 @@ def _handler(fake: FakeKfp) -> type[BaseHTTPRequestHandler]:
 @pytest.fixture
 def kfp_server() -> Iterator[Any]:
     """A factory of fake KFP APIs on 127.0.0.1 (each with its own token), all stopped after."""
-    servers: list[ThreadingHTTPServer] = []
+    servers: list[BackgroundHTTPServer] = []
 
     def start(token: str) -> FakeKfp:
         fake = FakeKfp(token=token)
-        server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(fake))
+        server = BackgroundHTTPServer(_handler(fake))
         servers.append(server)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        fake.url = f"http://127.0.0.1:{server.server_address[1]}"
+        fake.url = server.url
         return fake
 
     yield start
     for server in servers:
-        server.shutdown()
-        server.server_close()
+        server.close()

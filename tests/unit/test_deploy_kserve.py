@@ -17,15 +17,15 @@ from __future__ import annotations
 import copy
 import json
 import re
-import threading
 import urllib.parse
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import jsonpatch
 import numpy as np
 import pytest
+from tests.local_http import BackgroundHTTPServer
 from tests.manifests_render import find_object, render_overlay, validate_object
 
 from pairflow.kubeflow import names
@@ -155,11 +155,9 @@ def prometheus() -> Iterator[tuple[str, dict[str, Any]]]:
         def log_message(self, *args: Any) -> None:
             return
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", state
-    server.shutdown()
+    server = BackgroundHTTPServer(Handler)
+    yield server.url, state
+    server.close()
 
 
 def _cfg() -> DeployConfig:

@@ -7,16 +7,17 @@ import json
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
+from tests.local_http import BackgroundHTTPServer
 
 from pairflow.stages.deploy.replay import ReplayStats, replay
 from pairflow.stages.deploy.router import CANDIDATE, STABLE, WeightedRouter, score_of
 
 
-def _server(score: float, status: int = 200) -> tuple[ThreadingHTTPServer, str]:
+def _server(score: float, status: int = 200) -> BackgroundHTTPServer:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
@@ -32,17 +33,15 @@ def _server(score: float, status: int = 200) -> tuple[ThreadingHTTPServer, str]:
         def log_message(self, *args: Any) -> None:
             return
 
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    return srv, f"http://127.0.0.1:{srv.server_address[1]}"
+    return BackgroundHTTPServer(Handler)
 
 
 @pytest.fixture()
 def upstreams() -> Iterator[dict[str, Any]]:
     servers = {"good": _server(0.3), "other": _server(0.1), "broken": _server(0.0, 500)}
-    yield {k: url for k, (_, url) in servers.items()}
-    for srv, _ in servers.values():
-        srv.shutdown()
+    yield {k: srv.url for k, srv in servers.items()}
+    for srv in servers.values():
+        srv.close()
 
 
 def _send(router: WeightedRouter, seconds: float, rate: float = 150) -> Any:

@@ -8,17 +8,17 @@ import hashlib
 import io
 import json
 import struct
-import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import pytest
 from PIL import Image
+from tests.local_http import BackgroundHTTPServer
 
 from pairflow.serve.requestlog import emitter as emitter_mod
 from pairflow.serve.requestlog import sink as sink_mod
@@ -222,12 +222,9 @@ class _Recorder(BaseHTTPRequestHandler):
 @pytest.fixture
 def recorder() -> Iterator[str]:
     _Recorder.received = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/"
-    server.shutdown()
-    server.server_close()
+    server = BackgroundHTTPServer(_Recorder)
+    yield f"{server.url}/"
+    server.close()
 
 
 def _pair(event_id: str) -> LoggedPair:
